@@ -1,0 +1,19 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data beside the checkout (../shared/data); skip when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real data not found at {SHARED} (expected ../shared/data beside the checkout)")
+    return SHARED
