@@ -35,18 +35,20 @@ class _MatrixSource:
         self.q_g, self.q_q, self.g_g = q_g, q_q, g_g
         self.num_query, self.num = q_g.shape[0], q_g.shape[0] + q_g.shape[1]
 
-    def columns(self, s: int, e: int) -> np.ndarray:
-        """``A[:, s:e].T`` as an ``(e - s, N)`` array."""
+    def columns(self, s: int, e: int, out: np.ndarray) -> np.ndarray:
+        """``A[:, s:e].T`` written into ``out[:e - s]`` (an ``(>= e - s, N)`` float32 buffer)."""
         nq = self.num_query
-        out = np.empty((e - s, self.num), dtype=np.float32)
+        out = out[:e - s]
+        t_out = torch.from_numpy(out)
+        q_q, q_g, g_g = (torch.from_numpy(m) for m in (self.q_q, self.q_g, self.g_g))
         qs, qe = min(s, nq), min(e, nq)
         if qe > qs:                                     # columns of query items
-            out[:qe - qs, :nq] = self.q_q[:, qs:qe].T
-            out[:qe - qs, nq:] = self.q_g[qs:qe]
+            t_out[:qe - qs, :nq].copy_(q_q[:, qs:qe].t())
+            t_out[:qe - qs, nq:].copy_(q_g[qs:qe])
         gs, ge = max(s, nq) - nq, e - nq
         if ge > gs:                                     # columns of gallery items
-            out[qe - qs:, :nq] = self.q_g[:, gs:ge].T
-            out[qe - qs:, nq:] = self.g_g[:, gs:ge].T
+            t_out[qe - qs:, :nq].copy_(q_g[:, gs:ge].t())   # torch's blocked transpose copy
+            t_out[qe - qs:, nq:].copy_(g_g[:, gs:ge].t())
         return out
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -78,8 +80,16 @@ class _FeatureSource:
         self.sq = (feats * feats).sum(dim=1)
         self.num_query, self.num = qf.shape[0], feats.shape[0]
 
-    def columns(self, s: int, e: int) -> np.ndarray:
-        return distance_block(self.feats[s:e], self.feats, self.metric, self.sq).numpy()
+    def columns(self, s: int, e: int, out: np.ndarray) -> np.ndarray:
+        block = torch.from_numpy(out[:e - s])
+        feats = self.feats
+        if self.metric == "cosine":
+            torch.mm(feats[s:e], feats.t(), out=block)
+            block.neg_().add_(1.0)
+        else:
+            torch.addmm(self.sq[s:e, None] + self.sq[None, :], feats[s:e], feats.t(),
+                        beta=1.0, alpha=-2.0, out=block)
+        return out[:e - s]
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         out = np.empty(len(i), dtype=np.float32)
@@ -105,14 +115,16 @@ def _neighbours(source, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n)
     nbrs = np.empty((n, k), dtype=np.int64)
     colmax = np.empty(n, dtype=np.float32)
+    buffer = np.empty((min(ROW_CHUNK, n), n), dtype=np.float32)    # reused: no page faults
     with torch.no_grad():
         for s in range(0, n, ROW_CHUNK):
-            d2 = np.square(source.columns(s, min(s + ROW_CHUNK, n)), dtype=np.float32)
+            d2 = source.columns(s, min(s + ROW_CHUNK, n), buffer)
+            np.square(d2, out=d2)
             colmax[s:s + len(d2)] = d2.max(axis=1)
-            part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(d2), 1))
-            vals = np.take_along_axis(d2, part, axis=1)
-            order = np.lexsort((part, vals), axis=1)        # by distance, then index
-            nbrs[s:s + len(d2)] = np.take_along_axis(part, order, axis=1)
+            vals, idx = torch.topk(torch.from_numpy(d2), k, dim=1, largest=False, sorted=True)
+            vals, idx = vals.numpy(), idx.numpy()
+            order = np.lexsort((idx, vals), axis=1)          # equal distances: by index
+            nbrs[s:s + len(d2)] = np.take_along_axis(idx, order, axis=1)
     return nbrs, colmax
 
 

@@ -1,0 +1,41 @@
+"""Import helpers for the peers (torchreid 0.2.5, fastreid 1.4.0); benchmark use only."""
+from __future__ import annotations
+
+import collections
+import collections.abc
+import warnings
+
+
+def _mapping_shim() -> None:
+    # fastreid 1.4.0 still imports collections.Mapping, removed in Python 3.10
+    for name in ("Mapping", "MutableMapping", "Sequence", "Iterable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+
+
+def fastreid_rank():
+    """fast-reid's evaluate_rank, insisting on its Cython implementation."""
+    _mapping_shim()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy
+    return evaluate_cy
+
+
+def fastreid_rerank():
+    _mapping_shim()
+    from fastreid.evaluation.rerank import re_ranking
+    return re_ranking
+
+
+def torchreid_rank():
+    """torchreid's evaluate_rank (PyPI 0.2.5 ships no Cython: the Python fallback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.metrics.rank import evaluate_rank, IS_CYTHON_AVAI
+    return evaluate_rank, IS_CYTHON_AVAI
+
+
+def torchreid_rerank():
+    from torchreid.reid.utils.rerank import re_ranking
+    return re_ranking
