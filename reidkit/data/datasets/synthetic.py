@@ -1,0 +1,19 @@
+"""The built-in synthetic dataset, generated on first use (Market-1501 layout)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..records import ReIDDataset
+from ..synthetic import generate
+from .market_style import load_market_style
+from .registry import register_dataset
+
+
+@register_dataset("synthetic")
+def synthetic(root: str, num_ids: int = 200, num_cameras: int = 6, seed: int = 0) -> ReIDDataset:
+    """Read the synthetic set at ``root``; generate it there first if the folder is absent."""
+    base = Path(root).expanduser()
+    if not (base / "bounding_box_train").is_dir():
+        generate(base, num_ids=num_ids, num_cameras=num_cameras, seed=seed)
+    dataset = load_market_style(base, "synthetic", num_cameras)
+    return dataset

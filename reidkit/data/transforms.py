@@ -1,0 +1,120 @@
+"""Augmentation on whole batches of tensors, plus the equivalent torchvision pipeline.
+
+The Bag-of-Tricks order: resize (done once, in the cache), random horizontal
+flip, zero-pad + random crop, normalise, random erasing.  Random erasing
+follows Zhong et al. (AAAI 2020) with its published defaults: probability 0.5,
+area fraction in [0.02, 0.4], aspect ratio in [0.3, 1/0.3], fill = the
+ImageNet mean pixel (0 after normalisation), up to 100 attempts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    flip: float = 0.5
+    padding: int = 10
+    erasing: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.4)
+    erasing_ratio: float = 0.3
+    color_jitter: float = 0.0     # strength of brightness/contrast/saturation jitter (0 = off)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def normalize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """``B x 3 x H x W`` in [0, 255] (uint8 or float) -> float standardised per channel."""
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    return (batch.float() - m) / s
+
+
+def random_flip(batch: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(batch.shape[0], generator=gen) < p
+    if flip.any():
+        batch = batch.clone()
+        batch[flip] = batch[flip].flip(-1)
+    return batch
+
+
+def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to the original size at a random offset."""
+    if padding <= 0:
+        return batch
+    b, _, h, w = batch.shape
+    padded = torch.nn.functional.pad(batch, (padding,) * 4)
+    ys = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
+    xs = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
+    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(ys, xs))])
+
+
+def color_jitter(batch: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors in [1 - s, 1 + s] (float batch in [0, 255])."""
+    b = batch.shape[0]
+    factor = lambda: 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * strength  # noqa: E731
+    out = batch * factor()
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * factor() + mean
+    grey = out.mean(dim=1, keepdim=True)
+    out = (out - grey) * factor() + grey
+    return out.clamp(0, 255)
+
+
+def random_erasing(batch: torch.Tensor, p: float, area: tuple[float, float], ratio: float,
+                   gen: torch.Generator, value: float = 0.0) -> torch.Tensor:
+    """Zhong et al.'s random erasing, in place on a float batch."""
+    _, _, h, w = batch.shape
+    for i in range(batch.shape[0]):
+        if float(torch.rand(1, generator=gen)) >= p:
+            continue
+        for _ in range(100):
+            target = float(torch.empty(1).uniform_(*area, generator=gen)) * h * w
+            aspect = float(torch.empty(1).uniform_(ratio, 1.0 / ratio, generator=gen))
+            eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if ew < w and eh < h:
+                y = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
+                x = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
+                batch[i, :, y:y + eh, x:x + ew] = value
+                break
+    return batch
+
+
+class BatchAugment:
+    """The training augmentation applied to a uint8 batch; returns a normalised float batch."""
+
+    def __init__(self, config: AugmentConfig, seed: int = 0):
+        self.config = config
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        batch = random_flip(batch, c.flip, self.gen)
+        batch = random_pad_crop(batch, c.padding, self.gen)
+        out = batch.float()
+        if c.color_jitter > 0:
+            out = color_jitter(out, c.color_jitter, self.gen)
+        out = normalize(out, c.mean, c.std)
+        if c.erasing > 0:
+            out = random_erasing(out, c.erasing, c.erasing_area, c.erasing_ratio, self.gen)
+        return out
+
+
+def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None = None) -> T.Compose:
+    """The per-image torchvision pipeline (the plain path; ``config=None`` for test images)."""
+    steps: list = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)]
+    if config is not None:
+        steps += [T.RandomHorizontalFlip(config.flip), T.Pad(config.padding), T.RandomCrop(size)]
+    steps += [T.ToTensor(), T.Normalize(config.mean if config else IMAGENET_MEAN,
+                                        config.std if config else IMAGENET_STD)]
+    if config is not None and config.erasing > 0:
+        steps.append(T.RandomErasing(config.erasing, scale=config.erasing_area,
+                                     ratio=(config.erasing_ratio, 1 / config.erasing_ratio)))
+    return T.Compose(steps)

@@ -1,0 +1,80 @@
+import collections
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidkit.data import ImageRecord
+from reidkit.data.cache import ImageCache
+from reidkit.data.loader import iter_test_batches
+from reidkit.data.samplers import RandomIdentityBatchSampler
+from reidkit.data.transforms import (AugmentConfig, BatchAugment, random_erasing, random_flip,
+                                     random_pad_crop, torchvision_transforms)
+
+
+def test_pk_batches():
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(30), rng.integers(1, 9, 30))     # some ids with fewer than K
+    sampler = RandomIdentityBatchSampler(pids, 6, 4, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    for batch in batches:
+        counts = collections.Counter(pids[batch].tolist())
+        assert len(batch) == 24 and len(counts) == 6 and set(counts.values()) == {4}
+    few = [p for p in range(30) if (pids == p).sum() < 4]
+    seen = [b for b in batches if any(pids[i] in few for i in b)]
+    assert seen, "identities with fewer than K images must still be sampled (with replacement)"
+    sampler.set_epoch(0)
+    again = list(sampler)
+    assert again == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_pk_needs_p_identities():
+    with pytest.raises(ValueError, match="fewer than P=8"):
+        RandomIdentityBatchSampler([0, 1, 2], 8, 4)
+
+
+def test_random_erasing_statistics():
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.ones(4000, 3, 64, 32)
+    out = random_erasing(batch, 0.5, (0.02, 0.4), 0.3, gen)
+    erased = (out[:, 0] == 0)
+    frac = erased.flatten(1).float().mean(1)
+    hit = frac > 0
+    assert 0.47 < hit.float().mean() < 0.53
+    # side lengths are rounded to pixels, so the area can overshoot [0.02, 0.4] slightly
+    assert frac[hit].min() >= 0.015 and frac[hit].max() <= 0.43
+    assert 0.1 < frac[hit].mean() < 0.25     # mean area of U(0.02, 0.4) is 0.21, minus rejections
+    rows = erased.any(2).sum(1)[hit].float()
+    cols = erased.any(1).sum(1)[hit].float()
+    aspect = rows / cols
+    assert aspect.min() >= 0.3 * 0.8 and aspect.max() <= (1 / 0.3) * 1.25
+
+
+def test_flip_and_crop():
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
+    assert torch.equal(random_flip(batch, 1.0, gen), batch.flip(-1))
+    assert torch.equal(random_flip(batch, 0.0, gen), batch)
+    assert torch.equal(random_pad_crop(batch, 0, gen), batch)
+    cropped = random_pad_crop(batch, 2, gen)
+    assert cropped.shape == batch.shape
+
+
+def test_batch_augment_is_seeded():
+    batch = torch.randint(0, 255, (8, 3, 32, 16), dtype=torch.uint8)
+    a = BatchAugment(AugmentConfig(color_jitter=0.2), seed=3)(batch)
+    b = BatchAugment(AugmentConfig(color_jitter=0.2), seed=3)(batch)
+    assert torch.equal(a, b)
+
+
+def test_cached_path_equals_plain_torchvision_path(shared_data):
+    paths = sorted((shared_data / "cuhk03" / "labeled" / "val").glob("*.jpg"))[:12]
+    cache = ImageCache([ImageRecord(str(p), 0, 0) for p in paths], (64, 32), progress=False)
+    fast = torch.cat(list(iter_test_batches(cache, batch_size=5)))
+    plain_tf = torchvision_transforms((64, 32))
+    plain = torch.stack([plain_tf(Image.open(p).convert("RGB")) for p in paths])
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
