@@ -1,0 +1,160 @@
+"""Typed recipes: YAML -> pydantic schema, dotted command-line overrides, clear errors.
+
+An unknown key or a value of the wrong type raises :class:`RecipeError`
+naming the key path (``train.epochs``) and the file it came from.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the key and the source."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dataset: str = "synthetic"
+    root: str = "data/synthetic"
+    options: dict[str, Any] = Field(default_factory=dict)   # extra dataset arguments
+    height: int = Field(256, gt=0)
+    width: int = Field(128, gt=0)
+    num_identities: int = Field(16, gt=0)     # P
+    num_instances: int = Field(4, gt=1)       # K
+    test_batch_size: int = Field(128, gt=0)
+    skip_bad_images: bool = False
+    cache_file: Optional[str] = None          # memory-mapped cache for the train split
+    decode_workers: int = Field(4, gt=0)
+
+
+class AugmentSection(Strict):
+    flip: float = Field(0.5, ge=0, le=1)
+    padding: int = Field(10, ge=0)
+    erasing: float = Field(0.5, ge=0, le=1)
+    color_jitter: float = Field(0.0, ge=0, le=1)
+
+
+class ModelConfig(Strict):
+    name: str = "resnet50_bnneck"
+    last_stride: Literal[1, 2] = 1
+    pretrained: Optional[str] = "auto"        # auto (torch hub cache), none, or a path
+    pooling: Literal["avg", "gem"] = "avg"
+    bnneck: bool = True
+    test_feature: Literal["after_bn", "before_bn"] = "after_bn"
+
+
+class LossConfig(Strict):
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    ce_weight: float = Field(1.0, ge=0)
+    triplet_weight: float = Field(1.0, ge=0)
+    triplet_margin: Optional[float] = 0.3     # null = soft margin
+    center_weight: float = Field(5e-4, ge=0)
+    center_lr: float = Field(0.5, gt=0)
+
+
+class OptimConfig(Strict):
+    name: Literal["adam", "amsgrad", "sgd"] = "adam"
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay_bias: float = Field(5e-4, ge=0)
+    bias_lr_factor: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0)
+
+
+class ScheduleConfig(Strict):
+    kind: Literal["multistep", "cosine", "plateau"] = "multistep"
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_factor: float = Field(0.01, gt=0, le=1)
+    milestones: list[int] = Field(default_factory=lambda: [40, 70])
+    gamma: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(120, gt=0)
+    eval_every: int = Field(10, gt=0)
+    seed: int = 0
+    amp: bool = False                         # bfloat16 autocast on CPU
+    output_dir: str = "runs/bot"
+    log_every: int = Field(20, gt=0)
+
+
+class EvalConfig(Strict):
+    metric: Literal["euclidean", "cosine"] = "cosine"
+    flip: bool = False                        # average features of the image and its mirror
+    rerank: bool = False
+    max_rank: int = Field(50, gt=0)
+
+
+class Recipe(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe ({source}):"]
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}'")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} must look like key.path=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {override!r}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults) and apply dotted overrides."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+        source = str(path)
+    for override in overrides:
+        apply_override(tree, override)
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, source)) from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain Python types only (for checkpoints and reports)."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,6 @@
+"""Training engine: objective, optimiser, schedules, checkpoints, the training loop."""
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .objective import NonFiniteLossError
+from .trainer import Trainer
+
+__all__ = ["Trainer", "CheckpointError", "load_checkpoint", "save_checkpoint", "NonFiniteLossError"]

@@ -1,0 +1,68 @@
+"""Checkpoints that hold only tensors and plain Python values.
+
+``torch.load(path, weights_only=True)`` reads them, so loading never runs
+code.  Writes go to a temporary file in the same folder, then ``os.replace``:
+a crash mid-write never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used with this model or recipe."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (``weights_only``); a bare state_dict is accepted too."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
+    return state if "state_dict" in state else {"state_dict": state}
+
+
+def load_model_weights(model: nn.Module, state: dict, source: str, ignore_classifier: bool = False) -> None:
+    """Load ``state['state_dict']`` into ``model``, naming mismatched keys and shapes."""
+    weights = dict(state["state_dict"])
+    own = model.state_dict()
+    if ignore_classifier:
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.classifier")}
+    shape_errors = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                    for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in weights and not (ignore_classifier and k.startswith("head.classifier"))]
+    unexpected = [k for k in weights if k not in own]
+    if shape_errors or missing or unexpected:
+        parts = []
+        if shape_errors:
+            parts.append("shape mismatch: " + "; ".join(shape_errors[:5]))
+        if missing:
+            parts.append(f"missing keys: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{source} does not fit this model: " + " | ".join(parts))
+    model.load_state_dict(weights, strict=not ignore_classifier)

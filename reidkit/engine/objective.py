@@ -1,0 +1,45 @@
+"""The training objective: ID loss + triplet loss + center loss, weighted by the recipe."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import LossConfig
+from ..losses import CenterLoss, CrossEntropyLabelSmooth, TripletLoss, unweight_center_gradients
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite."""
+
+
+class BoTObjective(nn.Module):
+    """Weighted sum of the BoT losses; a zero weight switches a term off."""
+
+    def __init__(self, cfg: LossConfig, num_classes: int, feature_dim: int, miner=None):
+        super().__init__()
+        self.cfg = cfg
+        self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
+        self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
+        self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, pids: torch.Tensor,
+                camids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted terms by name; their sum is the loss to minimise."""
+        terms = {"id": self.cfg.ce_weight * self.id_loss(logits.float(), pids)}
+        if self.triplet is not None:
+            terms["triplet"] = self.cfg.triplet_weight * self.triplet(features.float(), pids, camids)
+        if self.center is not None:
+            terms["center"] = self.cfg.center_weight * self.center(features.float(), pids)
+        return terms
+
+    def before_center_step(self) -> None:
+        if self.center is not None:
+            unweight_center_gradients(self.center, self.cfg.center_weight)
+
+
+def check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    if not all(torch.isfinite(torch.tensor(list(values.values())))):
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise NonFiniteLossError(f"non-finite loss at {where}: {shown}. Lower the learning rate, "
+                                 "check the data, or resume from the last checkpoint.")

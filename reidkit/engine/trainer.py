@@ -1,0 +1,203 @@
+"""The training loop: epochs of P x K batches, periodic evaluation, logging, checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Recipe, recipe_to_dict
+from ..data import build_dataset
+from ..data.cache import ImageCache
+from ..data.loader import TrainLoader
+from ..data.samplers import RandomIdentityBatchSampler
+from ..data.transforms import AugmentConfig, BatchAugment
+from ..evaluation import RankResult
+from ..models import build_model
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from .evaluate import evaluate_model
+from .objective import BoTObjective, check_finite
+from .optim import build_optimizer
+from .schedulers import WarmupScheduler
+
+log = logging.getLogger("reidkit")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_test_caches(recipe: Recipe, dataset, progress: bool = True) -> tuple[ImageCache, ImageCache]:
+    d = recipe.data
+    size = (d.height, d.width)
+    kw = dict(skip_bad_images=d.skip_bad_images, workers=d.decode_workers, progress=progress)
+    return (ImageCache(dataset.query, size, desc="query", **kw),
+            ImageCache(dataset.gallery, size, desc="gallery", **kw))
+
+
+class Trainer:
+    """Trains the recipe's model on its dataset; see :meth:`fit`."""
+
+    def __init__(self, recipe: Recipe, progress: bool = True):
+        self.recipe, self.progress = recipe, progress
+        d, t = recipe.data, recipe.train
+        self.out = Path(t.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        seed_everything(t.seed)
+        self.dataset = build_dataset(d.dataset, d.root, **d.options)
+        log.info("\n%s", self.dataset.summary())
+        self.train_cache = ImageCache(self.dataset.train, (d.height, d.width), mmap_path=d.cache_file,
+                                      skip_bad_images=d.skip_bad_images, workers=d.decode_workers,
+                                      progress=progress, desc="train")
+        self.query_cache, self.gallery_cache = build_test_caches(recipe, self.dataset, progress)
+        self.num_classes = self.dataset.num_train_pids
+        m = recipe.model
+        self.model = build_model(m.name, self.num_classes, last_stride=m.last_stride,
+                                 pretrained=m.pretrained, pooling=m.pooling, bnneck=m.bnneck,
+                                 test_feature=m.test_feature)
+        self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
+        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.center_optimizer = (torch.optim.SGD(self.objective.center.parameters(), lr=recipe.loss.center_lr)
+                                 if self.objective.center is not None else None)
+        self.scheduler = WarmupScheduler(self.optimizer, recipe.schedule, t.epochs)
+        sampler = RandomIdentityBatchSampler(self.train_cache.pids(), d.num_identities,
+                                             d.num_instances, seed=t.seed)
+        a = recipe.augment
+        self.augment = BatchAugment(AugmentConfig(flip=a.flip, padding=a.padding, erasing=a.erasing,
+                                                  color_jitter=a.color_jitter), seed=t.seed + 1)
+        self.loader = TrainLoader(self.train_cache, sampler, self.augment)
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        self.start_epoch, self.best_map, self.step = 0, -1.0, 0
+        self.history: dict[str, list] = {"epoch": [], "lr": [], "images_per_s": [],
+                                         "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
+
+    # -- checkpoints -------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        state = {
+            "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
+            "step": self.step, "history": self.history, "num_classes": self.num_classes,
+            "recipe": recipe_to_dict(self.recipe), "reidkit_version": __version__,
+            "rng": {"torch": torch.get_rng_state(), "augment": self.augment.gen.get_state()},
+        }
+        if self.objective.center is not None:
+            state["center"] = self.objective.center.state_dict()
+            state["center_optimizer"] = self.center_optimizer.state_dict()
+        return state
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
+        if state.get("num_classes") != self.num_classes:
+            raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
+                                  f"this dataset has {self.num_classes}")
+        load_model_weights(self.model, state, str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.objective.center is not None and "center" in state:
+            self.objective.center.load_state_dict(state["center"])
+            self.center_optimizer.load_state_dict(state["center_optimizer"])
+        self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.augment.gen.set_state(state["rng"]["augment"])
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # -- loop --------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.loader.set_epoch(epoch)
+        self.scheduler.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        sums: dict[str, float] = {}
+        count, images, t0 = 0, 0, time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
+                   disable=not self.progress, leave=False)
+        for i, batch in enumerate(bar):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
+                logits, features = self.model(batch.images)
+            terms = self.objective(logits, features, batch.pids, batch.camids)
+            check_finite(terms, f"epoch {epoch + 1}, iteration {i + 1}")
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.center_optimizer is not None:
+                self.center_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.center_optimizer is not None:
+                self.objective.before_center_step()
+                self.center_optimizer.step()
+            self.step += 1
+            count += 1
+            images += batch.images.shape[0]
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+            if self.step % self.recipe.train.log_every == 0:
+                for k, v in terms.items():
+                    self.writer.add_scalar(f"loss/{k}", float(v.detach()), self.step)
+                self.writer.add_scalar("loss/total", float(loss.detach()), self.step)
+                self.writer.add_scalar("lr", lr, self.step)
+            speed = images / (time.perf_counter() - t0)
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
+        means = {k: v / max(count, 1) for k, v in sums.items()}
+        means["images_per_s"] = images / (time.perf_counter() - t0)
+        means["lr"] = lr
+        return means
+
+    def evaluate(self) -> RankResult:
+        return evaluate_model(self.model, self.query_cache, self.gallery_cache, self.recipe.eval,
+                              self.recipe.data.test_batch_size, self.recipe.train.amp)
+
+    def _record_epoch(self, epoch: int, means: dict[str, float]) -> None:
+        self.history["epoch"].append(epoch + 1)
+        for k, v in means.items():
+            key = k if k in ("lr", "images_per_s") else f"loss/{k}"
+            self.history.setdefault(key, []).append(float(v))
+            self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
+
+    def _record_eval(self, epoch: int, result: RankResult) -> None:
+        values = {"mAP": result.mAP, "rank1": result.rank(1),
+                  "rank5": result.rank(min(5, len(result.cmc))), "mINP": result.mINP}
+        self.history["eval_epoch"].append(epoch + 1)
+        for k, v in values.items():
+            self.history[k].append(float(v))
+            self.writer.add_scalar(f"metrics/{k}", float(v), epoch + 1)
+        self.scheduler.observe(result.mAP)
+
+    def fit(self, resume: str | Path | None = None) -> RankResult | None:
+        """Train for ``train.epochs`` epochs; returns the last evaluation."""
+        if resume:
+            self.resume(resume)
+        t = self.recipe.train
+        result = None
+        for epoch in range(self.start_epoch, t.epochs):
+            means = self.train_epoch(epoch)
+            self._record_epoch(epoch, means)
+            line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))
+            log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
+                     means["images_per_s"])
+            last = epoch + 1 == t.epochs
+            if (epoch + 1) % t.eval_every == 0 or last:
+                result = self.evaluate()
+                self._record_eval(epoch, result)
+                log.info("epoch %d  mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
+                         100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
+                if result.mAP > self.best_map:
+                    self.best_map = result.mAP
+                    save_checkpoint(self.state(epoch + 1), self.out / "best.pth")
+            save_checkpoint(self.state(epoch + 1), self.out / "last.pth")
+        self.writer.flush()
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+        return result

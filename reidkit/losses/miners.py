@@ -1,0 +1,42 @@
+"""Miners: choose, for every anchor, the positive and negative its triplet uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of ``x`` (clamped before the sqrt for stable gradients)."""
+    sq = (x * x).sum(dim=1, keepdim=True)
+    d2 = sq + sq.t() - 2.0 * x @ x.t()
+    return d2.clamp(min=1e-12).sqrt()
+
+
+@dataclass
+class Triplets:
+    """Indices of the selected positive and negative for every anchor."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+class BatchHardMiner:
+    """Batch-hard mining (Hermans et al. 2017): the farthest positive and the closest negative.
+
+    Selection uses detached distances; the loss recomputes the selected ones
+    with gradients.  Each anchor needs at least one other image of its identity
+    and one of another identity (P x K batches with K >= 2 guarantee it).
+    """
+
+    def __call__(self, dist: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> Triplets:
+        d = dist.detach()
+        same = pids.unsqueeze(0) == pids.unsqueeze(1)
+        eye = torch.eye(len(pids), dtype=torch.bool, device=d.device)
+        pos_mask, neg_mask = same & ~eye, ~same
+        if not bool(pos_mask.any(1).all()) or not bool(neg_mask.any(1).all()):
+            raise ValueError("batch-hard mining needs, for every anchor, another image of its "
+                             "identity and an image of another identity (use a P x K sampler, K >= 2)")
+        positive = d.masked_fill(~pos_mask, float("-inf")).argmax(dim=1)
+        negative = d.masked_fill(~neg_mask, float("inf")).argmin(dim=1)
+        return Triplets(positive, negative)

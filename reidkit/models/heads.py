@@ -1,0 +1,60 @@
+"""Pooling and the BNNeck head (Luo et al., "Bag of Tricks and a Strong Baseline", 2019).
+
+global pooling -> f_t (triplet / center loss) -> BatchNorm with its bias frozen
+-> f_i -> bias-free linear classifier (ID loss).  At test time the head returns
+f_i ("after_bn", the paper's choice, used with cosine distance) or f_t.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al. 2018) with a learnable exponent."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).flatten(1)
+
+
+class AvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def build_pooling(name: str) -> nn.Module:
+    if name == "avg":
+        return AvgPool()
+    if name == "gem":
+        return GeM()
+    raise ValueError(f"pooling must be 'avg' or 'gem', got {name!r}")
+
+
+class BNNeckHead(nn.Module):
+    """BNNeck: BatchNorm (bias frozen at 0) between the embedding and a bias-free classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, bnneck: bool = True,
+                 test_feature: str = "after_bn"):
+        super().__init__()
+        if test_feature not in ("after_bn", "before_bn"):
+            raise ValueError(f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}")
+        self.test_feature = test_feature if bnneck else "before_bn"
+        self.bottleneck = nn.BatchNorm1d(in_features) if bnneck else nn.Identity()
+        if bnneck:
+            self.bottleneck.bias.requires_grad_(False)
+            nn.init.ones_(self.bottleneck.weight)
+            nn.init.zeros_(self.bottleneck.bias)
+        self.classifier = nn.Linear(in_features, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def forward(self, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        f_i = self.bottleneck(f_t)
+        if self.training:
+            return self.classifier(f_i), f_t
+        return f_i if self.test_feature == "after_bn" else f_t

@@ -1,0 +1,45 @@
+"""Offline loading of ImageNet weights: a file path or the torch hub cache, never a download."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+def hub_cache_file(url: str) -> Path:
+    """Where torch.hub would have cached the file behind ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def load_backbone_weights(module: nn.Module, source: str | None, url: str | None, name: str) -> bool:
+    """Load ImageNet weights into ``module`` from ``source``.
+
+    ``source``: ``"auto"`` (the torch hub cache file of ``url`` when present),
+    a path, or ``None``/``"none"`` (random initialisation).  Keys of the
+    classification head (``fc.*``) are ignored.  Returns whether weights loaded;
+    when not, the log says training starts from random initialisation.
+    """
+    if source in (None, "none"):
+        log.warning("%s: starting from random initialisation (pretrained=none)", name)
+        return False
+    path = hub_cache_file(url) if source == "auto" and url else Path(source)
+    if not path.is_file():
+        if source == "auto":
+            log.warning("%s: no ImageNet weights in the torch hub cache (%s); starting from "
+                        "random initialisation (nothing is downloaded)", name, path)
+            return False
+        raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]    # the ImageNet head is not used
+    if unexpected or missing:
+        raise ValueError(f"{name}: weights in {path} do not match the backbone: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info("%s: ImageNet weights loaded from %s", name, path)
+    return True

@@ -1,0 +1,37 @@
+"""A ReID network: backbone -> pooling -> BNNeck head."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .heads import BNNeckHead, build_pooling
+from .registry import register_model
+from .resnet import RESNETS, ResNetBackbone
+
+
+class ReIDModel(nn.Module):
+    """In training mode returns ``(logits, f_t)``; in eval mode the test embedding."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "avg",
+                 bnneck: bool = True, test_feature: str = "after_bn"):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = build_pooling(pooling)
+        self.head = BNNeckHead(backbone.out_channels, num_classes, bnneck, test_feature)
+        self.feature_dim = backbone.out_channels
+
+    def forward(self, images: torch.Tensor):
+        return self.head(self.pool(self.backbone(images)))
+
+
+def _resnet_builder(depth: str):
+    def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto",
+              pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn") -> ReIDModel:
+        return ReIDModel(ResNetBackbone(depth, last_stride, pretrained), num_classes, pooling,
+                         bnneck, test_feature)
+    build.__doc__ = f"{depth} with BNNeck (Luo et al. 2019); ``last_stride=1`` by default."
+    return build
+
+
+for _depth in RESNETS:
+    register_model(f"{_depth}_bnneck")(_resnet_builder(_depth))

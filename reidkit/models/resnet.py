@@ -1,0 +1,49 @@
+"""ResNet backbones from torchvision (He et al., CVPR 2016) with a ``last_stride`` option.
+
+``last_stride=1`` (Luo et al. 2019, "Bag of Tricks", trick 4) keeps the final
+stage at 1/16 resolution: a 16x8 feature map at 256x128.  The torchvision
+module layout is kept, so ImageNet checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+
+from .pretrained import load_backbone_weights
+
+RESNETS = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1),
+    "resnet152": (tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1),
+}
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its pooling and classifier; returns the feature map."""
+
+    def __init__(self, depth_name: str, last_stride: int = 1, pretrained: str | None = "auto"):
+        super().__init__()
+        if depth_name not in RESNETS:
+            raise ValueError(f"unknown ResNet {depth_name!r}; choose from {', '.join(RESNETS)}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        builder, weights = RESNETS[depth_name]
+        net = builder(weights=None)
+        self.pretrained = load_backbone_weights(net, pretrained, weights.url, depth_name)
+        if last_stride == 1:
+            block = net.layer4[0]
+            # torchvision puts the stride on conv2 of a Bottleneck, on conv1 of a BasicBlock
+            strided = block.conv2 if isinstance(block, tvm.resnet.Bottleneck) else block.conv1
+            strided.stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        # torchvision's attribute names, so ImageNet / BoT checkpoints map key for key
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from reidkit.config import RecipeError, ScheduleConfig, load_recipe
+from reidkit.engine.schedulers import WarmupScheduler
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def lrs(cfg: ScheduleConfig, epochs, total=120, base=3.5e-4):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = WarmupScheduler(opt, cfg, total)
+    out = []
+    for e in epochs:
+        sched.set_epoch(e)
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_bot_warmup_multistep_values():
+    cfg = ScheduleConfig(kind="multistep", warmup_epochs=10, warmup_factor=0.01, milestones=[40, 70])
+    got = lrs(cfg, [0, 5, 9, 10, 39, 40, 69, 70, 119])
+    base = 3.5e-4
+    expected = [0.01, 0.01 * 0.5 + 0.5, 0.01 * 0.1 + 0.9, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    assert got == pytest.approx([base * e for e in expected])
+
+
+def test_cosine_and_plateau():
+    cfg = ScheduleConfig(kind="cosine", warmup_epochs=2, warmup_factor=0.1)
+    got = lrs(cfg, [0, 2, 6, 10], total=10, base=1.0)
+    assert got == pytest.approx([0.1, 1.0, 0.5, 0.0], abs=1e-9)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupScheduler(opt, ScheduleConfig(kind="plateau", warmup_epochs=0, patience=2), 10)
+    for epoch, metric in enumerate([0.5, 0.6, 0.6, 0.55]):
+        sched.set_epoch(epoch)
+        sched.observe(metric)
+    sched.set_epoch(4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_every_shipped_recipe_loads():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        load_recipe(f)
+    bot = load_recipe(CONFIGS / "bot_r50_market1501.yaml")
+    assert (bot.optim.lr, bot.schedule.milestones, bot.train.epochs) == (3.5e-4, [40, 70], 120)
+    assert (bot.loss.triplet_margin, bot.loss.center_weight, bot.loss.label_smoothing) == (0.3, 5e-4, 0.1)
+    assert (bot.data.num_identities, bot.data.num_instances, bot.data.height) == (16, 4, 256)
+
+
+def test_overrides_and_errors_name_the_key(tmp_path):
+    r = load_recipe(CONFIGS / "bot_r50_market1501.yaml", ["train.epochs=5", "loss.triplet_margin=null"])
+    assert r.train.epochs == 5 and r.loss.triplet_margin is None
+    with pytest.raises(RecipeError, match="unknown key 'train.epoch'"):
+        load_recipe(None, ["train.epoch=5"])
+    with pytest.raises(RecipeError, match="train.epochs"):
+        load_recipe(None, ["train.epochs=many"])
+    with pytest.raises(RecipeError, match="optim.name"):
+        load_recipe(None, ["optim.name=adagrad"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nmae: resnet50_bnneck\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'model.nmae'.*bad.yaml|bad.yaml(.|\n)*model.nmae"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(RecipeError, match="key.path=value"):
+        load_recipe(None, ["train.epochs"])

@@ -1,0 +1,94 @@
+
+import pytest
+import torch
+import yaml
+
+from reidkit.cli import main
+from reidkit.config import load_recipe
+from reidkit.data.synthetic import generate
+from reidkit.engine import CheckpointError, NonFiniteLossError, Trainer
+from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
+from reidkit.models import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "synthetic"
+    generate(root, num_ids=16, num_cameras=3, seed=1, images_per_camera=(2, 3), num_distractors=6,
+             quiet=True)
+    return root
+
+
+def tiny_overrides(root, out, epochs=3):
+    return [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32", "data.width=16",
+            "data.num_identities=4", "data.num_instances=2", "data.test_batch_size=64",
+            "model.name=resnet18_bnneck", "model.pretrained=none", "optim.lr=0.001",
+            "schedule.kind=cosine", "schedule.warmup_epochs=0", f"train.epochs={epochs}",
+            "train.eval_every=1", f"train.output_dir={out}", "augment.padding=2"]
+
+
+def test_training_lowers_loss_and_checkpoint_round_trips(tiny_data, tmp_path, capsys):
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run"))
+    trainer = Trainer(recipe, progress=False)
+    result = trainer.fit()
+    losses = trainer.history["loss/total"]
+    assert losses[-1] < losses[0]
+    for name in ("best.pth", "last.pth"):
+        state = torch.load(tmp_path / "run" / name, map_location="cpu", weights_only=True)
+        assert state["num_classes"] == 8 and isinstance(state["best_mAP"], float)
+    assert (tmp_path / "run" / "history.json").is_file()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    recipe_file = write_recipe(tmp_path, tiny_overrides(tiny_data, tmp_path / "run"))
+    code = main(["eval", str(recipe_file), "--weights", str(tmp_path / "run" / "last.pth"),
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"mAP: {100 * result.mAP:.2f}%" in printed
+
+
+def write_recipe(tmp_path, overrides):
+    recipe = load_recipe(None, overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    return path
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    straight = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "a", epochs=2)), progress=False)
+    straight.fit()
+    first = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "b", epochs=1)), progress=False)
+    first.fit()
+    resumed = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "b", epochs=2)), progress=False)
+    resumed.fit(resume=tmp_path / "b" / "last.pth")
+    assert resumed.history["loss/total"] == pytest.approx(straight.history["loss/total"], rel=1e-6)
+    assert resumed.history["mAP"] == pytest.approx(straight.history["mAP"], rel=1e-6)
+
+
+def test_nan_loss_is_reported(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "nan", epochs=1)), progress=False)
+    original = trainer.objective.forward
+
+    def poisoned(*args):
+        terms = original(*args)
+        terms["triplet"] = terms["triplet"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer.objective, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 1: .*triplet=nan"):
+        trainer.fit()
+
+
+def test_mismatched_checkpoint_is_named(tmp_path):
+    model = build_model("resnet18_bnneck", 5, pretrained="none")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "five.pth")
+    other = build_model("resnet18_bnneck", 7, pretrained="none")
+    with pytest.raises(CheckpointError, match=r"head.classifier.weight: checkpoint \(5, 512\) vs model \(7, 512\)"):
+        load_model_weights(other, load_checkpoint(tmp_path / "five.pth"), "five.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(tmp_path / "junk.pth")
+
+
+def test_cli_reports_recipe_errors(capsys):
+    assert main(["train", "configs/bot_r50_market1501.yaml", "train.epochz=3"]) == 2
+    assert "unknown key 'train.epochz'" in capsys.readouterr().err
