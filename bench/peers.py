@@ -39,3 +39,26 @@ def torchreid_rank():
 def torchreid_rerank():
     from torchreid.reid.utils.rerank import re_ranking
     return re_ranking
+
+
+def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batch_size: int,
+                                 num_instances: int, workers: int, transforms: list[str]):
+    """torchreid's ImageDataManager over the same CUHK03-labeled records reidkit reads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.data import ImageDataManager
+        from torchreid.reid.data.datasets import register_image_dataset
+        from torchreid.reid.data.datasets.dataset import ImageDataset
+    from reidkit.data import build_dataset
+
+    class CUHK03Labeled(ImageDataset):
+        def __init__(self, root="", **kwargs):
+            ds = build_dataset("cuhk03_labeled", cuhk03_root)
+            as_tuples = lambda recs: [(r.path, r.pid, r.camid) for r in recs]  # noqa: E731
+            super().__init__(as_tuples(ds.train), as_tuples(ds.query), as_tuples(ds.gallery), **kwargs)
+
+    register_image_dataset("reidkit_cuhk03_labeled", CUHK03Labeled)
+    return ImageDataManager(root=cuhk03_root, sources="reidkit_cuhk03_labeled", height=height, width=width,
+                            transforms=transforms, batch_size_train=batch_size, workers=workers,
+                            num_instances=num_instances, train_sampler="RandomIdentitySampler",
+                            use_gpu=False)

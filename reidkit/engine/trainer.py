@@ -115,7 +115,8 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     # -- loop --------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
         self.model.train()
         self.loader.set_epoch(epoch)
         self.scheduler.set_epoch(epoch)
@@ -125,6 +126,8 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
                    disable=not self.progress, leave=False)
         for i, batch in enumerate(bar):
+            if max_batches is not None and i >= max_batches:
+                break
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
                 logits, features = self.model(batch.images)
             terms = self.objective(logits, features, batch.pids, batch.camids)
