@@ -45,7 +45,7 @@ def load_trained_model(recipe, weights: str):
     if classifier is None:
         raise CheckpointError(f"{weights}: no head.classifier.weight; is it a reidkit {recipe.model.name} checkpoint?")
     m = recipe.model
-    model = build_model(m.name, int(classifier.shape[0]), last_stride=m.last_stride, pretrained="none",
+    model = build_model(m.name, int(classifier.shape[0]), last_stride=m.last_stride, pretrained=None,
                         pooling=m.pooling, bnneck=m.bnneck, test_feature=m.test_feature)
     load_model_weights(model, state, weights)
     return model.eval()
@@ -58,7 +58,6 @@ def cmd_eval(args) -> int:
     overrides = list(args.overrides) + (["eval.rerank=true"] if args.rerank else [])
     recipe = load_recipe(args.recipe, overrides)
     _setup_logging()
-    logging.getLogger("reidkit.models").setLevel(logging.ERROR)
     model = load_trained_model(recipe, args.weights)
     dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
     query, gallery = build_test_caches(recipe, dataset, progress=not args.no_progress)

@@ -63,7 +63,7 @@ class Trainer:
         self.num_classes = self.dataset.num_train_pids
         m = recipe.model
         self.model = build_model(m.name, self.num_classes, last_stride=m.last_stride,
-                                 pretrained=m.pretrained, pooling=m.pooling, bnneck=m.bnneck,
+                                 pretrained=m.pretrained or "none", pooling=m.pooling, bnneck=m.bnneck,
                                  test_feature=m.test_feature)
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
         self.optimizer = build_optimizer(self.model, recipe.optim)

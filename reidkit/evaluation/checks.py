@@ -71,3 +71,13 @@ def check_metric(metric: str) -> str:
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     return metric
+
+
+def as_feature_pair(qf: ArrayLike, gf: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery features as finite float matrices of one dimension and dtype."""
+    q = as_float_matrix(qf, "qf")
+    g = as_float_matrix(gf, "gf")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}")
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    return q.to(dtype), g.to(dtype)

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .checks import ArrayLike, as_float_matrix, check_metric
+from .checks import ArrayLike, as_feature_pair, check_metric
 
 DEFAULT_CHUNK = 1024
 
@@ -60,13 +60,8 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean",
         chunk_size: query rows per block.
     """
     check_metric(metric)
-    q = as_float_matrix(qf, "qf")
-    g = as_float_matrix(gf, "gf")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}")
-    dtype = torch.promote_types(q.dtype, g.dtype)
-    q, g = q.to(dtype), g.to(dtype)
-    out = torch.empty(q.shape[0], g.shape[0], dtype=dtype)
+    q, g = as_feature_pair(qf, gf)
+    out = torch.empty(q.shape[0], g.shape[0], dtype=q.dtype)
     with torch.no_grad():
         for start, block in iter_distance_blocks(q, g, metric, chunk_size):
             out[start:start + block.shape[0]] = block

@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .checks import ArrayLike, as_float_matrix, as_id_vector, check_metric
+from .checks import ArrayLike, as_feature_pair, as_float_matrix, as_id_vector, check_metric
 from .distance import iter_distance_blocks
 from .ranking import BlockStats, GalleryIndex, rank_block
 
@@ -102,17 +102,8 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
     """
     dist = as_float_matrix(distmat, "distmat", check=False)  # checked per block
     nq, ng = dist.shape
-    qp = as_id_vector(q_pids, "q_pids", nq)
-    gp = as_id_vector(g_pids, "g_pids", ng)
-    qc = as_id_vector(q_camids, "q_camids", nq)
-    gc = as_id_vector(g_camids, "g_camids", ng)
-    max_rank = _cut_max_rank(max_rank, ng)
-    index = GalleryIndex(gp, gc)
-    blocks = []
-    for s in range(0, nq, query_chunk):
-        e = min(s + query_chunk, nq)
-        blocks.append(rank_block(dist[s:e], qp[s:e], qc[s:e], index))
-    return combine_blocks(blocks, max_rank)
+    blocks = ((s, dist[s:s + query_chunk]) for s in range(0, nq, query_chunk))
+    return _evaluate_blocks(blocks, nq, ng, q_pids, g_pids, q_camids, g_camids, max_rank)
 
 
 def evaluate_features(qf: ArrayLike, gf: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
@@ -127,22 +118,25 @@ def evaluate_features(qf: ArrayLike, gf: ArrayLike, q_pids: ArrayLike, g_pids: A
     (``re_ranking_features``; ``k1``, ``k2``, ``lambda_value`` pass through).
     """
     check_metric(metric)
-    q = as_float_matrix(qf, "qf")
-    g = as_float_matrix(gf, "gf")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}")
-    nq, ng = q.shape[0], g.shape[0]
+    q, g = as_feature_pair(qf, gf)
+    if rerank:
+        from .rerank import iter_rerank_blocks
+        source = iter_rerank_blocks(q, g, metric=metric, chunk_size=query_chunk, **rerank_kwargs)
+    else:
+        source = iter_distance_blocks(q, g, metric, query_chunk)
+    return _evaluate_blocks(source, q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, max_rank)
+
+
+def _evaluate_blocks(source: Iterable[tuple[int, torch.Tensor]], nq: int, ng: int, q_pids: ArrayLike,
+                     g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike,
+                     max_rank: int) -> RankResult:
+    """Check the ids, then rank every ``(start, distance block)`` of ``source`` (a lazy iterator)."""
     qp = as_id_vector(q_pids, "q_pids", nq)
     gp = as_id_vector(g_pids, "g_pids", ng)
     qc = as_id_vector(q_camids, "q_camids", nq)
     gc = as_id_vector(g_camids, "g_camids", ng)
     max_rank = _cut_max_rank(max_rank, ng)
     index = GalleryIndex(gp, gc)
-    if rerank:
-        from .rerank import iter_rerank_blocks
-        source = iter_rerank_blocks(q, g, metric=metric, chunk_size=query_chunk, **rerank_kwargs)
-    else:
-        source = iter_distance_blocks(q, g, metric, query_chunk)
     blocks = []
     with torch.no_grad():
         for s, dist in source:

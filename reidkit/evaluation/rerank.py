@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .checks import ArrayLike, as_float_matrix, check_metric
+from .checks import ArrayLike, as_feature_pair, as_float_matrix, check_metric
 from .distance import distance_block, prepare_features
 
 ROW_CHUNK = 512
@@ -222,10 +222,7 @@ def re_ranking_features(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6,
     Never builds an N x N array: memory is the query x gallery output plus
     O(N * k) for the neighbour lists and the sparse encoding.
     """
-    q = as_float_matrix(qf, "qf")
-    g = as_float_matrix(gf, "gf")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}")
+    q, g = as_feature_pair(qf, gf)
     out = np.empty((q.shape[0], g.shape[0]), dtype=np.float32)
     for s, block in iter_rerank_blocks(q, g, metric, k1, k2, lambda_value, chunk_size):
         out[s:s + block.shape[0]] = block.numpy()

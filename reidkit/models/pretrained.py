@@ -19,11 +19,14 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
     """Load ImageNet weights into ``module`` from ``source``.
 
     ``source``: ``"auto"`` (the torch hub cache file of ``url`` when present),
-    a path, or ``None``/``"none"`` (random initialisation).  Keys of the
+    a path, ``"none"`` (random initialisation, said in the log) or ``None``
+    (silently nothing: the caller loads trained weights next).  Keys of the
     classification head (``fc.*``) are ignored.  Returns whether weights loaded;
     when not, the log says training starts from random initialisation.
     """
-    if source in (None, "none"):
+    if source is None:
+        return False
+    if source == "none":
         log.warning("%s: starting from random initialisation (pretrained=none)", name)
         return False
     path = hub_cache_file(url) if source == "auto" and url else Path(source)
