@@ -31,6 +31,7 @@ class DataConfig(Strict):
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
     cache_file: Optional[str] = None          # memory-mapped cache for the train split
+    camera_diverse: bool = False              # K images of an identity drawn across its cameras
     decode_workers: int = Field(4, gt=0)
 
 
@@ -50,11 +51,24 @@ class ModelConfig(Strict):
     test_feature: Literal["after_bn", "before_bn"] = "after_bn"
 
 
+class CameraBiasConfig(Strict):
+    """Camera-label based batch-hard mining (seed 001), used when ``loss.miner=camera_aware``."""
+
+    k: float = Field(5.0, ge=0)
+    m: float = Field(0.1, ge=0)
+    schedule: Literal["decay", "constant", "early", "off"] = "decay"
+    early_epochs: int = Field(10, ge=0)
+    time_unit: Literal["iteration", "epoch"] = "iteration"
+    bias_in_loss: bool = False
+
+
 class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: Optional[float] = 0.3     # null = soft margin
+    miner: Literal["batch_hard", "camera_aware"] = "batch_hard"
+    camera_bias: CameraBiasConfig = Field(default_factory=CameraBiasConfig)
     center_weight: float = Field(5e-4, ge=0)
     center_lr: float = Field(0.5, gt=0)
 

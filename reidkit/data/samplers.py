@@ -15,15 +15,24 @@ class RandomIdentityBatchSampler:
     identities drawn at random among those with groups left, until fewer than P
     remain — the epoch definition of the BoT reference and torchreid.
     Deterministic for ``(seed, epoch)``; call :meth:`set_epoch` each epoch.
+
+    With ``camids`` and ``camera_diverse=True``, each identity's images are
+    ordered round-robin over its cameras before being cut into groups, so the
+    K images of a group come from as many cameras as the identity has
+    (camera-aware mining needs cross-camera positives in the batch).
     """
 
-    def __init__(self, pids: Sequence[int], num_identities: int, num_instances: int, seed: int = 0):
+    def __init__(self, pids: Sequence[int], num_identities: int, num_instances: int, seed: int = 0,
+                 camids: Sequence[int] | None = None, camera_diverse: bool = False):
         if num_identities < 1 or num_instances < 1:
             raise ValueError(f"P and K must be positive, got P={num_identities}, K={num_instances}")
         self.pids = np.asarray(pids)
         self.p, self.k = int(num_identities), int(num_instances)
         self.seed, self.epoch = seed, 0
         self.index = {pid: np.flatnonzero(self.pids == pid) for pid in np.unique(self.pids)}
+        if camera_diverse and camids is None:
+            raise ValueError("camera_diverse sampling needs the camera ids")
+        self.camids = np.asarray(camids) if camera_diverse else None
         if len(self.index) < self.p:
             raise ValueError(f"only {len(self.index)} identities, fewer than P={self.p} per batch")
 
@@ -37,6 +46,8 @@ class RandomIdentityBatchSampler:
                 idxs = rng.choice(idxs, size=self.k, replace=True)
             else:
                 idxs = rng.permutation(idxs)
+            if self.camids is not None:
+                idxs = _round_robin_by_camera(idxs, self.camids)
             n = len(idxs) // self.k
             groups[pid] = [idxs[i * self.k:(i + 1) * self.k] for i in range(n)]
         return groups
@@ -56,3 +67,14 @@ class RandomIdentityBatchSampler:
     def __len__(self) -> int:
         """Batches per epoch (exact: the sampling is simulated for the current epoch)."""
         return sum(1 for _ in self)
+
+
+def _round_robin_by_camera(idxs: np.ndarray, camids: np.ndarray) -> np.ndarray:
+    """Reorder (already shuffled) indices so consecutive ones cycle through the cameras."""
+    per_camera = [list(idxs[camids[idxs] == c]) for c in np.unique(camids[idxs])]
+    out = []
+    while any(per_camera):
+        for queue in per_camera:
+            if queue:
+                out.append(queue.pop(0))
+    return np.asarray(out, dtype=idxs.dtype)

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from ..config import LossConfig
-from ..losses import CenterLoss, CrossEntropyLabelSmooth, TripletLoss, unweight_center_gradients
+from ..losses import (CameraAwareBatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, TripletLoss,
+                      unweight_center_gradients)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -18,6 +19,10 @@ class BoTObjective(nn.Module):
     def __init__(self, cfg: LossConfig, num_classes: int, feature_dim: int, miner=None):
         super().__init__()
         self.cfg = cfg
+        if miner is None and cfg.miner == "camera_aware":
+            b = cfg.camera_bias
+            miner = CameraAwareBatchHardMiner(b.k, b.m, b.schedule, b.early_epochs, b.time_unit, b.bias_in_loss)
+        self.miner = miner
         self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
         self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
         self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
@@ -31,6 +36,16 @@ class BoTObjective(nn.Module):
         if self.center is not None:
             terms["center"] = self.cfg.center_weight * self.center(features.float(), pids)
         return terms
+
+    def set_time(self, iteration: int, epoch: int) -> None:
+        """Forward the training time to a miner that uses it."""
+        if hasattr(self.miner, "set_time"):
+            self.miner.set_time(iteration, epoch)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The miner's statistics of the last batch (empty for plain batch-hard)."""
+        stats = getattr(self.miner, "stats", None)
+        return dict(vars(stats)) if stats is not None else {}
 
     def before_center_step(self) -> None:
         if self.center is not None:

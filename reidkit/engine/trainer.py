@@ -71,7 +71,9 @@ class Trainer:
                                  if self.objective.center is not None else None)
         self.scheduler = WarmupScheduler(self.optimizer, recipe.schedule, t.epochs)
         sampler = RandomIdentityBatchSampler(self.train_cache.pids(), d.num_identities,
-                                             d.num_instances, seed=t.seed)
+                                             d.num_instances, seed=t.seed,
+                                             camids=self.train_cache.camids(),
+                                             camera_diverse=d.camera_diverse)
         a = recipe.augment
         self.augment = BatchAugment(AugmentConfig(flip=a.flip, padding=a.padding, erasing=a.erasing,
                                                   color_jitter=a.color_jitter), seed=t.seed + 1)
@@ -130,7 +132,11 @@ class Trainer:
                 break
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
                 logits, features = self.model(batch.images)
+            self.objective.set_time(self.step, epoch)
             terms = self.objective(logits, features, batch.pids, batch.camids)
+            for k, v in self.objective.diagnostics().items():
+                sums[f"mining/{k}"] = sums.get(f"mining/{k}", 0.0) + v
+                self.writer.add_scalar(f"mining/{k}", v, self.step)
             check_finite(terms, f"epoch {epoch + 1}, iteration {i + 1}")
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
@@ -153,7 +159,8 @@ class Trainer:
                 self.writer.add_scalar("loss/total", float(loss.detach()), self.step)
                 self.writer.add_scalar("lr", lr, self.step)
             speed = images / (time.perf_counter() - t0)
-            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items() if "/" not in k}
+                            | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
         means = {k: v / max(count, 1) for k, v in sums.items()}
         means["images_per_s"] = images / (time.perf_counter() - t0)
         means["lr"] = lr
@@ -166,7 +173,7 @@ class Trainer:
     def _record_epoch(self, epoch: int, means: dict[str, float]) -> None:
         self.history["epoch"].append(epoch + 1)
         for k, v in means.items():
-            key = k if k in ("lr", "images_per_s") else f"loss/{k}"
+            key = k if k in ("lr", "images_per_s") or "/" in k else f"loss/{k}"
             self.history.setdefault(key, []).append(float(v))
             self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
 

@@ -15,10 +15,16 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Triplets:
-    """Indices of the selected positive and negative for every anchor."""
+    """Indices of the selected positive and negative for every anchor.
+
+    A miner may also ask the loss to shift the selected distances
+    (``positive_offset`` is added to d(a, p), ``negative_offset`` to d(a, n)).
+    """
 
     positive: torch.Tensor
     negative: torch.Tensor
+    positive_offset: torch.Tensor | None = None
+    negative_offset: torch.Tensor | None = None
 
 
 class BatchHardMiner:

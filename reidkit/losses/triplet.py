@@ -28,6 +28,10 @@ class TripletLoss(nn.Module):
         self.last_triplets = triplets
         rows = torch.arange(len(pids), device=dist.device)
         d_ap, d_an = dist[rows, triplets.positive], dist[rows, triplets.negative]
+        if triplets.positive_offset is not None:
+            d_ap = d_ap + triplets.positive_offset
+        if triplets.negative_offset is not None:
+            d_an = d_an + triplets.negative_offset
         if self.margin is None:
             return F.softplus(d_ap - d_an).mean()
         return F.relu(d_ap - d_an + self.margin).mean()
