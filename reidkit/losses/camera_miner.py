@@ -78,13 +78,8 @@ class CameraAwareBatchHardMiner(BatchHardMiner):
         if camids is None:
             raise ValueError("camera-aware mining needs the camera label of every image in the batch")
         d = dist.detach()
-        same_id = pids.unsqueeze(0) == pids.unsqueeze(1)
+        pos_mask, neg_mask = self.masks(d, pids)
         same_cam = camids.unsqueeze(0) == camids.unsqueeze(1)
-        eye = torch.eye(len(pids), dtype=torch.bool, device=d.device)
-        pos_mask, neg_mask = same_id & ~eye, ~same_id
-        if not bool(pos_mask.any(1).all()) or not bool(neg_mask.any(1).all()):
-            raise ValueError("batch-hard mining needs, for every anchor, another image of its "
-                             "identity and an image of another identity (use a P x K sampler, K >= 2)")
         s = self.scale()
         bias_p = s * float(d[pos_mask].std()) if s and pos_mask.sum() > 1 else 0.0
         bias_n = s * float(d[neg_mask].std()) if s and neg_mask.sum() > 1 else 0.0

@@ -35,14 +35,20 @@ class BatchHardMiner:
     and one of another identity (P x K batches with K >= 2 guarantee it).
     """
 
-    def __call__(self, dist: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> Triplets:
-        d = dist.detach()
+    @staticmethod
+    def masks(dist: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positive_mask, negative_mask)`` of a batch, checking every anchor has both."""
         same = pids.unsqueeze(0) == pids.unsqueeze(1)
-        eye = torch.eye(len(pids), dtype=torch.bool, device=d.device)
+        eye = torch.eye(len(pids), dtype=torch.bool, device=dist.device)
         pos_mask, neg_mask = same & ~eye, ~same
         if not bool(pos_mask.any(1).all()) or not bool(neg_mask.any(1).all()):
             raise ValueError("batch-hard mining needs, for every anchor, another image of its "
                              "identity and an image of another identity (use a P x K sampler, K >= 2)")
+        return pos_mask, neg_mask
+
+    def __call__(self, dist: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> Triplets:
+        d = dist.detach()
+        pos_mask, neg_mask = self.masks(d, pids)
         positive = d.masked_fill(~pos_mask, float("-inf")).argmax(dim=1)
         negative = d.masked_fill(~neg_mask, float("inf")).argmin(dim=1)
         return Triplets(positive, negative)
