@@ -7,6 +7,8 @@ starts, never in the middle of an epoch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +31,8 @@ class ImageCache:
         records: images to hold, in order.
         size: ``(height, width)`` to resize to.
         mmap_path: if given, the array lives in this file (for data that does
-            not fit in RAM); an existing file of the right shape is reused.
+            not fit in RAM); it is reused when its manifest (``FILE.json``:
+            the image paths and size) matches, and rebuilt otherwise.
         skip_bad_images: drop undecodable images (counted in the log) instead
             of raising :class:`BadImageError` listing them.
         workers: decoding threads.
@@ -43,11 +46,18 @@ class ImageCache:
         reuse = False
         if mmap_path is not None:
             mmap_path = Path(mmap_path)
-            reuse = mmap_path.is_file() and mmap_path.stat().st_size == int(np.prod(shape))
+            manifest_path = mmap_path.with_name(mmap_path.name + ".json")
+            manifest = json.dumps({"size": self.size, "paths_sha256": hashlib.sha256(
+                "\n".join(r.path for r in records).encode()).hexdigest()})
+            reuse = (mmap_path.is_file() and mmap_path.stat().st_size == int(np.prod(shape))
+                     and manifest_path.is_file() and manifest_path.read_text() == manifest)
             array = np.memmap(mmap_path, dtype=np.uint8, mode="r+" if reuse else "w+", shape=shape)
         else:
             array = np.empty(shape, dtype=np.uint8)
         bad = [] if reuse else self._decode_all(records, array, workers, progress, desc)
+        if mmap_path is not None and not reuse and not bad:
+            array.flush()
+            manifest_path.write_text(manifest)
         if bad and not skip_bad_images:
             raise BadImageError(bad)
         keep = np.ones(len(records), dtype=bool)

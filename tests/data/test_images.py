@@ -64,3 +64,7 @@ def test_memory_mapped_cache_equals_ram_cache(tmp_path, shared_data):
     again = ImageCache(records, (64, 32), mmap_path=tmp_path / "cache.u8", progress=False)  # reused
     assert np.array_equal(ram.images.numpy(), mapped.images.numpy())
     assert np.array_equal(ram.images.numpy(), again.images.numpy())
+    # same count, other images: the manifest does not match, so the file is rebuilt
+    others = [ImageRecord(str(p), i, 0) for i, p in enumerate(reversed(paths))]
+    rebuilt = ImageCache(others, (64, 32), mmap_path=tmp_path / "cache.u8", progress=False)
+    assert np.array_equal(rebuilt.images.numpy(), ram.images.numpy()[::-1])
