@@ -41,9 +41,10 @@ def load_trained_model(recipe, weights: str):
     from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
     from .models import build_model
     state = load_checkpoint(weights)
-    classifier = state["state_dict"].get("head.classifier.weight")
+    weights_dict = state["state_dict"]
+    classifier = weights_dict.get("head.classifier.weight", weights_dict.get("classifier.weight"))
     if classifier is None:
-        raise CheckpointError(f"{weights}: no head.classifier.weight; is it a reidkit {recipe.model.name} checkpoint?")
+        raise CheckpointError(f"{weights}: no classifier weight; is it a reidkit {recipe.model.name} checkpoint?")
     m = recipe.model
     model = build_model(m.name, int(classifier.shape[0]), last_stride=m.last_stride, pretrained=None,
                         pooling=m.pooling, bnneck=m.bnneck, test_feature=m.test_feature)
@@ -97,6 +98,15 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_import_onnx(args) -> int:
+    from .deploy import import_onnx_osnet
+    from .engine.checkpoint import save_checkpoint
+    state = import_onnx_osnet(args.file, args.arch)
+    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file)}, args.out)
+    print(f"{args.file} -> {args.out} ({args.arch}, {sum(v.numel() for v in state.values())} values)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.output, epochs=args.epochs, progress=not args.no_progress)
@@ -136,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--check-images", action="store_true", help="decode every image, list bad ones")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("import-onnx", help="map a BN-folded OSNet ONNX export onto reidkit's model")
+    p.add_argument("file")
+    p.add_argument("--arch", required=True, help="e.g. osnet_x0_25")
+    p.add_argument("--out", required=True, help="output .pth (a state_dict checkpoint)")
+    p.set_defaults(func=cmd_import_onnx)
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> HTML report (a few minutes)")
     p.add_argument("--output", default="demo_output")
