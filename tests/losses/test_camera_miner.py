@@ -71,7 +71,7 @@ def test_gradients_reach_only_the_true_distances():
     dist = pairwise_euclidean(x)
     rows = torch.arange(6)
     expected = torch.relu(dist[rows, t.positive] - dist[rows, t.negative] + 0.3).mean()
-    assert float(chosen) == pytest.approx(float(expected))
+    assert chosen.item() == pytest.approx(expected.item())
     g1, = torch.autograd.grad(loss, x)
     g2, = torch.autograd.grad(expected, x)
     torch.testing.assert_close(g1, g2)
