@@ -6,7 +6,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import load_recipe
