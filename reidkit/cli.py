@@ -38,18 +38,10 @@ def cmd_train(args) -> int:
 
 def load_trained_model(recipe, weights: str):
     """A model of the recipe's architecture with the weights of a reidkit checkpoint."""
-    from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-    from .models import build_model
-    state = load_checkpoint(weights)
-    weights_dict = state["state_dict"]
-    classifier = weights_dict.get("head.classifier.weight", weights_dict.get("classifier.weight"))
-    if classifier is None:
-        raise CheckpointError(f"{weights}: no classifier weight; is it a reidkit {recipe.model.name} checkpoint?")
+    from .engine.checkpoint import model_from_checkpoint
     m = recipe.model
-    model = build_model(m.name, int(classifier.shape[0]), last_stride=m.last_stride, pretrained=None,
-                        pooling=m.pooling, bnneck=m.bnneck, test_feature=m.test_feature)
-    load_model_weights(model, state, weights)
-    return model.eval()
+    return model_from_checkpoint(m.name, weights, last_stride=m.last_stride, pooling=m.pooling,
+                                 bnneck=m.bnneck, test_feature=m.test_feature)
 
 
 def cmd_eval(args) -> int:

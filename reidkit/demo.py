@@ -23,7 +23,6 @@ def demo_recipe_path() -> Path:
 def run_demo(output: str | Path = "demo_output", epochs: int | None = None, progress: bool = True) -> Path:
     from .cli import _setup_logging
     from .engine import Trainer
-    from .engine.features import extract_features
 
     output = Path(output)
     overrides = [f"data.root={output / 'data'}", f"train.output_dir={output / 'run'}"]
@@ -36,8 +35,7 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
     result = trainer.fit()
     train_s = time.perf_counter() - t0
 
-    qf = extract_features(trainer.model, trainer.query_cache)
-    gf = extract_features(trainer.model, trainer.gallery_cache)
+    qf, gf = trainer.last_features            # from the final evaluation of the last epoch
     distmat = compute_distance(qf, gf, recipe.eval.metric).numpy()
     q, g = trainer.query_cache, trainer.gallery_cache
     gen = torch.Generator().manual_seed(0)

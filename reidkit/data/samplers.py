@@ -29,6 +29,7 @@ class RandomIdentityBatchSampler:
         self.pids = np.asarray(pids)
         self.p, self.k = int(num_identities), int(num_instances)
         self.seed, self.epoch = seed, 0
+        self._length: tuple[int, int] | None = None      # (epoch, batches), computed once
         self.index = {pid: np.flatnonzero(self.pids == pid) for pid in np.unique(self.pids)}
         if camera_diverse and camids is None:
             raise ValueError("camera_diverse sampling needs the camera ids")
@@ -65,8 +66,10 @@ class RandomIdentityBatchSampler:
             yield batch
 
     def __len__(self) -> int:
-        """Batches per epoch (exact: the sampling is simulated for the current epoch)."""
-        return sum(1 for _ in self)
+        """Batches per epoch (exact: the current epoch's sampling is simulated once)."""
+        if self._length is None or self._length[0] != self.epoch:
+            self._length = (self.epoch, sum(1 for _ in self))
+        return self._length[1]
 
 
 def _round_robin_by_camera(idxs: np.ndarray, camids: np.ndarray) -> np.ndarray:

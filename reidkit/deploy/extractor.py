@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..data.images import load_rgb
 from ..data.transforms import normalize
-from ..engine.checkpoint import load_checkpoint, load_model_weights
+from ..engine.checkpoint import model_from_checkpoint
 from ..models import build_model
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -31,15 +31,12 @@ class FeatureExtractor:
 
     def __init__(self, model_name: str, weights: str | Path | None = None, device: str = "cpu",
                  image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None):
-        state = load_checkpoint(weights) if weights is not None else None
-        if num_classes is None:
-            sd = state["state_dict"] if state else {}
-            classifier = sd.get("head.classifier.weight", sd.get("classifier.weight"))
-            num_classes = int(classifier.shape[0]) if classifier is not None else 1
-        self.model = build_model(model_name, num_classes, pretrained=None)
-        if state is not None:
-            load_model_weights(self.model, state, str(weights))
-        self.model.eval().to(device)
+        """``num_classes`` only matters without ``weights`` (an untrained model)."""
+        if weights is not None:
+            self.model = model_from_checkpoint(model_name, weights)
+        else:
+            self.model = build_model(model_name, num_classes or 1, pretrained=None).eval()
+        self.model.to(device)
         self.device, self.image_size, self.batch_size = device, image_size, batch_size
 
     def _to_uint8(self, image: ImageInput) -> torch.Tensor:

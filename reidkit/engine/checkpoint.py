@@ -66,3 +66,16 @@ def load_model_weights(model: nn.Module, state: dict, source: str, ignore_classi
             parts.append(f"unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         raise CheckpointError(f"{source} does not fit this model: " + " | ".join(parts))
     model.load_state_dict(weights, strict=not ignore_classifier)
+
+
+def model_from_checkpoint(model_name: str, weights: str | Path, **model_options) -> nn.Module:
+    """Build ``model_name`` sized by the checkpoint's classifier, load the weights, eval mode."""
+    from ..models import build_model
+    state = load_checkpoint(weights)
+    sd = state["state_dict"]
+    classifier = sd.get("head.classifier.weight", sd.get("classifier.weight"))
+    if classifier is None:
+        raise CheckpointError(f"{weights}: no classifier weight; is it a reidkit {model_name} checkpoint?")
+    model = build_model(model_name, int(classifier.shape[0]), pretrained=None, **model_options)
+    load_model_weights(model, state, str(weights))
+    return model.eval()

@@ -80,6 +80,7 @@ class Trainer:
         self.loader = TrainLoader(self.train_cache, sampler, self.augment)
         self.writer = SummaryWriter(str(self.out / "tensorboard"))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
+        self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
         self.history: dict[str, list] = {"epoch": [], "lr": [], "images_per_s": [],
                                          "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
 
@@ -134,9 +135,9 @@ class Trainer:
                 logits, features = self.model(batch.images)
             self.objective.set_time(self.step, epoch)
             terms = self.objective(logits, features, batch.pids, batch.camids)
-            for k, v in self.objective.diagnostics().items():
+            diagnostics = self.objective.diagnostics()
+            for k, v in diagnostics.items():
                 sums[f"mining/{k}"] = sums.get(f"mining/{k}", 0.0) + v
-                self.writer.add_scalar(f"mining/{k}", v, self.step)
             check_finite(terms, f"epoch {epoch + 1}, iteration {i + 1}")
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
@@ -158,6 +159,8 @@ class Trainer:
                     self.writer.add_scalar(f"loss/{k}", float(v.detach()), self.step)
                 self.writer.add_scalar("loss/total", float(loss.detach()), self.step)
                 self.writer.add_scalar("lr", lr, self.step)
+                for k, v in diagnostics.items():
+                    self.writer.add_scalar(f"mining/{k}", v, self.step)
             speed = images / (time.perf_counter() - t0)
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items() if "/" not in k}
                             | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
@@ -167,8 +170,12 @@ class Trainer:
         return means
 
     def evaluate(self) -> RankResult:
-        return evaluate_model(self.model, self.query_cache, self.gallery_cache, self.recipe.eval,
-                              self.recipe.data.test_batch_size, self.recipe.train.amp)
+        """mAP / CMC of the current model; its query and gallery features stay in ``last_features``."""
+        result, qf, gf = evaluate_model(self.model, self.query_cache, self.gallery_cache, self.recipe.eval,
+                                        self.recipe.data.test_batch_size, self.recipe.train.amp,
+                                        return_features=True)
+        self.last_features = (qf, gf)
+        return result
 
     def _record_epoch(self, epoch: int, means: dict[str, float]) -> None:
         self.history["epoch"].append(epoch + 1)
