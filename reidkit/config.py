@@ -5,6 +5,7 @@ naming the key path (``train.epochs``) and the file it came from.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -97,6 +98,9 @@ class TrainConfig(Strict):
     eval_every: int = Field(10, gt=0)
     seed: int = 0
     amp: bool = False                         # bfloat16 autocast on CPU
+    channels_last: bool = True                # NHWC memory format for model and batches (faster on CPU)
+    fixbase_epochs: int = Field(0, ge=0)      # fine-tuning: only open_layers train for this many epochs
+    open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)
 
@@ -130,6 +134,24 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans, so ``schedule: off`` stays the string 'off'."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+# and 1e-3 is a float (YAML 1.1 wants a dot: 1.0e-3)
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
 def apply_override(tree: dict, override: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
     if "=" not in override:
@@ -141,7 +163,7 @@ def apply_override(tree: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"override {override!r}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = parse_yaml(raw)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
@@ -153,7 +175,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):

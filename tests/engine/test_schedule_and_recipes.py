@@ -49,6 +49,11 @@ def test_every_shipped_recipe_loads():
     assert (bot.optim.lr, bot.schedule.milestones, bot.train.epochs) == (3.5e-4, [40, 70], 120)
     assert (bot.loss.triplet_margin, bot.loss.center_weight, bot.loss.label_smoothing) == (0.3, 5e-4, 0.1)
     assert (bot.data.num_identities, bot.data.num_instances, bot.data.height) == (16, 4, 256)
+    ft = load_recipe(CONFIGS / "osnet_x1_0_finetune_cuhk03.yaml")      # OSNet paper, sec. 4.1
+    assert (ft.optim.name, ft.optim.lr, ft.train.epochs, ft.schedule.milestones) == ("amsgrad", 0.0015, 150, [60, 120])
+    assert (ft.train.fixbase_epochs, ft.train.open_layers, ft.schedule.gamma) == (10, ["classifier"], 0.1)
+    scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
+    assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 
 
 def test_overrides_and_errors_name_the_key(tmp_path):
@@ -68,3 +73,17 @@ def test_overrides_and_errors_name_the_key(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(RecipeError, match="key.path=value"):
         load_recipe(None, ["train.epochs"])
+
+
+def test_yaml_scalars_follow_yaml_1_2(tmp_path):
+    """'off' is a schedule name, not False; 1e-3 is a float, not a string (PyYAML's 1.1 rules)."""
+    recipe = load_recipe(None, ["loss.camera_bias.schedule=off", "optim.lr=1e-3", "train.amp=true",
+                                "data.options={tag: on}"])
+    assert recipe.loss.camera_bias.schedule == "off"
+    assert recipe.optim.lr == 0.001 and isinstance(recipe.optim.lr, float)
+    assert recipe.train.amp is True
+    assert recipe.data.options == {"tag": "on"}
+    path = tmp_path / "r.yaml"
+    path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  options: {scale: 2e-1}\n")
+    recipe = load_recipe(path)
+    assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["scale"] == 0.2
