@@ -10,10 +10,11 @@ from .features import extract_features
 
 
 def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg: EvalConfig,
-                   batch_size: int = 128, amp: bool = False, return_features: bool = False):
+                   batch_size: int = 128, amp: bool = False, return_features: bool = False,
+                   channels_last: bool = False):
     """Extract query/gallery embeddings and compute mAP / CMC / mINP (optionally re-ranked)."""
-    qf = extract_features(model, query, batch_size, cfg.flip, amp)
-    gf = extract_features(model, gallery, batch_size, cfg.flip, amp)
+    qf = extract_features(model, query, batch_size, cfg.flip, amp, channels_last)
+    gf = extract_features(model, gallery, batch_size, cfg.flip, amp, channels_last)
     result: RankResult = evaluate_features(qf, gf, query.pids(), gallery.pids(), query.camids(),
                                            gallery.camids(), metric=cfg.metric,
                                            max_rank=min(cfg.max_rank, len(gallery)), rerank=cfg.rerank)
