@@ -23,6 +23,7 @@ from ..evaluation import RankResult
 from ..models import build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from .evaluate import evaluate_model
+from .freeze import find_modules, open_all_layers, open_layers
 from .objective import BoTObjective, check_finite
 from .optim import build_optimizer
 from .schedulers import WarmupScheduler
@@ -65,6 +66,10 @@ class Trainer:
         self.model = build_model(m.name, self.num_classes, last_stride=m.last_stride,
                                  pretrained=m.pretrained or "none", pooling=m.pooling, bnneck=m.bnneck,
                                  test_feature=m.test_feature)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        if t.fixbase_epochs:
+            find_modules(self.model, t.open_layers)          # fail now on a wrong name, not at epoch 1
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.center_optimizer = (torch.optim.SGD(self.objective.center.parameters(), lr=recipe.loss.center_lr)
@@ -120,7 +125,13 @@ class Trainer:
     # -- loop --------------------------------------------------------------
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
-        self.model.train()
+        t = self.recipe.train
+        if epoch < t.fixbase_epochs:
+            open_layers(self.model, t.open_layers)
+            if epoch == 0 or epoch == self.start_epoch:
+                log.info("epochs 1-%d: training only %s", t.fixbase_epochs, ", ".join(t.open_layers))
+        else:
+            open_all_layers(self.model)
         self.loader.set_epoch(epoch)
         self.scheduler.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -132,7 +143,7 @@ class Trainer:
             if max_batches is not None and i >= max_batches:
                 break
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
-                logits, features = self.model(batch.images)
+                logits, features = self.model(batch.images.contiguous(memory_format=self.memory_format))
             self.objective.set_time(self.step, epoch)
             terms = self.objective(logits, features, batch.pids, batch.camids)
             diagnostics = self.objective.diagnostics()
@@ -173,7 +184,7 @@ class Trainer:
         """mAP / CMC of the current model; its query and gallery features stay in ``last_features``."""
         result, qf, gf = evaluate_model(self.model, self.query_cache, self.gallery_cache, self.recipe.eval,
                                         self.recipe.data.test_batch_size, self.recipe.train.amp,
-                                        return_features=True)
+                                        return_features=True, channels_last=self.recipe.train.channels_last)
         self.last_features = (qf, gf)
         return result
 

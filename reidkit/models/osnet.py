@@ -17,12 +17,17 @@ with ``model.load_state_dict`` as they are (tested against torchreid 0.2.5).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .heads import BNNeckHead, build_pooling
+from .pretrained import load_matching_weights
 from .registry import register_model
+
+log = logging.getLogger(__name__)
 
 WIDTHS = {"x1_0": (64, 256, 384, 512), "x0_75": (48, 192, 288, 384),
           "x0_5": (32, 128, 192, 256), "x0_25": (16, 64, 96, 128)}
@@ -194,15 +199,32 @@ def _init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _init_from(model: nn.Module, pretrained: str | None, name: str, prefix: str = "") -> nn.Module:
+    """``pretrained``: a checkpoint path (ImageNet or ReID; the head is kept new), or none/auto/None.
+
+    OSNet's ImageNet weights are not on the torch hub, so "auto" means random
+    initialisation unless a path is given.
+    """
+    if pretrained in (None, ""):
+        return model
+    if pretrained in ("none", "auto"):
+        log.warning("%s: starting from random initialisation (pretrained=%s; give a weights path to "
+                    "fine-tune, e.g. torchreid's osnet ImageNet file or a reidkit checkpoint)", name, pretrained)
+        return model
+    load_matching_weights(model, pretrained, name, prefix)
+    return model
+
+
 def _register(width: str, ibn: bool) -> None:
     name = f"osnet{'_ibn' if ibn else ''}_{width}"
 
     def full(num_classes: int, pretrained: str | None = None, **_ignored) -> OSNet:
-        return OSNet(num_classes, width, ibn)
+        return _init_from(OSNet(num_classes, width, ibn), pretrained, name)
 
     def bnneck(num_classes: int, pretrained: str | None = None, pooling: str = "avg", bnneck: bool = True,
                test_feature: str = "after_bn", **_ignored) -> OSNetBNNeck:
-        return OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature)
+        return _init_from(OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature), pretrained, name,
+                          prefix="backbone.")
 
     full.__doc__ = f"OSNet {width} (Zhou et al. 2019), torchreid-compatible state_dict."
     bnneck.__doc__ = f"OSNet {width} backbone with the BNNeck head (Luo et al. 2019)."

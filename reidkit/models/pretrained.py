@@ -46,3 +46,38 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     log.info("%s: ImageNet weights loaded from %s", name, path)
     return True
+
+
+def load_matching_weights(model: nn.Module, path: str | Path, name: str, prefix: str = "") -> list[str]:
+    """Initialise ``model`` from a checkpoint of the same architecture, keeping its own head.
+
+    For fine-tuning: ``path`` is a plain state_dict, a dict with ``state_dict``
+    (reidkit, torchreid) or a DataParallel one (``module.`` keys).  Tensors whose
+    name and shape match are loaded; the others (typically the classifier of the
+    source dataset) keep their fresh initialisation and are returned.  Checkpoint
+    keys are tried as they are and under ``prefix`` (a backbone-only ImageNet file
+    loaded into a model that nests its backbone).  Raises when fewer than half
+    of the model's tensors match: that is the wrong file, not a new head.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    loaded = {}
+    for k, v in state.items():
+        for key in (k, prefix + k):
+            if key in own and own[key].shape == v.shape:
+                loaded[key] = v
+                break
+    skipped = sorted(k for k in own if k not in loaded)
+    if len(loaded) < len(own) / 2:
+        raise ValueError(f"{name}: {path} matches only {len(loaded)} of the model's {len(own)} tensors "
+                         f"(e.g. model keys {list(own)[:3]}, file keys {list(state)[:3]}): not weights of this "
+                         "architecture")
+    model.load_state_dict(loaded, strict=False)
+    log.info("%s: %d tensors loaded from %s; freshly initialised: %s", name, len(loaded), path,
+             ", ".join(skipped) if skipped else "none")
+    return skipped

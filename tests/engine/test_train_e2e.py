@@ -92,3 +92,25 @@ def test_mismatched_checkpoint_is_named(tmp_path):
 def test_cli_reports_recipe_errors(capsys):
     assert main(["train", "configs/bot_r50_market1501.yaml", "train.epochz=3"]) == 2
     assert "unknown key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_fixbase_epochs_train_only_the_open_layers(tiny_data, tmp_path):
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "fix", epochs=2)
+                         + ["train.fixbase_epochs=1", "train.open_layers=[classifier]", "loss.center_weight=0"])
+    trainer = Trainer(recipe, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_epoch(0, max_batches=3)
+    after1 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    changed = {k for k in before if not torch.equal(before[k], after1[k])}
+    assert changed == {"head.classifier.weight"}          # backbone, BN statistics, BNNeck untouched
+    trainer.train_epoch(1, max_batches=3)
+    after2 = trainer.model.state_dict()
+    assert not torch.equal(after1["backbone.conv1.weight"], after2["backbone.conv1.weight"])
+    assert all(p.requires_grad for p in trainer.model.parameters())
+
+
+def test_unknown_open_layer_is_named(tiny_data, tmp_path):
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1)
+                         + ["train.fixbase_epochs=1", "train.open_layers=[clasifier]"])
+    with pytest.raises(ValueError, match="clasifier"):
+        Trainer(recipe, progress=False)

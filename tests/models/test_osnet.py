@@ -59,3 +59,24 @@ def test_torchreid_weights_give_equal_outputs(name):
     y_theirs, v_theirs = theirs(x)
     y_ours, v_ours = ours(x)
     torch.testing.assert_close(y_ours, y_theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_pretrained_path_loads_all_but_the_new_head(tmp_path):
+    source = build_model("osnet_x0_25", 30)
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "src.pth")
+    target = build_model("osnet_x0_25", 10, pretrained=str(tmp_path / "src.pth"))
+    src, tgt = source.state_dict(), target.state_dict()
+    for k, v in tgt.items():
+        if k.startswith("classifier."):
+            assert v.shape[0] == 10
+        else:
+            assert torch.equal(v, src[k]), k
+    # a backbone-only file nests under the BNNeck model's backbone
+    neck = build_model("osnet_x0_25_bnneck", 10, pretrained=str(tmp_path / "src.pth"))
+    assert torch.equal(neck.state_dict()["backbone.conv2.0.conv1.conv.weight"], src["conv2.0.conv1.conv.weight"])
+
+
+def test_pretrained_file_of_another_architecture_is_refused(tmp_path):
+    torch.save(build_model("resnet18_bnneck", 5, pretrained="none").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="r18.pth"):
+        build_model("osnet_x0_25", 10, pretrained=str(tmp_path / "r18.pth"))
