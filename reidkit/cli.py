@@ -54,7 +54,10 @@ def cmd_eval(args) -> int:
     model = load_trained_model(recipe, args.weights)
     dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
     query, gallery = build_test_caches(recipe, dataset, progress=not args.no_progress)
-    result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size)
+    if recipe.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
+                            amp=recipe.train.amp, channels_last=recipe.train.channels_last)
     print(f"{dataset.name}: {len(query)} queries, {len(gallery)} gallery images, metric "
           f"{recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
     print(result.summary())
@@ -99,9 +102,28 @@ def cmd_import_onnx(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    from .deploy.optimize import export_onnx
+    recipe = load_recipe(args.recipe, args.overrides)
+    model = load_trained_model(recipe, args.weights)
+    size = (recipe.data.height, recipe.data.width)
+    path = export_onnx(model, args.out, size)
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    print(f"{args.weights} -> {path} ({recipe.model.name}, input N x 3 x {size[0]} x {size[1]}, "
+          f"output N x {got.shape[1]}); ONNX Runtime vs torch max |diff| {diff:.2e}")
+    return 0 if diff < 1e-3 else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.output, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(args.output, epochs=args.epochs, progress=not args.no_progress, reference=args.reference)
     return 0
 
 
@@ -145,9 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .pth (a state_dict checkpoint)")
     p.set_defaults(func=cmd_import_onnx)
 
+    p = sub.add_parser("export", help="trained weights -> ONNX (BN folded, dynamic batch), checked with onnxruntime")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> HTML report (a few minutes)")
     p.add_argument("--output", default="demo_output")
     p.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
+    p.add_argument("--reference", default=None, help="OSNet x0.25 ONNX export shown as pretrained reference "
+                   "(default: ../shared/data/weights/osnet_x0_25_msmt17.onnx when present)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -6,13 +6,21 @@ Like torchreid's ``FeatureExtractor``, so users can switch::
     features = extractor(["a.jpg", "b.jpg"])          # (2, 512) float tensor
 
 Preprocessing is the recipes': RGB, resized to ``image_size`` (bilinear),
-/255, ImageNet mean/std.  Inference runs in eval mode under
-``torch.inference_mode`` in batches.
+/255, ImageNet mean/std.  Backends (same features to float rounding, tested):
+
+- ``"torch"`` (default): eval mode, ``torch.inference_mode``; with
+  ``optimize=True`` (default) batch norm is folded into the convolutions and
+  tensors are channels_last.
+- ``"onnxruntime"``: the fused model exported to ONNX (``onnx_path``, or a
+  temporary file) and run by ONNX Runtime with torch's thread count; the
+  fastest CPU path for OSNet (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence, Union
+
+import tempfile
 
 import numpy as np
 import torch
@@ -22,6 +30,7 @@ from ..data.images import load_rgb
 from ..data.transforms import normalize
 from ..engine.checkpoint import model_from_checkpoint
 from ..models import build_model
+from .optimize import export_onnx, fuse_for_inference
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -30,14 +39,44 @@ class FeatureExtractor:
     """A trained model behind a call that takes images and returns embeddings."""
 
     def __init__(self, model_name: str, weights: str | Path | None = None, device: str = "cpu",
-                 image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None):
+                 image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None,
+                 backend: str = "torch", optimize: bool = True, onnx_path: str | Path | None = None):
         """``num_classes`` only matters without ``weights`` (an untrained model)."""
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         if weights is not None:
             self.model = model_from_checkpoint(model_name, weights)
         else:
             self.model = build_model(model_name, num_classes or 1, pretrained=None).eval()
-        self.model.to(device)
-        self.device, self.image_size, self.batch_size = device, image_size, batch_size
+        self.device, self.image_size, self.batch_size, self.backend = device, image_size, batch_size, backend
+        self.memory_format = torch.contiguous_format
+        self.session = None
+        if backend == "onnxruntime":
+            self.session = self._onnx_session(onnx_path)
+        else:
+            if optimize:
+                self.model = fuse_for_inference(self.model, channels_last=device == "cpu")
+                self.memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
+            self.model.to(device)
+
+    def _onnx_session(self, onnx_path: str | Path | None):
+        import onnxruntime as ort
+        if onnx_path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="reidkit_onnx_")
+            onnx_path = Path(self._tmp.name) / "model.onnx"
+        export_onnx(self.model, onnx_path, self.image_size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Embeddings of an already normalised N x 3 x H x W float batch."""
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"images": batch.numpy()})[0])
+        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+        return self.model(batch).float().cpu()
 
     def _to_uint8(self, image: ImageInput) -> torch.Tensor:
         h, w = self.image_size
@@ -60,5 +99,5 @@ class FeatureExtractor:
         with torch.inference_mode():
             for s in range(0, len(images), self.batch_size):
                 batch = torch.stack([self._to_uint8(i) for i in images[s:s + self.batch_size]])
-                out.append(self.model(normalize(batch).to(self.device)).float().cpu())
+                out.append(self.embed_batch(normalize(batch)))
         return torch.cat(out)

@@ -14,6 +14,11 @@ from reidkit.models import build_model
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model("osnet_x0_25", 4)
+    for m in model.modules():          # trained-looking BN statistics, so that folding them is tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
     save_checkpoint({"state_dict": model.state_dict()}, tmp_path / "w.pth")
     return tmp_path / "w.pth", model.eval()
 
@@ -43,3 +48,19 @@ def test_bad_inputs_are_named(checkpoint):
         extractor(np.zeros((10, 10, 3), dtype=np.float32))
     with pytest.raises(TypeError, match="path, PIL image or uint8 array"):
         extractor([42])
+
+
+@pytest.mark.parametrize("backend, optimize", [("torch", False), ("torch", True), ("onnxruntime", True)])
+def test_backends_give_the_model_features(tmp_path, checkpoint, backend, optimize):
+    path, model = checkpoint
+    images = np.random.default_rng(1).integers(0, 255, (5, 64, 32, 3), dtype=np.uint8)
+    extractor = reidkit.FeatureExtractor("osnet_x0_25", path, image_size=(64, 32), batch_size=2,
+                                         backend=backend, optimize=optimize, onnx_path=tmp_path / "m.onnx")
+    got = extractor(list(images))
+    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        expected = model(x)
+    assert got.shape == (5, 512) and expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    if backend == "onnxruntime":
+        assert (tmp_path / "m.onnx").is_file()

@@ -28,3 +28,25 @@ def test_eval_with_missing_weights(tmp_path, capsys):
     recipe = Path(__file__).resolve().parents[2] / "configs" / "bot_r50_market1501.yaml"
     assert main(["eval", str(recipe), "--weights", str(tmp_path / "nope.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_export_writes_an_onnx_model_with_the_same_features(tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from reidkit.engine.checkpoint import save_checkpoint
+    from reidkit.models import build_model
+    torch.manual_seed(0)
+    model = build_model("resnet18_bnneck", 7, pretrained="none")
+    model.train()(torch.randn(8, 3, 64, 32))          # non-trivial BN running statistics
+    save_checkpoint({"state_dict": model.state_dict()}, tmp_path / "w.pth")
+    out = tmp_path / "m.onnx"
+    rc = main(["export", str(Path(__file__).resolve().parents[2] / "configs" / "bot_r18_cuhk03.yaml"), "data.height=64", "data.width=32",
+               "--weights", str(tmp_path / "w.pth"), "--out", str(out)])
+    assert rc == 0 and "max |diff|" in capsys.readouterr().out
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,40 @@
+"""Inference-time rewrites that keep a model's outputs (to float rounding) and make it faster on CPU.
+
+- ``fuse_for_inference``: batch norm folded into the preceding convolution
+  (torch.fx), channels_last weights.  OSNet x1.0 at 256x128 on 2 cores: 8.7 img/s
+  as built, 18 img/s fused + channels_last (docs/BENCHMARKS.md).
+- ``export_onnx``: the fused eval-mode model as an ONNX graph with a dynamic
+  batch axis, for ONNX Runtime (the fastest CPU path for depthwise-heavy OSNet).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.fx.experimental.optimization import fuse
+
+
+def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of ``model`` with conv+BN folded (and NHWC weights)."""
+    fused = fuse(copy.deepcopy(model).eval())
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused.eval()
+
+
+def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] = (256, 128),
+                opset: int = 17) -> Path:
+    """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = fuse_for_inference(model, channels_last=False)
+    example = torch.zeros(2, 3, *image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    return path
