@@ -8,12 +8,13 @@ Like torchreid's ``FeatureExtractor``, so users can switch::
 Preprocessing is the recipes': RGB, resized to ``image_size`` (bilinear),
 /255, ImageNet mean/std.  Backends (same features to float rounding, tested):
 
-- ``"torch"`` (default): eval mode, ``torch.inference_mode``; with
+- ``"auto"`` (default): ``"onnxruntime"`` on CPU, ``"torch"`` on other devices.
+- ``"torch"``: eval mode, ``torch.inference_mode``; with
   ``optimize=True`` (default) batch norm is folded into the convolutions and
   tensors are channels_last.
 - ``"onnxruntime"``: the fused model exported to ONNX (``onnx_path``, or a
   temporary file) and run by ONNX Runtime with torch's thread count; the
-  fastest CPU path for OSNet (docs/BENCHMARKS.md).
+  fastest CPU path (OSNet x1.0: 3.5x torchreid's best setting, docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -40,10 +41,17 @@ class FeatureExtractor:
 
     def __init__(self, model_name: str, weights: str | Path | None = None, device: str = "cpu",
                  image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None,
-                 backend: str = "torch", optimize: bool = True, onnx_path: str | Path | None = None):
-        """``num_classes`` only matters without ``weights`` (an untrained model)."""
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+                 backend: str = "auto", optimize: bool = True, onnx_path: str | Path | None = None):
+        """``num_classes`` only matters without ``weights`` (an untrained model).
+
+        ``backend="auto"``: ONNX Runtime on CPU, torch on other devices.
+        """
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+        if backend == "auto":
+            backend = "onnxruntime" if device == "cpu" else "torch"
+        if backend == "onnxruntime" and device != "cpu":
+            raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
         if weights is not None:
             self.model = model_from_checkpoint(model_name, weights)
         else:
