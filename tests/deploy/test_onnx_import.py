@@ -36,3 +36,28 @@ def test_imported_msmt17_osnet_matches_onnxruntime_on_real_images(shared_data):
 def test_wrong_architecture_is_named(shared_data):
     with pytest.raises(ValueError, match="does not map onto osnet_x1_0"):
         import_onnx_osnet(shared_data / "weights" / "osnet_x0_25_msmt17.onnx", "osnet_x1_0")
+
+
+def test_demo_pretrained_reference_equals_the_onnx_model(shared_data, tmp_path):
+    """The demo's reference row: import + fold + channels_last + cache give the ONNX model's ranking."""
+    ort = pytest.importorskip("onnxruntime")
+    from reidkit.data import build_dataset
+    from reidkit.data.cache import ImageCache
+    from reidkit.data.loader import iter_test_batches
+    from reidkit.data.synthetic import generate
+    from reidkit.demo import evaluate_reference, find_reference
+    from reidkit.evaluation import compute_distance, evaluate_rank
+
+    onnx_file = find_reference()
+    assert onnx_file == shared_data / "weights" / "osnet_x0_25_msmt17.onnx"
+    generate(tmp_path / "syn", num_ids=12, num_cameras=3, seed=2, images_per_camera=(2, 2), num_distractors=4,
+             quiet=True)
+    dataset = build_dataset("synthetic", tmp_path / "syn", num_cameras=3)
+    ours = evaluate_reference(onnx_file, dataset, "cosine", progress=False)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    q, g = (ImageCache(records, (256, 128), progress=False) for records in (dataset.query, dataset.gallery))
+    qf, gf = (torch.cat([torch.from_numpy(session.run(None, {"images": b.numpy()})[0])
+                         for b in iter_test_batches(cache, 32)]) for cache in (q, g))
+    expected = evaluate_rank(compute_distance(qf, gf, "cosine").numpy(), q.pids(), g.pids(), q.camids(), g.camids())
+    assert ours.mAP == pytest.approx(expected.mAP, abs=1e-6)
+    np.testing.assert_allclose(ours.cmc, expected.cmc, atol=1e-6)
