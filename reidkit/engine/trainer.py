@@ -21,6 +21,7 @@ from ..data.samplers import RandomIdentityBatchSampler
 from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..models import build_model
+from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from .evaluate import evaluate_model
 from .freeze import find_modules, open_all_layers, open_layers
@@ -149,6 +150,11 @@ class Trainer:
             diagnostics = self.objective.diagnostics()
             for k, v in diagnostics.items():
                 sums[f"mining/{k}"] = sums.get(f"mining/{k}", 0.0) + v
+            if diagnostics:                          # per-iteration trace for the report's mining plot
+                trace = self.history.setdefault("iteration_trace", {"step": []})
+                trace["step"].append(self.step + 1)
+                for k, v in diagnostics.items():
+                    trace.setdefault(k, []).append(float(v))
             check_finite(terms, f"epoch {epoch + 1}, iteration {i + 1}")
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
@@ -228,4 +234,6 @@ class Trainer:
             save_checkpoint(self.state(epoch + 1), self.out / "last.pth")
         self.writer.flush()
         (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self.history["epoch"]:
+            plot_curves(self.history, self.out / "curves.png")
         return result

@@ -1,4 +1,4 @@
-"""Training curves: every loss term and the evaluation metrics over epochs."""
+"""Training curves: every loss term and the evaluation metrics over epochs, and what a miner picked."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,13 +32,30 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     ax_map.legend()
     ax_map.set_title("evaluation")
     if mining:
-        ax = axes[2]
-        for key in mining:
-            ax.plot(epochs, history[key], marker=".", label=key[7:])
-        ax.set_xlabel("epoch")
-        ax.set_title("camera-aware mining (epoch means)")
-        ax.legend(fontsize=8)
+        _plot_mining(axes[2], history)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _plot_mining(ax, history: dict) -> None:
+    """Per iteration when traced (fractions left axis, bias values right axis), else epoch means."""
+    trace = history.get("iteration_trace")
+    if trace and trace.get("step"):
+        x, series, unit = trace["step"], {k: v for k, v in trace.items() if k != "step"}, "iteration"
+    else:
+        x, unit = history["epoch"], "epoch"
+        series = {k[7:]: history[k] for k in history if k.startswith("mining/")}
+    bias_ax = ax.twinx()
+    for key, values in sorted(series.items()):
+        target = bias_ax if key.startswith("bias") else ax
+        color = "C0" if "positive" in key else "C1"          # a pair's fraction and its bias share a colour
+        target.plot(x, values, lw=0.8, label=key, color=color, linestyle="--" if key.startswith("bias") else "-")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("fraction of anchors")
+    ax.set_ylim(0, 1.02)
+    bias_ax.set_ylabel("bias added to distances")
+    lines = ax.get_lines() + bias_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="center right")
+    ax.set_title(f"camera-aware mining (per {unit})")

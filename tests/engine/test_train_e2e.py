@@ -1,3 +1,4 @@
+import json
 
 import pytest
 import torch
@@ -114,3 +115,16 @@ def test_unknown_open_layer_is_named(tiny_data, tmp_path):
                          + ["train.fixbase_epochs=1", "train.open_layers=[clasifier]"])
     with pytest.raises(ValueError, match="clasifier"):
         Trainer(recipe, progress=False)
+
+
+def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
+    out = tmp_path / "cam"
+    recipe = load_recipe(None, tiny_overrides(tiny_data, out, epochs=2)
+                         + ["loss.miner=camera_aware", "data.camera_diverse=true", "loss.camera_bias.m=0.5"])
+    trainer = Trainer(recipe, progress=False)
+    trainer.fit()
+    trace = json.loads((out / "history.json").read_text())["iteration_trace"]
+    assert trace["step"] == list(range(1, trainer.step + 1))
+    assert all(0.0 <= v <= 1.0 for v in trace["cross_camera_positives"] + trace["same_camera_negatives"])
+    assert trace["bias_positive"][0] > trace["bias_positive"][-1] > 0       # decaying schedule (m=0.5)
+    assert (out / "curves.png").stat().st_size > 10_000
