@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
+import logging
 import tempfile
 
 import numpy as np
@@ -32,6 +33,8 @@ from ..data.transforms import normalize
 from ..engine.checkpoint import model_from_checkpoint
 from ..models import build_model
 from .optimize import export_onnx, fuse_for_inference
+
+log = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -48,7 +51,8 @@ class FeatureExtractor:
         """
         if backend not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
-        if backend == "auto":
+        auto = backend == "auto"
+        if auto:
             backend = "onnxruntime" if device == "cpu" else "torch"
         if backend == "onnxruntime" and device != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
@@ -60,8 +64,14 @@ class FeatureExtractor:
         self.memory_format = torch.contiguous_format
         self.session = None
         if backend == "onnxruntime":
-            self.session = self._onnx_session(onnx_path)
-        else:
+            try:
+                self.session = self._onnx_session(onnx_path)
+            except Exception as e:                       # a model the ONNX exporter cannot take
+                if not auto:
+                    raise
+                log.warning("ONNX export of %s failed (%s); using the torch backend", model_name, e)
+                backend = self.backend = "torch"
+        if backend == "torch":
             if optimize:
                 self.model = fuse_for_inference(self.model, channels_last=device == "cpu")
                 self.memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format

@@ -64,3 +64,20 @@ def test_backends_give_the_model_features(tmp_path, checkpoint, backend, optimiz
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     if backend == "onnxruntime":
         assert (tmp_path / "m.onnx").is_file()
+
+
+def test_auto_backend_falls_back_to_torch_when_export_fails(checkpoint, monkeypatch):
+    path, model = checkpoint
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr("reidkit.deploy.extractor.export_onnx", refuse)
+    extractor = reidkit.FeatureExtractor("osnet_x0_25", path, image_size=(64, 32))
+    assert extractor.backend == "torch" and extractor.session is None
+    images = np.random.default_rng(2).integers(0, 255, (2, 64, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    torch.testing.assert_close(extractor(list(images)), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        reidkit.FeatureExtractor("osnet_x0_25", path, image_size=(64, 32), backend="onnxruntime")
