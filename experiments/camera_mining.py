@@ -78,8 +78,9 @@ def table(args) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["tag"], r["variant"]), []).append(r)
-    print("| data | variant | seeds | mAP % (mean ± std) | rank-1 % (mean ± std) | min/run |")
-    print("|---|---|---|---|---|---|")
+    print("| data | variant | seeds | mAP % (mean ± std) | rank-1 % (mean ± std) "
+          "| cross-camera positives, epoch 1 / last | same-camera negatives, epoch 1 / last | min/run |")
+    print("|---|---|---|---|---|---|---|---|")
     order = list(VARIANTS)
     for (data, tag, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                         order.index(kv[0][2]))):
@@ -87,8 +88,16 @@ def table(args) -> None:
         r1 = [100 * r["rank1"] for r in rs]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         minutes = statistics.mean(r["minutes"] for r in rs)
+
+        def fraction(key: str) -> str:          # mean over seeds of the first / last epoch's mean
+            runs = [r["history"].get(f"mining/{key}") for r in rs]
+            if not all(runs):
+                return "-"
+            return f"{statistics.mean(v[0] for v in runs):.2f} / {statistics.mean(v[-1] for v in runs):.2f}"
+
         print(f"| {data}{' ' + tag if tag else ''} | {variant} | {len(rs)} | {statistics.mean(m):.2f} ± {sd(m):.2f} "
-              f"| {statistics.mean(r1):.2f} ± {sd(r1):.2f} | {minutes:.1f} |")
+              f"| {statistics.mean(r1):.2f} ± {sd(r1):.2f} | {fraction('cross_camera_positives')} "
+              f"| {fraction('same_camera_negatives')} | {minutes:.1f} |")
 
 
 def main() -> None:
