@@ -39,21 +39,18 @@ def find_reference(explicit: str | None = None) -> Path | None:
 
 def evaluate_reference(onnx_file: Path, dataset, metric: str, progress: bool):
     """Zero-shot mAP/CMC of the imported MSMT17 OSNet x0.25 on the demo's query/gallery (256x128)."""
+    from .config import EvalConfig
     from .data.cache import ImageCache
     from .deploy import import_onnx_osnet
     from .deploy.optimize import fuse_for_inference
-    from .engine.features import extract_features
+    from .engine.evaluate import evaluate_model
     from .models import build_model
 
     model = build_model("osnet_x0_25", 1)
-    state = import_onnx_osnet(onnx_file, "osnet_x0_25")
-    model.load_state_dict(state)
-    net = fuse_for_inference(model)
+    model.load_state_dict(import_onnx_osnet(onnx_file, "osnet_x0_25"))
     q = ImageCache(dataset.query, (256, 128), progress=progress, desc="query 256x128")
     g = ImageCache(dataset.gallery, (256, 128), progress=progress, desc="gallery 256x128")
-    qf = extract_features(net, q, 64, channels_last=True)
-    gf = extract_features(net, g, 64, channels_last=True)
-    return evaluate_rank(compute_distance(qf, gf, metric).numpy(), q.pids(), g.pids(), q.camids(), g.camids())
+    return evaluate_model(fuse_for_inference(model), q, g, EvalConfig(metric=metric), 64, channels_last=True)
 
 
 def run_demo(output: str | Path = "demo_output", epochs: int | None = None, progress: bool = True,
