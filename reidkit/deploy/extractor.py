@@ -60,7 +60,7 @@ class FeatureExtractor:
             self.model = model_from_checkpoint(model_name, weights)
         else:
             self.model = build_model(model_name, num_classes or 1, pretrained=None).eval()
-        self.device, self.image_size, self.batch_size, self.backend = device, image_size, batch_size, backend
+        self.device, self.image_size, self.batch_size = device, image_size, batch_size
         self.memory_format = torch.contiguous_format
         self.session = None
         if backend == "onnxruntime":
@@ -70,7 +70,8 @@ class FeatureExtractor:
                 if not auto:
                     raise
                 log.warning("ONNX export of %s failed (%s); using the torch backend", model_name, e)
-                backend = self.backend = "torch"
+                backend = "torch"
+        self.backend = backend
         if backend == "torch":
             if optimize:
                 self.model = fuse_for_inference(self.model, channels_last=device == "cpu")
@@ -114,8 +115,7 @@ class FeatureExtractor:
         if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
         out = []
-        with torch.inference_mode():
-            for s in range(0, len(images), self.batch_size):
-                batch = torch.stack([self._to_uint8(i) for i in images[s:s + self.batch_size]])
-                out.append(self.embed_batch(normalize(batch)))
+        for s in range(0, len(images), self.batch_size):
+            batch = torch.stack([self._to_uint8(i) for i in images[s:s + self.batch_size]])
+            out.append(self.embed_batch(normalize(batch)))      # embed_batch runs under inference_mode
         return torch.cat(out)
