@@ -4,8 +4,9 @@
 
 Recipe (configs/osnet_x0_25_cuhk03.yaml, the OSNet paper's from-scratch settings
 cut to ``--epochs``): label-smoothed CE (0.1), SGD lr 0.065 momentum 0.9, weight
-decay 5e-4, batch 64 drawn P=16 x K=4, random flip + crop (pad 10) + random
-erasing, 256x128, seed ``--seed``; both sides step the learning rate per epoch
+decay 5e-4, batch 64 drawn P=16 x K=4, random flip + crop (with probability 0.5
+enlarge x1.125 and crop back, torchreid's ``random_crop``) + random erasing,
+256x128, seed ``--seed``; both sides step the learning rate per epoch
 with the paper's milestones.  torchreid trains with its ``ImageSoftmaxEngine``
 on its ``ImageDataManager`` (2 workers); reidkit with ``Trainer``.  Both trained
 models are then evaluated by the same code (reidkit's caches and
@@ -87,9 +88,13 @@ def main() -> None:
     parser.add_argument("--arch", default="osnet_x0_25")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
+    parser.add_argument("--reidkit-only", action="store_true", help="train reidkit's side only")
     args = parser.parse_args()
     set_threads(2)
     ours, trainer = train_reidkit(args)
+    if args.reidkit_only:
+        print(json.dumps({"reidkit": ours}))
+        return
     theirs = train_torchreid(args, trainer)
     print(f"\n{args.arch} from scratch on CUHK03-labeled, {args.epochs} epochs, seed {args.seed}")
     for name, r in (("reidkit", ours), ("torchreid 0.2.5", theirs)):

@@ -38,6 +38,8 @@ class DataConfig(Strict):
 
 class AugmentSection(Strict):
     flip: float = Field(0.5, ge=0, le=1)
+    crop: Literal["pad", "enlarge"] = "pad"    # pad: zero-pad + crop (BoT); enlarge: x1.125 + crop (OSNet)
+    crop_prob: float = Field(1.0, ge=0, le=1)  # probability an image is cropped (OSNet/torchreid: 0.5)
     padding: int = Field(10, ge=0)
     erasing: float = Field(0.5, ge=0, le=1)
     color_jitter: float = Field(0.0, ge=0, le=1)

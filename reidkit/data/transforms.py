@@ -1,7 +1,9 @@
 """Augmentation on whole batches of tensors, plus the equivalent torchvision pipeline.
 
 The Bag-of-Tricks order: resize (done once, in the cache), random horizontal
-flip, zero-pad + random crop, normalise, random erasing.  Random erasing
+flip, zero-pad + random crop, normalise, random erasing.  The OSNet recipes
+crop the way the OSNet authors' code (torchreid's ``Random2DTranslation``)
+does instead: with probability 0.5, enlarge by 1.125 and crop back.  Random erasing
 follows Zhong et al. (AAAI 2020) with its published defaults: probability 0.5,
 area fraction in [0.02, 0.4], aspect ratio in [0.3, 1/0.3], fill = the
 ImageNet mean pixel (0 after normalisation), up to 100 attempts.
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class AugmentConfig:
     flip: float = 0.5
+    crop: Literal["pad", "enlarge"] = "pad"
+    crop_prob: float = 1.0
     padding: int = 10
     erasing: float = 0.5
     erasing_area: tuple[float, float] = (0.02, 0.4)
@@ -45,15 +51,40 @@ def random_flip(batch: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
     return batch
 
 
-def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to the original size at a random offset."""
+def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator, p: float = 1.0) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to the original size at a random offset (probability ``p``)."""
     if padding <= 0:
         return batch
+    return _crop_some(batch, p, gen, lambda x: F.pad(x, (padding,) * 4))
+
+
+def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator, scale: float = 1.125) -> torch.Tensor:
+    """With probability ``p``, resize by ``scale`` (bilinear) and crop back at a random offset.
+
+    The OSNet authors' ``Random2DTranslation`` (torchreid), on the cached image.
+    """
+    h, w = batch.shape[-2:]
+    size = (int(round(h * scale)), int(round(w * scale)))
+
+    def enlarge(x: torch.Tensor) -> torch.Tensor:
+        big = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+        return big.round_().clamp_(0, 255).to(x.dtype) if not x.is_floating_point() else big
+    return _crop_some(batch, p, gen, enlarge)
+
+
+def _crop_some(batch: torch.Tensor, p: float, gen: torch.Generator, grow) -> torch.Tensor:
+    """Crop ``grow(images)`` back to the batch's size at random offsets, for each image with probability ``p``."""
     b, _, h, w = batch.shape
-    padded = torch.nn.functional.pad(batch, (padding,) * 4)
-    ys = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
-    xs = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
-    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(ys, xs))])
+    chosen = torch.arange(b) if p >= 1 else torch.nonzero(torch.rand(b, generator=gen) < p).flatten()
+    if len(chosen) == 0:
+        return batch
+    grown = grow(batch[chosen])
+    ys = torch.randint(0, grown.shape[-2] - h + 1, (len(chosen),), generator=gen).tolist()
+    xs = torch.randint(0, grown.shape[-1] - w + 1, (len(chosen),), generator=gen).tolist()
+    out = batch.clone()
+    for j, i in enumerate(chosen.tolist()):
+        out[i] = grown[j, :, ys[j]:ys[j] + h, xs[j]:xs[j] + w]
+    return out
 
 
 def color_jitter(batch: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
@@ -97,7 +128,10 @@ class BatchAugment:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         c = self.config
         batch = random_flip(batch, c.flip, self.gen)
-        batch = random_pad_crop(batch, c.padding, self.gen)
+        if c.crop == "enlarge":
+            batch = random_enlarge_crop(batch, c.crop_prob, self.gen)
+        else:
+            batch = random_pad_crop(batch, c.padding, self.gen, c.crop_prob)
         out = batch.float()
         if c.color_jitter > 0:
             out = color_jitter(out, c.color_jitter, self.gen)
@@ -111,7 +145,9 @@ def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None =
     """The per-image torchvision pipeline (the plain path; ``config=None`` for test images)."""
     steps: list = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)]
     if config is not None:
-        steps += [T.RandomHorizontalFlip(config.flip), T.Pad(config.padding), T.RandomCrop(size)]
+        grow = (T.Resize((int(round(size[0] * 1.125)), int(round(size[1] * 1.125))))
+                if config.crop == "enlarge" else T.Pad(config.padding))
+        steps += [T.RandomHorizontalFlip(config.flip), T.RandomApply([grow, T.RandomCrop(size)], config.crop_prob)]
     steps += [T.ToTensor(), T.Normalize(config.mean if config else IMAGENET_MEAN,
                                         config.std if config else IMAGENET_STD)]
     if config is not None and config.erasing > 0:

@@ -81,7 +81,8 @@ class Trainer:
                                              camids=self.train_cache.camids(),
                                              camera_diverse=d.camera_diverse)
         a = recipe.augment
-        self.augment = BatchAugment(AugmentConfig(flip=a.flip, padding=a.padding, erasing=a.erasing,
+        self.augment = BatchAugment(AugmentConfig(flip=a.flip, crop=a.crop, crop_prob=a.crop_prob,
+                                                  padding=a.padding, erasing=a.erasing,
                                                   color_jitter=a.color_jitter), seed=t.seed + 1)
         self.loader = TrainLoader(self.train_cache, sampler, self.augment)
         self.writer = SummaryWriter(str(self.out / "tensorboard"))

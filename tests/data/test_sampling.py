@@ -10,7 +10,8 @@ from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
 from reidkit.data.samplers import RandomIdentityBatchSampler
 from reidkit.data.transforms import (AugmentConfig, BatchAugment, random_erasing, random_flip,
-                                     random_pad_crop, torchvision_transforms)
+                                     random_enlarge_crop, random_pad_crop,
+                                     torchvision_transforms)
 
 
 def test_pk_batches():
@@ -62,6 +63,29 @@ def test_flip_and_crop():
     assert torch.equal(random_pad_crop(batch, 0, gen), batch)
     cropped = random_pad_crop(batch, 2, gen)
     assert cropped.shape == batch.shape
+    padded = torch.nn.functional.pad(batch, (2,) * 4)
+    for i in range(2):                                  # each output is one window of the padded image
+        assert any(torch.equal(cropped[i], padded[i, :, y:y + 4, x:x + 5]) for y in range(5) for x in range(5))
+
+
+def test_enlarge_crop_is_a_window_of_the_enlarged_image():
+    """OSNet's crop: enlarge x1.125 (bilinear), then a random 256x128-style window; p=0 changes nothing."""
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (6, 3, 32, 16), dtype=torch.uint8)
+    assert torch.equal(random_enlarge_crop(batch, 0.0, gen), batch)
+    out = random_enlarge_crop(batch, 1.0, gen)
+    big = torch.nn.functional.interpolate(batch.float(), size=(36, 18), mode="bilinear").round().to(torch.uint8)
+    for i in range(6):
+        assert any(torch.equal(out[i], big[i, :, y:y + 32, x:x + 16]) for y in range(5) for x in range(3))
+
+
+@pytest.mark.parametrize("crop", ["pad", "enlarge"])
+def test_crop_probability(crop):
+    gen = torch.Generator().manual_seed(1)
+    batch = torch.randint(1, 256, (400, 3, 16, 16), dtype=torch.uint8)    # random pixels: any change shows
+    out = (random_pad_crop(batch, 3, gen, p=0.5) if crop == "pad" else random_enlarge_crop(batch, 0.5, gen))
+    kept = sum(torch.equal(a, b) for a, b in zip(out, batch))
+    assert 150 < kept < 260                # ~200 left alone (+ the rare chosen image whose window is the original)
 
 
 def test_batch_augment_is_seeded():
@@ -78,3 +102,15 @@ def test_cached_path_equals_plain_torchvision_path(shared_data):
     plain_tf = torchvision_transforms((64, 32))
     plain = torch.stack([plain_tf(Image.open(p).convert("RGB")) for p in paths])
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("crop", ["pad", "enlarge"])
+def test_torchvision_pipeline_crop_modes(crop):
+    """The per-image reference pipeline: crop_prob=0 equals the test pipeline, crop_prob=1 keeps the size."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 20, 3), dtype=np.uint8))
+    never = torchvision_transforms((32, 16), AugmentConfig(flip=0, crop=crop, crop_prob=0, erasing=0))(image)
+    torch.testing.assert_close(never, torchvision_transforms((32, 16))(image))
+    always = torchvision_transforms((32, 16), AugmentConfig(flip=0, crop=crop, crop_prob=1, erasing=0))(image)
+    assert always.shape == (3, 32, 16)
+    if crop == "enlarge":                              # an enlarged window never equals the original
+        assert not torch.equal(always, never)
