@@ -70,13 +70,15 @@ def train_torchreid(args, trainer: Trainer) -> dict:
     t0, images = time.perf_counter(), 0
     for epoch in range(args.epochs):
         model.train()
+        losses = []
         for i, data in enumerate(dm.train_loader):
             if args.max_batches is not None and i >= args.max_batches:
                 break
-            engine.forward_backward(data)
+            losses.append(engine.forward_backward(data)["loss"])
             images += data["img"].shape[0]
         scheduler.step()
-        print(f"torchreid epoch {epoch + 1}: {images / (time.perf_counter() - t0):.1f} img/s so far", flush=True)
+        print(f"torchreid epoch {epoch + 1}: {images / (time.perf_counter() - t0):.1f} img/s so far, "
+              f"loss {sum(losses) / len(losses):.3f}", flush=True)
     wall = time.perf_counter() - t0
     result = evaluate_model(model.eval(), trainer.query_cache, trainer.gallery_cache, r.eval, 128)
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall}
