@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ import torchvision.transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ENLARGE_SCALE = 1.125        # the OSNet authors' Random2DTranslation
 
 
 @dataclass
@@ -58,7 +59,8 @@ def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator, p: 
     return _crop_some(batch, p, gen, lambda x: F.pad(x, (padding,) * 4))
 
 
-def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator, scale: float = 1.125) -> torch.Tensor:
+def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator,
+                        scale: float = ENLARGE_SCALE) -> torch.Tensor:
     """With probability ``p``, resize by ``scale`` (bilinear) and crop back at a random offset.
 
     The OSNet authors' ``Random2DTranslation`` (torchreid), on the cached image.
@@ -72,7 +74,8 @@ def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator, sca
     return _crop_some(batch, p, gen, enlarge)
 
 
-def _crop_some(batch: torch.Tensor, p: float, gen: torch.Generator, grow) -> torch.Tensor:
+def _crop_some(batch: torch.Tensor, p: float, gen: torch.Generator,
+               grow: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Crop ``grow(images)`` back to the batch's size at random offsets, for each image with probability ``p``."""
     b, _, h, w = batch.shape
     chosen = torch.arange(b) if p >= 1 else torch.nonzero(torch.rand(b, generator=gen) < p).flatten()
@@ -145,7 +148,7 @@ def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None =
     """The per-image torchvision pipeline (the plain path; ``config=None`` for test images)."""
     steps: list = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)]
     if config is not None:
-        grow = (T.Resize((int(round(size[0] * 1.125)), int(round(size[1] * 1.125))))
+        grow = (T.Resize((int(round(size[0] * ENLARGE_SCALE)), int(round(size[1] * ENLARGE_SCALE))))
                 if config.crop == "enlarge" else T.Pad(config.padding))
         steps += [T.RandomHorizontalFlip(config.flip), T.RandomApply([grow, T.RandomCrop(size)], config.crop_prob)]
     steps += [T.ToTensor(), T.Normalize(config.mean if config else IMAGENET_MEAN,
