@@ -80,10 +80,7 @@ class Trainer:
                                              d.num_instances, seed=t.seed,
                                              camids=self.train_cache.camids(),
                                              camera_diverse=d.camera_diverse)
-        a = recipe.augment
-        self.augment = BatchAugment(AugmentConfig(flip=a.flip, crop=a.crop, crop_prob=a.crop_prob,
-                                                  padding=a.padding, erasing=a.erasing,
-                                                  color_jitter=a.color_jitter), seed=t.seed + 1)
+        self.augment = BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=t.seed + 1)
         self.loader = TrainLoader(self.train_cache, sampler, self.augment)
         self.writer = SummaryWriter(str(self.out / "tensorboard"))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
