@@ -1,4 +1,4 @@
-"""The ``reidkit`` command: train, eval, data (synth, summary), demo."""
+"""The ``reidkit`` command: train, eval, extract, search, data (synth, summary), import-onnx, export, demo."""
 from __future__ import annotations
 
 import argparse
@@ -36,12 +36,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def model_options(recipe) -> dict:
+    """The recipe's model settings that shape a trained model (beyond its name and classes)."""
+    m = recipe.model
+    return {"last_stride": m.last_stride, "pooling": m.pooling, "bnneck": m.bnneck, "test_feature": m.test_feature}
+
+
 def load_trained_model(recipe, weights: str):
     """A model of the recipe's architecture with the weights of a reidkit checkpoint."""
     from .engine.checkpoint import model_from_checkpoint
-    m = recipe.model
-    return model_from_checkpoint(m.name, weights, last_stride=m.last_stride, pooling=m.pooling,
-                                 bnneck=m.bnneck, test_feature=m.test_feature)
+    return model_from_checkpoint(recipe.model.name, weights, **model_options(recipe))
 
 
 def cmd_eval(args) -> int:
@@ -61,6 +65,73 @@ def cmd_eval(args) -> int:
     print(f"{dataset.name}: {len(query)} queries, {len(gallery)} gallery images, metric "
           f"{recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
     print(result.summary())
+    return 0
+
+
+def _embed(extractor, paths: list, progress: bool):
+    """Embeddings of ``paths`` in batches, with a progress bar."""
+    from tqdm import tqdm
+    size = extractor.batch_size
+    chunks = [paths[s:s + size] for s in range(0, len(paths), size)]
+    return torch.cat([extractor(c) for c in tqdm(chunks, desc="embedding", unit="batch", disable=not progress)])
+
+
+def cmd_extract(args) -> int:
+    from .data.records import find_images
+    from .deploy import FeatureExtractor, GalleryIndex
+    if args.recipe:
+        recipe = load_recipe(args.recipe, args.overrides)
+        arch, options, size = recipe.model.name, model_options(recipe), (recipe.data.height, recipe.data.width)
+    elif args.overrides:
+        raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
+    else:
+        arch, options, size = args.arch, {}, tuple(args.size)
+    paths = [str(p.resolve()) for p in find_images(args.images)]
+    extractor = FeatureExtractor(arch, args.weights, image_size=size, batch_size=args.batch_size,
+                                 model_options=options)
+    t0 = time.perf_counter()
+    features = _embed(extractor, paths, progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    meta = {"arch": arch, "weights": str(Path(args.weights).resolve()), "image_size": list(size),
+            "model_options": options}
+    index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta)
+    index.save(args.out)
+    print(f"{len(paths)} images -> {args.out}: {index.dim}-d {arch} embeddings, {args.metric} "
+          f"({len(paths) / seconds:.1f} img/s)")
+    return 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from .data.records import find_images
+    from .deploy import FeatureExtractor, GalleryIndex
+    index = GalleryIndex.load(args.gallery)
+    if args.nprobe is not None:
+        index.nprobe = args.nprobe
+    meta = index.meta
+    if "arch" not in meta:
+        raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
+                         "(write it with `reidkit extract`)")
+    weights = args.weights or meta["weights"]
+    queries = [str(p.resolve()) for p in find_images(args.queries)]
+    extractor = FeatureExtractor(meta["arch"], weights, image_size=tuple(meta["image_size"]),
+                                 model_options=meta["model_options"])
+    distances, indices = index.search(_embed(extractor, queries, progress=False), args.top_k)
+    results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)} for g, d in zip(gi, di)]}
+               for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
+    for r in results:
+        print(r["query"])
+        for rank, m in enumerate(r["matches"], 1):
+            print(f"  {rank:3d}  {m['distance']:.4f}  {m['path']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"results -> {args.json}")
+    if args.picture:
+        from .reporting.ranked_lists import QUERY, ranked_rows_image
+        rows = [(r["query"], [(m["path"], QUERY) for m in r["matches"]]) for r in results]
+        ranked_rows_image(rows, args.picture, f"top-{args.top_k} of {len(index)} gallery images ({index.metric})")
+        print(f"picture -> {args.picture}")
     return 0
 
 
@@ -145,6 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--weights", required=True, help="reidkit checkpoint or state_dict")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--recipe", help="take the model and image size from this recipe")
+    model.add_argument("--arch", help="model name, e.g. osnet_x0_25 (with --size)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted recipe overrides (with --recipe), e.g. --set model.last_stride=2")
+    p.add_argument("--size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--ivf-lists", type=int, default=None,
+                   help="approximate search over this many clusters (large galleries; default exact)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="gallery file to write (.npz)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("search", help="rank a gallery file's images for query images")
+    p.add_argument("gallery", help="gallery file written by `reidkit extract`")
+    p.add_argument("queries", nargs="+", help="query image files and/or folders")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
+    p.add_argument("--nprobe", type=int, default=None, help="clusters searched per query (--ivf-lists galleries)")
+    p.add_argument("--json", help="also write the ranked lists here")
+    p.add_argument("--picture", help="also draw the ranked lists into this PNG")
+    p.set_defaults(func=cmd_search)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the built-in synthetic dataset (Market-1501 layout)")

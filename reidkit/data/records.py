@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 
 class DatasetLayoutError(ValueError):
@@ -72,3 +73,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named in ``inputs``: files as given, folders searched recursively (sorted).
+
+    Raises ``FileNotFoundError`` naming an input that does not exist or a
+    folder without images.
+    """
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                raise FileNotFoundError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            found += images
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return found

@@ -1,5 +1,6 @@
-"""Deployment: feature extraction and importing exported models."""
+"""Deployment: feature extraction, gallery search and importing exported models."""
 from .extractor import FeatureExtractor
+from .gallery import GalleryIndex
 from .onnx_import import import_onnx_osnet
 
-__all__ = ["FeatureExtractor", "import_onnx_osnet"]
+__all__ = ["FeatureExtractor", "GalleryIndex", "import_onnx_osnet"]

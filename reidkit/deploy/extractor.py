@@ -44,8 +44,10 @@ class FeatureExtractor:
 
     def __init__(self, model_name: str, weights: str | Path | None = None, device: str = "cpu",
                  image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None,
-                 backend: str = "auto", optimize: bool = True, onnx_path: str | Path | None = None):
-        """``num_classes`` only matters without ``weights`` (an untrained model).
+                 backend: str = "auto", optimize: bool = True, onnx_path: str | Path | None = None,
+                 model_options: dict | None = None):
+        """``num_classes`` only matters without ``weights`` (an untrained model); ``model_options``
+        go to the model's builder (e.g. ``last_stride``, ``pooling`` of the BNNeck models).
 
         ``backend="auto"``: ONNX Runtime on CPU, torch on other devices.
         """
@@ -57,9 +59,9 @@ class FeatureExtractor:
         if backend == "onnxruntime" and device != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
         if weights is not None:
-            self.model = model_from_checkpoint(model_name, weights)
+            self.model = model_from_checkpoint(model_name, weights, **(model_options or {}))
         else:
-            self.model = build_model(model_name, num_classes or 1, pretrained=None).eval()
+            self.model = build_model(model_name, num_classes or 1, pretrained=None, **(model_options or {})).eval()
         self.device, self.image_size, self.batch_size = device, image_size, batch_size
         self.memory_format = torch.contiguous_format
         self.session = None

@@ -9,6 +9,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from ..data.records import ImageRecord
 
+QUERY, RIGHT, WRONG = (128, 128, 128), (20, 170, 40), (220, 30, 30)
+
 
 def ranked_lists_image(query: Sequence[ImageRecord], gallery: Sequence[ImageRecord], distmat: np.ndarray,
                        query_indices: Sequence[int], out: str | Path, top_k: int = 10,
@@ -18,26 +20,35 @@ def ranked_lists_image(query: Sequence[ImageRecord], gallery: Sequence[ImageReco
     Gallery images of the query's identity seen by the same camera are skipped,
     as the evaluation protocol removes them.
     """
-    h, w = size
-    cell_w, gap = w + 2 * border, 12
     rows = []
     for qi in query_indices:
         q = query[qi]
         order = np.argsort(distmat[qi], kind="stable")
         keep = [g for g in order if not (gallery[g].pid == q.pid and gallery[g].camid == q.camid)][:top_k]
+        rows.append((q.path, [(gallery[g].path, RIGHT if gallery[g].pid == q.pid else WRONG) for g in keep]))
+    return ranked_rows_image(rows, out, f"top-{top_k} (green = same identity, red = different)", size, border)
+
+
+def ranked_rows_image(rows: Sequence[tuple[str, Sequence[tuple[str, tuple[int, int, int]]]]], out: str | Path,
+                      caption: str, size: tuple[int, int] = (128, 64), border: int = 4) -> Path:
+    """One row per ``(query_path, [(match_path, border_colour), ...])``: the query framed grey, then its matches."""
+    h, w = size
+    cell_w, gap = w + 2 * border, 12
+    top_k = max(len(matches) for _, matches in rows)
+    pictures = []
+    for query_path, matches in rows:
         row = Image.new("RGB", (cell_w * (top_k + 1) + gap, h + 2 * border), "white")
-        row.paste(_framed(q.path, (h, w), border, (128, 128, 128)), (0, 0))
-        for rank, g in enumerate(keep):
-            colour = (20, 170, 40) if gallery[g].pid == q.pid else (220, 30, 30)
-            row.paste(_framed(gallery[g].path, (h, w), border, colour), (cell_w * (rank + 1) + gap, 0))
-        rows.append(row)
+        row.paste(_framed(query_path, (h, w), border, QUERY), (0, 0))
+        for rank, (path, colour) in enumerate(matches):
+            row.paste(_framed(path, (h, w), border, colour), (cell_w * (rank + 1) + gap, 0))
+        pictures.append(row)
     header = 18
-    canvas = Image.new("RGB", (rows[0].width, header + sum(r.height + 4 for r in rows)), "white")
+    canvas = Image.new("RGB", (pictures[0].width, header + sum(r.height + 4 for r in pictures)), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 2), "query", fill="black")
-    draw.text((cell_w + gap + 2, 2), f"top-{top_k} (green = same identity, red = different)", fill="black")
+    draw.text((cell_w + gap + 2, 2), caption, fill="black")
     y = header
-    for row in rows:
+    for row in pictures:
         canvas.paste(row, (0, y))
         y += row.height + 4
     out = Path(out)
