@@ -138,14 +138,23 @@ class GalleryIndex:
         return scores, indices
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.npz): features, paths, metric, index settings and ``meta``."""
+        """Write ``path`` (.npz): features, paths, metric, index settings and ``meta``.
+
+        An ``ivf_lists`` index is trained (k-means) here if it was not yet, and
+        stored trained, so that loading it does not cluster the gallery again.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_VERSION, "metric": self.metric, "ivf_lists": self.ivf_lists,
                   "nprobe": self.nprobe, "meta": self.meta}
+        arrays = {"features": self.features, "paths": np.array(self.paths, dtype=str),
+                  "header": np.array(json.dumps(header))}
+        if self.ivf_lists is not None:
+            if self._index is None:
+                self._index = self._build()
+            arrays["faiss_index"] = _import_faiss().serialize_index(self._index)
         with open(path, "wb") as f:                  # a file object: numpy would otherwise append ".npz"
-            np.savez(f, features=self.features, paths=np.array(self.paths, dtype=str),
-                     header=np.array(json.dumps(header)))
+            np.savez(f, **arrays)
         return path
 
     @classmethod
@@ -155,8 +164,13 @@ class GalleryIndex:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
                 features, paths = z["features"], z["paths"].tolist()
+                trained = z["faiss_index"] if "faiss_index" in z.files else None
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{path}: not a reidkit gallery file ({e})") from e
         if header.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: gallery format {header.get('format')!r}, this reidkit reads {FORMAT_VERSION}")
-        return cls(features, paths, header["metric"], header["ivf_lists"], header["nprobe"], header["meta"])
+        gallery = cls(features, paths, header["metric"], header["ivf_lists"], header["nprobe"], header["meta"])
+        if trained is not None:
+            gallery._index = _import_faiss().deserialize_index(trained)
+            gallery.nprobe = gallery.nprobe              # onto the loaded index
+        return gallery

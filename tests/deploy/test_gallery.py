@@ -46,6 +46,17 @@ def test_ivf_probing_every_list_is_exact(features, metric):
     assert (np.diff(d, axis=1) >= -1e-6).all() and (i >= -1).all()
 
 
+def test_a_saved_ivf_index_is_loaded_trained(tmp_path, features):
+    gallery, queries = features
+    index = reidkit.GalleryIndex(gallery, [str(i) for i in range(300)], ivf_lists=6, nprobe=2)
+    loaded = reidkit.GalleryIndex.load(index.save(tmp_path / "g.npz"))
+    assert loaded._index is not None and loaded._index.nprobe == 2 and loaded._index.is_trained
+    for k in (1, 10):
+        np.testing.assert_array_equal(loaded.search(queries, k)[1], index.search(queries, k)[1])
+    loaded.nprobe = 6
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], brute_force(queries, gallery, "cosine", 10)[1])
+
+
 def test_adding_in_parts_saving_and_loading(tmp_path, features):
     gallery, queries = features
     paths = [f"g{i}.jpg" for i in range(300)]
