@@ -40,7 +40,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "osnet_x0_25_cuhk03.y
 def recipe_for(args, amp: bool = False):
     return load_recipe(RECIPE, [f"model.name={args.arch}", f"data.root={CUHK03}", f"train.epochs={args.epochs}",
                                 f"train.eval_every={args.epochs}", f"train.seed={args.seed}", f"train.amp={amp}",
-                                f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_reidkit"])
+                                f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_reidkit", *args.set])
 
 
 def train_reidkit(args) -> tuple[dict, Trainer]:
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--arch", default="osnet_x0_25")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="more recipe overrides for reidkit's side, e.g. augment.erasing_fill=reference_code")
     side = parser.add_mutually_exclusive_group()
     side.add_argument("--reidkit-only", action="store_true", help="train reidkit's side only")
     side.add_argument("--torchreid-only", action="store_true",

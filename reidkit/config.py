@@ -42,6 +42,9 @@ class AugmentSection(Strict):
     crop_prob: float = Field(1.0, ge=0, le=1)  # probability an image is cropped (OSNet/torchreid: 0.5)
     padding: int = Field(10, ge=0)
     erasing: float = Field(0.5, ge=0, le=1)
+    # mean_pixel: erased pixels = the mean pixel (0 after normalisation); reference_code: the mean's values
+    # written into the normalised tensor, as Zhong et al.'s, BoT's and torchreid's code do
+    erasing_fill: Literal["mean_pixel", "reference_code"] = "mean_pixel"
     color_jitter: float = Field(0.0, ge=0, le=1)
 
 

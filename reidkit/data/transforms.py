@@ -6,13 +6,16 @@ crop the way the OSNet authors' code (torchreid's ``Random2DTranslation``)
 does instead: with probability 0.5, enlarge by 1.125 and crop back.  Random erasing
 follows Zhong et al. (AAAI 2020) with its published defaults: probability 0.5,
 area fraction in [0.02, 0.4], aspect ratio in [0.3, 1/0.3], fill = the
-ImageNet mean pixel (0 after normalisation), up to 100 attempts.
+ImageNet mean pixel (0 after normalisation), up to 100 attempts.  The reference
+code of Zhong et al., of the BoT baseline and of torchreid instead writes the
+mean's values (0.485, 0.456, 0.406) into the already normalised tensor, a lighter
+grey: ``erasing_fill="reference_code"`` does that, for runs that must match them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,7 @@ class AugmentConfig:
     erasing: float = 0.5
     erasing_area: tuple[float, float] = (0.02, 0.4)
     erasing_ratio: float = 0.3
+    erasing_fill: Literal["mean_pixel", "reference_code"] = "mean_pixel"
     color_jitter: float = 0.0     # strength of brightness/contrast/saturation jitter (0 = off)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -103,9 +107,10 @@ def color_jitter(batch: torch.Tensor, strength: float, gen: torch.Generator) -> 
 
 
 def random_erasing(batch: torch.Tensor, p: float, area: tuple[float, float], ratio: float,
-                   gen: torch.Generator, value: float = 0.0) -> torch.Tensor:
-    """Zhong et al.'s random erasing, in place on a float batch."""
-    _, _, h, w = batch.shape
+                   gen: torch.Generator, value: float | Sequence[float] = 0.0) -> torch.Tensor:
+    """Zhong et al.'s random erasing, in place on a float batch; ``value``: one fill or one per channel."""
+    _, c, h, w = batch.shape
+    fill = torch.as_tensor(value, dtype=batch.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
     for i in range(batch.shape[0]):
         if float(torch.rand(1, generator=gen)) >= p:
             continue
@@ -116,9 +121,14 @@ def random_erasing(batch: torch.Tensor, p: float, area: tuple[float, float], rat
             if ew < w and eh < h:
                 y = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
                 x = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
-                batch[i, :, y:y + eh, x:x + ew] = value
+                batch[i, :, y:y + eh, x:x + ew] = fill
                 break
     return batch
+
+
+def erasing_value(config: AugmentConfig) -> float | tuple[float, float, float]:
+    """What erased pixels hold in the normalised tensor (see the module docstring)."""
+    return config.mean if config.erasing_fill == "reference_code" else 0.0
 
 
 class BatchAugment:
@@ -140,7 +150,7 @@ class BatchAugment:
             out = color_jitter(out, c.color_jitter, self.gen)
         out = normalize(out, c.mean, c.std)
         if c.erasing > 0:
-            out = random_erasing(out, c.erasing, c.erasing_area, c.erasing_ratio, self.gen)
+            out = random_erasing(out, c.erasing, c.erasing_area, c.erasing_ratio, self.gen, erasing_value(c))
         return out
 
 
@@ -155,5 +165,6 @@ def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None =
                                         config.std if config else IMAGENET_STD)]
     if config is not None and config.erasing > 0:
         steps.append(T.RandomErasing(config.erasing, scale=config.erasing_area,
-                                     ratio=(config.erasing_ratio, 1 / config.erasing_ratio)))
+                                     ratio=(config.erasing_ratio, 1 / config.erasing_ratio),
+                                     value=erasing_value(config)))
     return T.Compose(steps)
