@@ -55,6 +55,18 @@ def test_random_erasing_statistics():
     assert aspect.min() >= 0.3 * 0.8 and aspect.max() <= (1 / 0.3) * 1.25
 
 
+def test_erasing_fill_reference_code_writes_the_mean_values_where_mean_pixel_writes_zero():
+    images = torch.full((64, 3, 32, 16), 200, dtype=torch.uint8)          # 200 is far from both fills
+    plain = dict(flip=0.0, crop_prob=0.0, erasing=1.0)
+    zero = BatchAugment(AugmentConfig(**plain), seed=3)(images)
+    ref = BatchAugment(AugmentConfig(**plain, erasing_fill="reference_code"), seed=3)(images)
+    erased = zero[:, 0] == 0
+    assert erased.any(dim=(1, 2)).float().mean() > 0.9                   # the same patches, same random draws
+    for channel, value in enumerate((0.485, 0.456, 0.406)):
+        assert torch.equal(ref[:, channel] == value, erased)
+        assert torch.equal(ref[:, channel][~erased], zero[:, channel][~erased])
+
+
 def test_flip_and_crop():
     gen = torch.Generator().manual_seed(0)
     batch = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
