@@ -118,7 +118,8 @@ def cmd_search(args) -> int:
     extractor = FeatureExtractor(meta["arch"], weights, image_size=tuple(meta["image_size"]),
                                  model_options=meta["model_options"])
     distances, indices = index.search(_embed(extractor, queries, progress=False), args.top_k)
-    results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)} for g, d in zip(gi, di)]}
+    results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
+                                        for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
     for r in results:
         print(r["query"])

@@ -123,7 +123,11 @@ class GalleryIndex:
         return index
 
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest gallery images of each query: ``(distances, indices)``, each Q x k, nearest first."""
+        """The ``k`` nearest gallery images of each query: ``(distances, indices)``, each Q x k, nearest first.
+
+        With ``ivf_lists``, a query whose probed lists hold fewer than ``k``
+        images gets index -1 (distance inf) in the remaining places.
+        """
         if len(self) == 0:
             raise ValueError("the gallery is empty")
         if k < 1:
@@ -133,9 +137,9 @@ class GalleryIndex:
             self._index = self._build()
         k = min(k, len(self))
         scores, indices = self._index.search(q, k)
-        if self.metric == "cosine":
-            return (1.0 - scores).astype(np.float32), indices
-        return scores, indices
+        distances = (1.0 - scores).astype(np.float32) if self.metric == "cosine" else scores
+        distances[indices < 0] = np.inf
+        return distances, indices
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.npz): features, paths, metric, index settings and ``meta``.

@@ -44,6 +44,8 @@ def test_ivf_probing_every_list_is_exact(features, metric):
     index.nprobe = 1                                # approximate: still a ranked list of gallery images
     d, i = index.search(queries, k=10)
     assert (np.diff(d, axis=1) >= -1e-6).all() and (i >= -1).all()
+    d, i = index.search(queries, k=200)             # more than one list holds: the rest is -1 at distance inf
+    assert (i == -1).any() and np.isinf(d[i == -1]).all() and np.isfinite(d[i >= 0]).all()
 
 
 def test_a_saved_ivf_index_is_loaded_trained(tmp_path, features):
