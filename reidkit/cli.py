@@ -68,14 +68,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _embed(extractor, paths: list, progress: bool):
-    """Embeddings of ``paths`` in batches, with a progress bar."""
-    from tqdm import tqdm
-    size = extractor.batch_size
-    chunks = [paths[s:s + size] for s in range(0, len(paths), size)]
-    return torch.cat([extractor(c) for c in tqdm(chunks, desc="embedding", unit="batch", disable=not progress)])
-
-
 def cmd_extract(args) -> int:
     from .data.records import find_images
     from .deploy import FeatureExtractor, GalleryIndex
@@ -90,7 +82,7 @@ def cmd_extract(args) -> int:
     extractor = FeatureExtractor(arch, args.weights, image_size=size, batch_size=args.batch_size,
                                  model_options=options)
     t0 = time.perf_counter()
-    features = _embed(extractor, paths, progress=not args.no_progress)
+    features = extractor(paths, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     meta = {"arch": arch, "weights": str(Path(args.weights).resolve()), "image_size": list(size),
             "model_options": options}
@@ -117,7 +109,7 @@ def cmd_search(args) -> int:
     queries = [str(p.resolve()) for p in find_images(args.queries)]
     extractor = FeatureExtractor(meta["arch"], weights, image_size=tuple(meta["image_size"]),
                                  model_options=meta["model_options"])
-    distances, indices = index.search(_embed(extractor, queries, progress=False), args.top_k)
+    distances, indices = index.search(extractor(queries), args.top_k)
     results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]

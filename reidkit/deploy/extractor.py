@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..data.images import load_rgb
 from ..data.transforms import normalize
@@ -113,11 +114,13 @@ class FeatureExtractor:
             raise TypeError(f"expected a path, PIL image or uint8 array, got {type(image).__name__}")
         return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+    def __call__(self, images: ImageInput | Sequence[ImageInput], progress: bool = False) -> torch.Tensor:
+        """Embeddings of one image or a list, ``batch_size`` at a time (``progress``: a bar over the batches)."""
         if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
         out = []
-        for s in range(0, len(images), self.batch_size):
+        starts = range(0, len(images), self.batch_size)
+        for s in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
             batch = torch.stack([self._to_uint8(i) for i in images[s:s + self.batch_size]])
             out.append(self.embed_batch(normalize(batch)))      # embed_batch runs under inference_mode
         return torch.cat(out)
