@@ -96,14 +96,17 @@ def main() -> None:
     parser.add_argument("--arch", default="osnet_x0_25")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (2 for timings; 1 to run two accuracy-only runs side by side)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="more recipe overrides for reidkit's side, e.g. augment.erasing_fill=reference_code")
+                        help="more recipe overrides, e.g. augment.erasing_fill=reference_code (reidkit's side) or "
+                             "data.height=128 data.width=64 (both sides)")
     side = parser.add_mutually_exclusive_group()
     side.add_argument("--reidkit-only", action="store_true", help="train reidkit's side only")
     side.add_argument("--torchreid-only", action="store_true",
                       help="train torchreid's side only (reidkit still builds the evaluation caches)")
     args = parser.parse_args()
-    set_threads(2)
+    set_threads(args.threads)
     if args.torchreid_only:
         theirs = train_torchreid(args, Trainer(recipe_for(args), progress=False))
         print(f"torchreid 0.2.5  mAP {100 * theirs['mAP']:6.2f}  rank-1 {100 * theirs['rank1']:6.2f}")
