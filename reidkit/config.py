@@ -68,6 +68,14 @@ class CameraBiasConfig(Strict):
     bias_in_loss: bool = False
 
 
+class AdaptiveL2Config(Strict):
+    """Adaptive L2 regularisation (seed 000): lambda_n = amplitude * hard_sigmoid(theta_n), learned."""
+
+    amplitude: float = Field(0.0, ge=0)       # A; 0 switches it off (the paper: 0.005)
+    c: float = Field(2.5, gt=0)               # hard sigmoid half-width
+    theta_init: float = 0.0                   # every theta starts here (0: lambda = A / 2)
+
+
 class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
@@ -77,6 +85,7 @@ class LossConfig(Strict):
     camera_bias: CameraBiasConfig = Field(default_factory=CameraBiasConfig)
     center_weight: float = Field(5e-4, ge=0)
     center_lr: float = Field(0.5, gt=0)
+    adaptive_l2: AdaptiveL2Config = Field(default_factory=AdaptiveL2Config)
 
 
 class OptimConfig(Strict):

@@ -20,6 +20,7 @@ from ..data.loader import TrainLoader
 from ..data.samplers import RandomIdentityBatchSampler
 from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
+from ..losses.adaptive_l2 import AdaptiveL2Regularizer
 from ..models import build_model
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
@@ -36,6 +37,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_regularizer(model: torch.nn.Module, recipe: Recipe) -> AdaptiveL2Regularizer | None:
+    """Adaptive L2 over the model's trainable tensors when ``loss.adaptive_l2.amplitude > 0``."""
+    cfg = recipe.loss.adaptive_l2
+    if cfg.amplitude <= 0:
+        return None
+    if recipe.optim.weight_decay > 0 or recipe.optim.weight_decay_bias > 0:
+        log.warning("adaptive L2 is on and optim.weight_decay=%g / weight_decay_bias=%g add a fixed L2 on top; "
+                    "the paper sets both to 0", recipe.optim.weight_decay, recipe.optim.weight_decay_bias)
+    return AdaptiveL2Regularizer.for_model(model, cfg.amplitude, cfg.c, cfg.theta_init)
 
 
 def build_test_caches(recipe: Recipe, dataset, progress: bool = True) -> tuple[ImageCache, ImageCache]:
@@ -72,7 +84,9 @@ class Trainer:
         if t.fixbase_epochs:
             find_modules(self.model, t.open_layers)          # fail now on a wrong name, not at epoch 1
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
-        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.regularizer = build_regularizer(self.model, recipe)
+        self.optimizer = build_optimizer(self.model, recipe.optim,
+                                         list(self.regularizer.parameters()) if self.regularizer else None)
         self.center_optimizer = (torch.optim.SGD(self.objective.center.parameters(), lr=recipe.loss.center_lr)
                                  if self.objective.center is not None else None)
         self.scheduler = WarmupScheduler(self.optimizer, recipe.schedule, t.epochs)
@@ -100,6 +114,8 @@ class Trainer:
         if self.objective.center is not None:
             state["center"] = self.objective.center.state_dict()
             state["center_optimizer"] = self.center_optimizer.state_dict()
+        if self.regularizer is not None:
+            state["adaptive_l2"] = self.regularizer.state_dict()
         return state
 
     def resume(self, path: str | Path) -> None:
@@ -109,12 +125,17 @@ class Trainer:
         if state.get("num_classes") != self.num_classes:
             raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
                                   f"this dataset has {self.num_classes}")
+        if (self.regularizer is not None) != ("adaptive_l2" in state):
+            raise CheckpointError(f"{path} was trained {'with' if 'adaptive_l2' in state else 'without'} "
+                                  f"adaptive L2; this recipe {'uses' if self.regularizer else 'does not use'} it")
         load_model_weights(self.model, state, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.objective.center is not None and "center" in state:
             self.objective.center.load_state_dict(state["center"])
             self.center_optimizer.load_state_dict(state["center_optimizer"])
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(state["adaptive_l2"])
         self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
@@ -145,6 +166,8 @@ class Trainer:
                 logits, features = self.model(batch.images.contiguous(memory_format=self.memory_format))
             self.objective.set_time(self.step, epoch)
             terms = self.objective(logits, features, batch.pids, batch.camids)
+            if self.regularizer is not None:
+                terms["adaptive_l2"] = self.regularizer()
             diagnostics = self.objective.diagnostics()
             for k, v in diagnostics.items():
                 sums[f"mining/{k}"] = sums.get(f"mining/{k}", 0.0) + v
@@ -180,6 +203,8 @@ class Trainer:
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items() if "/" not in k}
                             | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
         means = {k: v / max(count, 1) for k, v in sums.items()}
+        if self.regularizer is not None:                 # the factors at the epoch's end (paper, Fig. 3)
+            means |= {f"l2_factor/{k}": v for k, v in self.regularizer.factors_by_category().items()}
         means["images_per_s"] = images / (time.perf_counter() - t0)
         means["lr"] = lr
         return means
@@ -232,6 +257,8 @@ class Trainer:
             save_checkpoint(self.state(epoch + 1), self.out / "last.pth")
         self.writer.flush()
         (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self.regularizer is not None:                 # every tensor's factor (the paper's Fig. 4 histogram)
+            (self.out / "adaptive_l2_factors.json").write_text(json.dumps(self.regularizer.named_factors(), indent=1))
         if self.history["epoch"]:
             plot_curves(self.history, self.out / "curves.png")
         return result

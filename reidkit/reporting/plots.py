@@ -1,4 +1,5 @@
-"""Training curves: every loss term and the evaluation metrics over epochs, and what a miner picked."""
+"""Training curves: every loss term and the evaluation metrics over epochs, what a miner picked, and the
+adaptive L2 factors per parameter category."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(history: dict, out: str | Path) -> Path:
-    """Loss terms, mAP / rank-1 / mINP and (with camera-aware mining) what the miner picked."""
+    """Loss terms, mAP / rank-1 / mINP and, when present, what the miner picked and the adaptive L2 factors."""
     out = Path(out)
     mining = sorted(k for k in history if k.startswith("mining/"))
-    fig, axes = plt.subplots(1, 3 if mining else 2, figsize=(15 if mining else 10, 3.6))
+    factors = sorted(k for k in history if k.startswith("l2_factor/"))
+    panels = 2 + bool(mining) + bool(factors)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     ax_loss, ax_map = axes[0], axes[1]
     epochs = history["epoch"]
     for key in sorted(k for k in history if k.startswith("loss/")):
@@ -33,10 +36,22 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     ax_map.set_title("evaluation")
     if mining:
         _plot_mining(axes[2], history)
+    if factors:
+        _plot_factors(axes[-1], history, factors)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _plot_factors(ax, history: dict, keys: list[str]) -> None:
+    """Mean adaptive L2 factor of each parameter category at each epoch's end (the paper's Fig. 3)."""
+    for key in keys:
+        ax.plot(history["epoch"], history[key], marker=".", label=key.split("/", 1)[1])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean regularisation factor")
+    ax.legend(fontsize=7)
+    ax.set_title("adaptive L2 factors")
 
 
 def _plot_mining(ax, history: dict) -> None:

@@ -128,3 +128,31 @@ def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in trace["cross_camera_positives"] + trace["same_camera_negatives"])
     assert trace["bias_positive"][0] > trace["bias_positive"][-1] > 0       # decaying schedule (m=0.5)
     assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
+    adaptive = ["loss.adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0"]
+    first = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=1) + adaptive), progress=False)
+    reg = first.regularizer
+    n_weights = sum(1 for n, p in first.model.named_parameters() if p.requires_grad and not n.endswith("bias"))
+    assert len(reg.theta) >= n_weights and float(reg.factors().detach()[0]) == pytest.approx(0.0025)   # theta = 0: A / 2
+    assert any(g.get("name") == "no_decay" and g["params"][0] is reg.theta and g["weight_decay"] == 0
+               for g in first.optimizer.param_groups)
+    first.fit()
+    # d(penalty)/d(theta) = A f'(theta) ||w||^2 >= 0 and the task loss does not depend on theta: Adam lowers them
+    assert bool((reg.theta < 0).all())
+    history = json.loads((tmp_path / "l2" / "history.json").read_text())
+    assert history["loss/adaptive_l2"][0] > 0
+    assert history["l2_factor/conv_kernel"][0] == pytest.approx(
+        float(reg.factors().detach()[[i for i, k in enumerate(reg.categories) if k == "conv_kernel"]].mean()))
+    factors = json.loads((tmp_path / "l2" / "adaptive_l2_factors.json").read_text())
+    assert factors["backbone.conv1.weight"] == pytest.approx(float(reg.factors().detach()[reg.names.index("backbone.conv1.weight")]))
+    resumed = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=2) + adaptive), progress=False)
+    resumed.resume(tmp_path / "l2" / "last.pth")
+    assert torch.equal(resumed.regularizer.theta, reg.theta)
+    plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "plain", epochs=1)), progress=False)
+    plain.train_epoch(0, max_batches=1)
+    from reidkit.engine.checkpoint import save_checkpoint
+    save_checkpoint(plain.state(1), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="plain.pth was trained without adaptive L2"):
+        resumed.resume(tmp_path / "plain.pth")
