@@ -1,4 +1,5 @@
-"""Adaptive L2 regularisation (Ni and Rahtu, "Adaptive L2 Regularization in Person Re-Identification", ICPR 2020).
+"""Adaptive L2 regularisation (Ni, Fang and Huttunen, "Adaptive L2 Regularization in Person
+Re-Identification", ICPR 2020).
 
 Every trainable tensor ``w_n`` gets a trainable scalar ``theta_n`` and the loss
 becomes (Eq. 8)

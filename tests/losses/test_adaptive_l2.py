@@ -1,4 +1,4 @@
-"""Adaptive L2 regularisation (Ni and Rahtu, ICPR 2020): Eq. 5-8 checked by hand and by autograd."""
+"""Adaptive L2 regularisation (Ni, Fang and Huttunen, ICPR 2020): Eq. 5-8 checked by hand and by autograd."""
 import pytest
 import torch
 import torch.nn as nn
