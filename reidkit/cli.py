@@ -38,8 +38,7 @@ def cmd_train(args) -> int:
 
 def model_options(recipe) -> dict:
     """The recipe's model settings that shape a trained model (beyond its name and classes)."""
-    m = recipe.model
-    return {"last_stride": m.last_stride, "pooling": m.pooling, "bnneck": m.bnneck, "test_feature": m.test_feature}
+    return recipe.model.options()
 
 
 def load_trained_model(recipe, weights: str):

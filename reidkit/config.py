@@ -55,6 +55,24 @@ class ModelConfig(Strict):
     pooling: Literal["avg", "gem"] = "avg"
     bnneck: bool = True
     test_feature: Literal["after_bn", "before_bn"] = "after_bn"
+    feature_clip: Optional[tuple[float, float]] = None   # clip pooled features (adaptive L2's objective module: [0, 1])
+    bn_bias: Literal["frozen", "trained"] = "frozen"     # the BNNeck's bias (BoT: frozen; adaptive L2: trained)
+    regions: int = Field(2, gt=0)             # *_regional models: horizontal stripes
+    region_dim: int = Field(256, gt=0)        # *_regional models: channels each stripe is reduced to
+
+    def options(self) -> dict:
+        """Keyword arguments for :func:`reidkit.models.build_model` that shape the network.
+
+        The newer options are passed only when they differ from their defaults, so
+        builders that do not know them (OSNet's full model) still accept the rest.
+        """
+        options = {"last_stride": self.last_stride, "pooling": self.pooling, "bnneck": self.bnneck,
+                   "test_feature": self.test_feature}
+        defaults = ModelConfig()
+        for key in ("feature_clip", "bn_bias", "regions", "region_dim"):
+            if getattr(self, key) != getattr(defaults, key):
+                options[key] = getattr(self, key)
+        return options
 
 
 class CameraBiasConfig(Strict):

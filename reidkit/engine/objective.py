@@ -1,6 +1,8 @@
 """The training objective: ID loss + triplet loss + center loss, weighted by the recipe."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
@@ -27,14 +29,25 @@ class BoTObjective(nn.Module):
         self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
         self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
 
-    def forward(self, logits: torch.Tensor, features: torch.Tensor, pids: torch.Tensor,
-                camids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted terms by name; their sum is the loss to minimise."""
-        terms = {"id": self.cfg.ce_weight * self.id_loss(logits.float(), pids)}
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],
+                pids: torch.Tensor, camids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted terms by name; their sum is the loss to minimise.
+
+        A multi-branch model gives one ``logits`` and one ``features`` per branch
+        (lists); each term is then summed over the branches, every branch
+        weighted 1 (Ni et al. 2020).
+        """
+        if isinstance(logits, torch.Tensor):
+            logits, features = [logits], [features]
+        if len(logits) != len(features):
+            raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
+        if self.center is not None and len(features) > 1:
+            raise ValueError("center loss needs one embedding; set loss.center_weight=0 for multi-branch models")
+        terms = {"id": self.cfg.ce_weight * sum(self.id_loss(x.float(), pids) for x in logits)}
         if self.triplet is not None:
-            terms["triplet"] = self.cfg.triplet_weight * self.triplet(features.float(), pids, camids)
+            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(f.float(), pids, camids) for f in features)
         if self.center is not None:
-            terms["center"] = self.cfg.center_weight * self.center(features.float(), pids)
+            terms["center"] = self.cfg.center_weight * self.center(features[0].float(), pids)
         return terms
 
     def set_time(self, iteration: int, epoch: int) -> None:

@@ -22,6 +22,7 @@ from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..losses.adaptive_l2 import AdaptiveL2Regularizer
 from ..models import build_model
+from ..models.regional import RegionalReIDModel
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from .evaluate import evaluate_model
@@ -76,13 +77,14 @@ class Trainer:
         self.query_cache, self.gallery_cache = build_test_caches(recipe, self.dataset, progress)
         self.num_classes = self.dataset.num_train_pids
         m = recipe.model
-        self.model = build_model(m.name, self.num_classes, last_stride=m.last_stride,
-                                 pretrained=m.pretrained or "none", pooling=m.pooling, bnneck=m.bnneck,
-                                 test_feature=m.test_feature)
+        self.model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if t.fixbase_epochs:
             find_modules(self.model, t.open_layers)          # fail now on a wrong name, not at epoch 1
+        if isinstance(self.model, RegionalReIDModel) and recipe.loss.center_weight > 0:
+            raise ValueError(f"model {m.name}: center loss needs one embedding, this model has "
+                             f"{1 + self.model.regions} branches; set loss.center_weight=0")
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
         self.regularizer = build_regularizer(self.model, recipe)
         self.optimizer = build_optimizer(self.model, recipe.optim,

@@ -3,6 +3,10 @@
 global pooling -> f_t (triplet / center loss) -> BatchNorm with its bias frozen
 -> f_i -> bias-free linear classifier (ID loss).  At test time the head returns
 f_i ("after_bn", the paper's choice, used with cosine distance) or f_t.
+
+The same head is the "objective module" of Ni et al. (adaptive L2, ICPR 2020,
+Fig. 1) with ``clip=(0, 1)`` (element-wise clipping of the pooled features,
+before BatchNorm), ``bn_bias="trained"`` and ``test_feature="before_bn"``.
 """
 from __future__ import annotations
 
@@ -40,20 +44,28 @@ class BNNeckHead(nn.Module):
     """BNNeck: BatchNorm (bias frozen at 0) between the embedding and a bias-free classifier."""
 
     def __init__(self, in_features: int, num_classes: int, bnneck: bool = True,
-                 test_feature: str = "after_bn"):
+                 test_feature: str = "after_bn", clip: tuple[float, float] | None = None,
+                 bn_bias: str = "frozen"):
         super().__init__()
         if test_feature not in ("after_bn", "before_bn"):
             raise ValueError(f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}")
+        if bn_bias not in ("frozen", "trained"):
+            raise ValueError(f"bn_bias must be 'frozen' or 'trained', got {bn_bias!r}")
+        if clip is not None and not clip[0] < clip[1]:
+            raise ValueError(f"feature clip needs low < high, got {tuple(clip)}")
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.test_feature = test_feature if bnneck else "before_bn"
         self.bottleneck = nn.BatchNorm1d(in_features) if bnneck else nn.Identity()
         if bnneck:
-            self.bottleneck.bias.requires_grad_(False)
+            self.bottleneck.bias.requires_grad_(bn_bias == "trained")
             nn.init.ones_(self.bottleneck.weight)
             nn.init.zeros_(self.bottleneck.bias)
         self.classifier = nn.Linear(in_features, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
     def forward(self, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        if self.clip is not None:
+            f_t = f_t.clamp(*self.clip)
         f_i = self.bottleneck(f_t)
         if self.training:
             return self.classifier(f_i), f_t

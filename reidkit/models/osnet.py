@@ -173,11 +173,11 @@ class OSNetBNNeck(nn.Module):
     """OSNet backbone under the BoT head (pooling -> BNNeck -> classifier)."""
 
     def __init__(self, num_classes: int, width: str = "x1_0", ibn: bool = False, pooling: str = "avg",
-                 bnneck: bool = True, test_feature: str = "after_bn"):
+                 bnneck: bool = True, test_feature: str = "after_bn", **head_options):
         super().__init__()
         self.backbone = OSNetBackbone(width, ibn)
         self.pool = build_pooling(pooling)
-        self.head = BNNeckHead(self.backbone.out_channels, num_classes, bnneck, test_feature)
+        self.head = BNNeckHead(self.backbone.out_channels, num_classes, bnneck, test_feature, **head_options)
         self.feature_dim = self.backbone.out_channels
 
     def forward(self, x: torch.Tensor):
@@ -222,9 +222,11 @@ def _register(width: str, ibn: bool) -> None:
         return _init_from(OSNet(num_classes, width, ibn), pretrained, name)
 
     def bnneck(num_classes: int, pretrained: str | None = None, pooling: str = "avg", bnneck: bool = True,
-               test_feature: str = "after_bn", **_ignored) -> OSNetBNNeck:
-        return _init_from(OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature), pretrained, name,
-                          prefix="backbone.")
+               test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
+               bn_bias: str = "frozen", **_ignored) -> OSNetBNNeck:
+        model = OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature, clip=feature_clip,
+                            bn_bias=bn_bias)
+        return _init_from(model, pretrained, name, prefix="backbone.")
 
     full.__doc__ = f"OSNet {width} (Zhou et al. 2019), torchreid-compatible state_dict."
     bnneck.__doc__ = f"OSNet {width} backbone with the BNNeck head (Luo et al. 2019)."

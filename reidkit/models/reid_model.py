@@ -13,11 +13,11 @@ class ReIDModel(nn.Module):
     """In training mode returns ``(logits, f_t)``; in eval mode the test embedding."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "avg",
-                 bnneck: bool = True, test_feature: str = "after_bn"):
+                 bnneck: bool = True, test_feature: str = "after_bn", **head_options):
         super().__init__()
         self.backbone = backbone
         self.pool = build_pooling(pooling)
-        self.head = BNNeckHead(backbone.out_channels, num_classes, bnneck, test_feature)
+        self.head = BNNeckHead(backbone.out_channels, num_classes, bnneck, test_feature, **head_options)
         self.feature_dim = backbone.out_channels
 
     def forward(self, images: torch.Tensor):
@@ -26,9 +26,10 @@ class ReIDModel(nn.Module):
 
 def _resnet_builder(depth: str):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto",
-              pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn") -> ReIDModel:
+              pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn",
+              feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen") -> ReIDModel:
         return ReIDModel(ResNetBackbone(depth, last_stride, pretrained), num_classes, pooling,
-                         bnneck, test_feature)
+                         bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
     build.__doc__ = f"{depth} with BNNeck (Luo et al. 2019); ``last_stride=1`` by default."
     return build
 

@@ -45,5 +45,9 @@ class ResNetBackbone(nn.Module):
         self.out_channels = net.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.up_to_layer3(x))
+
+    def up_to_layer3(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map entering the last stage (block 5 in Ni et al.'s naming)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))

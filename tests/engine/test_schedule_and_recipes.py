@@ -52,6 +52,10 @@ def test_every_shipped_recipe_loads():
     ft = load_recipe(CONFIGS / "osnet_x1_0_finetune_cuhk03.yaml")      # OSNet paper, sec. 4.1
     assert (ft.optim.name, ft.optim.lr, ft.train.epochs, ft.schedule.milestones) == ("amsgrad", 0.0015, 150, [60, 120])
     assert (ft.train.fixbase_epochs, ft.train.open_layers, ft.schedule.gamma) == (10, ["classifier"], 0.1)
+    al2 = load_recipe(CONFIGS / "adaptive_l2_r50_market1501.yaml")     # the authors' code (METHODS.md sec. 3)
+    assert (al2.loss.adaptive_l2.amplitude, al2.loss.adaptive_l2.c, al2.loss.adaptive_l2.theta_init) == (0.005, 2.5, 0)
+    assert (al2.optim.name, al2.optim.lr, al2.optim.weight_decay, al2.data.height) == ("adam", 2e-4, 0.0, 384)
+    assert (al2.model.feature_clip, al2.model.test_feature, al2.model.regions) == ((0.0, 1.0), "before_bn", 2)
     scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
     assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 

@@ -131,14 +131,18 @@ def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
 
 
 def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
-    adaptive = ["loss.adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0"]
+    # the paper's whole setting: regional model, clipped objective modules, features before BN
+    adaptive = ["loss.adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
+                "model.name=resnet18_regional", "model.region_dim=16", "model.feature_clip=[0, 1]",
+                "model.bn_bias=trained", "model.test_feature=before_bn", "loss.center_weight=0"]
     first = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=1) + adaptive), progress=False)
     reg = first.regularizer
     n_weights = sum(1 for n, p in first.model.named_parameters() if p.requires_grad and not n.endswith("bias"))
     assert len(reg.theta) >= n_weights and float(reg.factors().detach()[0]) == pytest.approx(0.0025)   # theta = 0: A / 2
     assert any(g.get("name") == "no_decay" and g["params"][0] is reg.theta and g["weight_decay"] == 0
                for g in first.optimizer.param_groups)
-    first.fit()
+    result = first.fit()
+    assert first.last_features[0].shape[1] == 512 + 2 * 16 and 0 <= result.mAP <= 1
     # d(penalty)/d(theta) = A f'(theta) ||w||^2 >= 0 and the task loss does not depend on theta: Adam lowers them
     assert bool((reg.theta < 0).all())
     history = json.loads((tmp_path / "l2" / "history.json").read_text())

@@ -1,0 +1,71 @@
+"""ResNet with a global branch and horizontal-stripe regional branches (Ni, Fang and Huttunen,
+"Adaptive L2 Regularization in Person Re-Identification", ICPR 2020, Fig. 2).
+
+The backbone's last stage ("block 5") is copied, not shared: the global branch
+runs the original, the regional branches run the copy.  The copy's feature map
+is cut into ``regions`` horizontal stripes (the uniform partition of PCB, Sun et
+al. 2018); each stripe is reduced by a 1x1 convolution (+ BatchNorm + ReLU, as
+PCB reduces its stripes) and gets its own objective module (pooling -> clip ->
+BatchNorm -> bias-free classifier, :class:`BNNeckHead`).  Training mode returns
+one ``(logits, features)`` pair per branch as two lists, global first; eval
+mode the branches' test embeddings concatenated.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from .heads import BNNeckHead, build_pooling
+from .registry import register_model
+from .resnet import RESNETS, ResNetBackbone
+
+
+class RegionalReIDModel(nn.Module):
+    """Global branch + ``regions`` stripe branches over a copy of the last stage."""
+
+    def __init__(self, backbone: ResNetBackbone, num_classes: int, regions: int = 2, region_dim: int = 256,
+                 pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn", **head_options):
+        super().__init__()
+        if regions < 1 or region_dim < 1:
+            raise ValueError(f"regions and region_dim must be positive, got {regions} and {region_dim}")
+        self.backbone = backbone
+        self.regional_stage = copy.deepcopy(backbone.layer4)
+        channels = backbone.out_channels
+        self.reduce = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, region_dim, 1, bias=False), nn.BatchNorm2d(region_dim),
+                          nn.ReLU(inplace=True)) for _ in range(regions))
+        for block in self.reduce:
+            nn.init.kaiming_normal_(block[0].weight, mode="fan_out", nonlinearity="relu")
+        self.pool = build_pooling(pooling)
+        self.head = BNNeckHead(channels, num_classes, bnneck, test_feature, **head_options)
+        self.region_heads = nn.ModuleList(BNNeckHead(region_dim, num_classes, bnneck, test_feature, **head_options)
+                                          for _ in range(regions))
+        self.regions = regions
+        self.feature_dim = channels + regions * region_dim
+
+    def forward(self, images: torch.Tensor):
+        shared = self.backbone.up_to_layer3(images)
+        outputs = [self.head(self.pool(self.backbone.layer4(shared)))]
+        stripes = torch.tensor_split(self.regional_stage(shared), self.regions, dim=2)
+        for stripe, reduce, head in zip(stripes, self.reduce, self.region_heads):
+            outputs.append(head(self.pool(reduce(stripe))))
+        if self.training:
+            logits, features = zip(*outputs)
+            return list(logits), list(features)
+        return torch.cat(outputs, dim=1)
+
+
+def _regional_builder(depth: str):
+    def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
+              bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
+              bn_bias: str = "frozen", regions: int = 2, region_dim: int = 256) -> RegionalReIDModel:
+        return RegionalReIDModel(ResNetBackbone(depth, last_stride, pretrained), num_classes, regions, region_dim,
+                                 pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
+    build.__doc__ = f"{depth} with a global and stripe branches (Ni et al. 2020, adaptive L2's baseline)."
+    return build
+
+
+for _depth in RESNETS:
+    register_model(f"{_depth}_regional")(_regional_builder(_depth))
