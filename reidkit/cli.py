@@ -276,7 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 1)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # recipe overrides may come after options too (`reidkit train R --no-progress train.epochs=5`), which
+    # argparse alone rejects: take the leftover KEY=VALUE words as overrides
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(w.startswith("-") or "=" not in w for w in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except (RecipeError, ValueError, FileNotFoundError, FloatingPointError) as e:

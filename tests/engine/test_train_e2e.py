@@ -93,6 +93,12 @@ def test_mismatched_checkpoint_is_named(tmp_path):
 def test_cli_reports_recipe_errors(capsys):
     assert main(["train", "configs/bot_r50_market1501.yaml", "train.epochz=3"]) == 2
     assert "unknown key 'train.epochz'" in capsys.readouterr().err
+    # overrides after an option still count as overrides (argparse alone would refuse them)
+    assert main(["train", "configs/bot_r50_market1501.yaml", "--no-progress", "train.epochz=3"]) == 2
+    assert "unknown key 'train.epochz'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "configs/bot_r50_market1501.yaml", "--no-progress", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_fixbase_epochs_train_only_the_open_layers(tiny_data, tmp_path):
