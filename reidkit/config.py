@@ -94,6 +94,14 @@ class AdaptiveL2Config(Strict):
     theta_init: float = 0.0                   # every theta starts here (0: lambda = A / 2)
 
 
+class DistillConfig(Strict):
+    """Student-Teacher Distillation (seed 003): ``weight * L1(student, teacher)`` beside the ID loss."""
+
+    teacher: Optional[str] = None             # a reidkit checkpoint (or state_dict) of the teacher; None = off
+    arch: Optional[str] = None                # the teacher's registered model name
+    weight: float = Field(0.8, ge=0)          # lambda (the paper: 0.8, with loss.ce_weight = 1 - lambda)
+
+
 class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
@@ -104,6 +112,7 @@ class LossConfig(Strict):
     center_weight: float = Field(5e-4, ge=0)
     center_lr: float = Field(0.5, gt=0)
     adaptive_l2: AdaptiveL2Config = Field(default_factory=AdaptiveL2Config)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 class OptimConfig(Strict):

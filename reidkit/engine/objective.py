@@ -1,4 +1,4 @@
-"""The training objective: ID loss + triplet loss + center loss, weighted by the recipe."""
+"""The training objective: ID loss + triplet loss + center loss (+ distillation), weighted by the recipe."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from ..config import LossConfig
-from ..losses import (CameraAwareBatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, TripletLoss,
-                      unweight_center_gradients)
+from ..losses import (CameraAwareBatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, FeatureDistillationLoss,
+                      TripletLoss, unweight_center_gradients)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -28,14 +28,17 @@ class BoTObjective(nn.Module):
         self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
         self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
         self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
+        self.distill = FeatureDistillationLoss() if cfg.distill.teacher else None
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],
-                pids: torch.Tensor, camids: torch.Tensor) -> dict[str, torch.Tensor]:
+                pids: torch.Tensor, camids: torch.Tensor,
+                teacher_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Weighted terms by name; their sum is the loss to minimise.
 
         A multi-branch model gives one ``logits`` and one ``features`` per branch
         (lists); each term is then summed over the branches, every branch
-        weighted 1 (Ni et al. 2020).
+        weighted 1 (Ni et al. 2020).  ``teacher_features``: the frozen teacher's
+        embeddings of the same batch, for the distillation term.
         """
         if isinstance(logits, torch.Tensor):
             logits, features = [logits], [features]
@@ -48,6 +51,10 @@ class BoTObjective(nn.Module):
             terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(f.float(), pids, camids) for f in features)
         if self.center is not None:
             terms["center"] = self.cfg.center_weight * self.center(features[0].float(), pids)
+        if self.distill is not None:
+            if teacher_features is None or len(features) > 1:
+                raise ValueError("distillation needs the teacher's features and a single-branch student")
+            terms["distill"] = self.cfg.distill.weight * self.distill(features[0], teacher_features)
         return terms
 
     def set_time(self, iteration: int, epoch: int) -> None:

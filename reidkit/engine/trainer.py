@@ -24,7 +24,7 @@ from ..losses.adaptive_l2 import AdaptiveL2Regularizer
 from ..models import build_model
 from ..models.regional import RegionalReIDModel
 from ..reporting.plots import plot_curves
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 from .freeze import find_modules, open_all_layers, open_layers
 from .objective import BoTObjective, check_finite
@@ -49,6 +49,20 @@ def build_regularizer(model: torch.nn.Module, recipe: Recipe) -> AdaptiveL2Regul
         log.warning("adaptive L2 is on and optim.weight_decay=%g / weight_decay_bias=%g add a fixed L2 on top; "
                     "the paper sets both to 0", recipe.optim.weight_decay, recipe.optim.weight_decay_bias)
     return AdaptiveL2Regularizer.for_model(model, cfg.amplitude, cfg.c, cfg.theta_init)
+
+
+def load_teacher(recipe: Recipe, memory_format: torch.memory_format) -> torch.nn.Module | None:
+    """The frozen teacher of ``loss.distill`` (eval mode, no gradients), or None."""
+    cfg = recipe.loss.distill
+    if not cfg.teacher:
+        return None
+    if not cfg.arch:
+        raise ValueError(f"loss.distill.teacher={cfg.teacher}: name its model with loss.distill.arch")
+    teacher = model_from_checkpoint(cfg.arch, cfg.teacher).to(memory_format=memory_format)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("distilling from %s (%s, frozen)", cfg.teacher, cfg.arch)
+    return teacher
 
 
 def build_test_caches(recipe: Recipe, dataset, progress: bool = True) -> tuple[ImageCache, ImageCache]:
@@ -86,6 +100,7 @@ class Trainer:
             raise ValueError(f"model {m.name}: center loss needs one embedding, this model has "
                              f"{1 + self.model.regions} branches; set loss.center_weight=0")
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
+        self.teacher = load_teacher(recipe, self.memory_format)
         self.regularizer = build_regularizer(self.model, recipe)
         self.optimizer = build_optimizer(self.model, recipe.optim,
                                          list(self.regularizer.parameters()) if self.regularizer else None)
@@ -167,7 +182,11 @@ class Trainer:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
                 logits, features = self.model(batch.images.contiguous(memory_format=self.memory_format))
             self.objective.set_time(self.step, epoch)
-            terms = self.objective(logits, features, batch.pids, batch.camids)
+            teacher_features = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_features = self.teacher(batch.images.contiguous(memory_format=self.memory_format))
+            terms = self.objective(logits, features, batch.pids, batch.camids, teacher_features)
             if self.regularizer is not None:
                 terms["adaptive_l2"] = self.regularizer()
             diagnostics = self.objective.diagnostics()

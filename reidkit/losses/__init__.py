@@ -3,8 +3,10 @@ from .adaptive_l2 import AdaptiveL2Regularizer, hard_sigmoid
 from .camera_miner import CameraAwareBatchHardMiner, CameraMiningStats
 from .center import CenterLoss, unweight_center_gradients
 from .cross_entropy import CrossEntropyLabelSmooth
+from .distillation import FeatureDistillationLoss
 from .miners import BatchHardMiner, Triplets, pairwise_euclidean
 from .triplet import TripletLoss
 
-__all__ = ["AdaptiveL2Regularizer", "hard_sigmoid", "CameraAwareBatchHardMiner", "CameraMiningStats", "CenterLoss", "unweight_center_gradients", "CrossEntropyLabelSmooth", "BatchHardMiner",
+__all__ = ["AdaptiveL2Regularizer", "hard_sigmoid", "CameraAwareBatchHardMiner", "CameraMiningStats", "CenterLoss",
+           "unweight_center_gradients", "CrossEntropyLabelSmooth", "FeatureDistillationLoss", "BatchHardMiner",
            "Triplets", "pairwise_euclidean", "TripletLoss"]

@@ -56,6 +56,9 @@ def test_every_shipped_recipe_loads():
     assert (al2.loss.adaptive_l2.amplitude, al2.loss.adaptive_l2.c, al2.loss.adaptive_l2.theta_init) == (0.005, 2.5, 0)
     assert (al2.optim.name, al2.optim.lr, al2.optim.weight_decay, al2.data.height) == ("adam", 2e-4, 0.0, 384)
     assert (al2.model.feature_clip, al2.model.test_feature, al2.model.regions) == ((0.0, 1.0), "before_bn", 2)
+    std = load_recipe(CONFIGS / "std_osnet_x0_25_cuhk03.yaml")             # PTL paper, STD (Eq. 4)
+    assert (std.loss.distill.weight, std.loss.ce_weight, std.optim.lr, std.train.epochs) == (0.8, 0.2, 0.01, 50)
+    assert std.schedule.milestones == [10, 20, 30, 40] and std.optim.name == "sgd"
     scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
     assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 

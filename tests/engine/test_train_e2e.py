@@ -166,3 +166,21 @@ def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
     save_checkpoint(plain.state(1), tmp_path / "plain.pth")
     with pytest.raises(CheckpointError, match="plain.pth was trained without adaptive L2"):
         resumed.resume(tmp_path / "plain.pth")
+
+
+def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tmp_path):
+    from reidkit.engine.checkpoint import save_checkpoint
+    teacher = build_model("resnet18_bnneck", 3, pretrained="none")
+    save_checkpoint({"state_dict": teacher.state_dict()}, tmp_path / "teacher.pth")
+    distill = [f"loss.distill.teacher={tmp_path / 'teacher.pth'}", "loss.distill.arch=resnet18_bnneck",
+               "loss.distill.weight=0.8", "loss.ce_weight=0.2", "loss.center_weight=0"]
+    trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "std", epochs=1) + distill),
+                      progress=False)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    stats = trainer.train_epoch(0, max_batches=2)
+    assert stats["distill"] > 0 and not trainer.teacher.training
+    assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())   # BN stats too
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    wrong = distill[:1] + ["loss.distill.arch=resnet50_bnneck"] + distill[2:]
+    with pytest.raises(CheckpointError, match="teacher.pth does not fit this model"):
+        Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)

@@ -1,0 +1,35 @@
+"""Student-Teacher Distillation (PTL paper, Eq. 4): the L1 term and its weights in the objective."""
+import pytest
+import torch
+
+from reidkit.config import LossConfig
+from reidkit.engine.objective import BoTObjective
+from reidkit.losses import CrossEntropyLabelSmooth, FeatureDistillationLoss
+
+
+def test_l1_term_by_hand_and_gradient_reaches_only_the_student():
+    student = torch.tensor([[1.0, -2.0], [0.5, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 0.0], [1.5, 1.0]], requires_grad=True)
+    loss = FeatureDistillationLoss()(student, teacher)
+    assert loss.item() == pytest.approx((1 + 2 + 1 + 1) / 4)
+    loss.backward()
+    torch.testing.assert_close(student.grad, torch.tensor([[1.0, -1.0], [-1.0, -1.0]]) / 4)
+    assert teacher.grad is None
+    with pytest.raises(ValueError, match=r"student's features are \(2, 2\) but the teacher's \(2, 3\)"):
+        FeatureDistillationLoss()(student, torch.zeros(2, 3))
+
+
+def test_objective_combines_ce_and_l1_with_the_papers_weights():
+    cfg = LossConfig(ce_weight=0.2, triplet_weight=0, center_weight=0,
+                     distill={"teacher": "teacher.pth", "arch": "osnet_x0_25", "weight": 0.8})
+    objective = BoTObjective(cfg, 5, 4)
+    torch.manual_seed(0)
+    logits, student, teacher = torch.randn(6, 5), torch.randn(6, 4), torch.randn(6, 4)
+    pids = torch.tensor([0, 1, 2, 3, 4, 0])
+    terms = objective(logits, student, pids, torch.zeros_like(pids), teacher)
+    assert set(terms) == {"id", "distill"}
+    ce = CrossEntropyLabelSmooth(0.1)(logits, pids)
+    assert terms["id"].item() == pytest.approx(0.2 * ce.item(), rel=1e-6)
+    assert terms["distill"].item() == pytest.approx(0.8 * (student - teacher).abs().mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs the teacher's features"):
+        objective(logits, student, pids, torch.zeros_like(pids))
