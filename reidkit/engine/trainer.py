@@ -22,6 +22,7 @@ from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..losses.adaptive_l2 import AdaptiveL2Regularizer
 from ..models import build_model
+from ..models.ptl import reset_cell_states
 from ..models.regional import RegionalReIDModel
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
@@ -58,7 +59,8 @@ def load_teacher(recipe: Recipe, memory_format: torch.memory_format) -> torch.nn
         return None
     if not cfg.arch:
         raise ValueError(f"loss.distill.teacher={cfg.teacher}: name its model with loss.distill.arch")
-    teacher = model_from_checkpoint(cfg.arch, cfg.teacher).to(memory_format=memory_format)
+    # the student is matched on its training embedding (before any BNNeck), so the teacher gives the same kind
+    teacher = model_from_checkpoint(cfg.arch, cfg.teacher, test_feature="before_bn").to(memory_format=memory_format)
     for p in teacher.parameters():
         p.requires_grad_(False)
     log.info("distilling from %s (%s, frozen)", cfg.teacher, cfg.arch)
@@ -171,6 +173,7 @@ class Trainer:
             open_all_layers(self.model)
         self.loader.set_epoch(epoch)
         self.scheduler.set_epoch(epoch)
+        reset_cell_states(self.model)                    # PTL: BConv-Cell states restart every epoch
         lr = self.optimizer.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         count, images, t0 = 0, 0, time.perf_counter()

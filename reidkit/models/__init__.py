@@ -1,5 +1,5 @@
 """Models: a registry of ReID networks built from torchvision backbones."""
-from . import osnet, regional, reid_model  # noqa: F401  (registration)
+from . import osnet, ptl, regional, reid_model  # noqa: F401  (registration)
 from .registry import build_model, model_names, register_model
 from .reid_model import ReIDModel
 

@@ -184,3 +184,14 @@ def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tmp
     wrong = distill[:1] + ["loss.distill.arch=resnet50_bnneck"] + distill[2:]
     with pytest.raises(CheckpointError, match="teacher.pth does not fit this model"):
         Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)
+
+
+def test_ptl_cells_restart_every_epoch(tiny_data, tmp_path):
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "ptl", epochs=2)
+                         + ["model.name=resnet18_ptl", "loss.center_weight=0"])
+    trainer = Trainer(recipe, progress=False)
+    cells = [trainer.model.image_cell, *trainer.model.cells]
+    trainer.train_epoch(0, max_batches=2)
+    assert all(c.state is not None for c in cells)
+    trainer.train_epoch(1, max_batches=0)                 # the epoch starts, no batch runs
+    assert all(c.state is None for c in cells)

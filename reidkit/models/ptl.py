@@ -1,0 +1,116 @@
+"""Progressive Transfer Learning networks (Yu, Shen, Jin, Huang, Cai and Hua, "Progressive Transfer
+Learning", extending their IJCAI 2019 ReID paper; seed 003, ``../shared/docs/METHODS.md`` sec. 4).
+
+BConv-Cell (Eq. 1): a convolutional LSTM-like cell whose latent state ``C`` is
+carried from one mini-batch to the next instead of from one time step to the next:
+
+    i_b = sigmoid(W_xi * x_b + b_i),  f_b = sigmoid(W_xf * x_b + b_f),  o_b = sigmoid(W_xo * x_b + b_o)
+    C_b = f_b o C_{b-1} + i_b o tanh(W_xc * x_b + b_c)
+    y_b = o_b o tanh(C_b)
+
+The state is zero at the start of every epoch (the trainer calls
+:func:`reset_cell_states`) and at test time, so a test embedding does not
+depend on what was seen before.  reidkit carries ``C`` across batches without
+its graph (gradients stop at the batch boundary, as truncated backpropagation
+through time with one step) and restarts it from zero when the batch shape
+changes (a smaller last batch).
+
+PTL network (Eq. 3, Fig. 2): a BConv-Cell on the image, then one beside each of
+the backbone's first four blocks (ResNet: stem, layer1, layer2, layer3); the
+cell of block ``i`` reads a 1x1 convolution of the block's output concatenated
+with the previous cell's output (average-pooled to the block's resolution).  The
+last cell's output and the last block's output are concatenated and reduced by
+a 1x1 convolution to the feature map whose pooled vector is the embedding.
+Choices the paper leaves open, made here: cell widths of a quarter of their
+block's channels (16 on the image), 3x3 gate convolutions, the embedding as
+wide as the backbone's (so a PTL model can teach its plain backbone with
+:mod:`reidkit.losses.distillation`), and the BNNeck head instead of the paper's
+three-layer classifier.  BConv-Cell-v2 (PTL-v2) is not implemented.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads import BNNeckHead, build_pooling
+from .registry import register_model
+from .resnet import RESNETS, ResNetBackbone
+
+
+class BConvCell(nn.Module):
+    """Batch-related convolutional cell (Eq. 1); the latent state lives across training batches."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.gates = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2)
+        self.hidden_channels = hidden_channels
+        self.state: torch.Tensor | None = None
+
+    def reset_state(self) -> None:
+        self.state = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i, f, o, g = self.gates(x).chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        if self.training:
+            if self.state is not None and self.state.shape == c.shape:
+                c = torch.sigmoid(f) * self.state + c
+            self.state = c.detach()
+        return torch.sigmoid(o) * torch.tanh(c)
+
+
+def reset_cell_states(model: nn.Module) -> None:
+    """Zero the latent state of every BConv-Cell in ``model`` (each epoch's start)."""
+    for m in model.modules():
+        if isinstance(m, BConvCell):
+            m.reset_state()
+
+
+class PTLResNet(nn.Module):
+    """ResNet + BConv-Cells (PTL network); training mode ``(logits, f_t)``, eval mode the embedding."""
+
+    def __init__(self, backbone: ResNetBackbone, num_classes: int, pooling: str = "avg", bnneck: bool = True,
+                 test_feature: str = "after_bn", image_cell_channels: int = 16, **head_options):
+        super().__init__()
+        self.backbone = backbone
+        b = backbone
+        self.blocks = [nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool), b.layer1, b.layer2, b.layer3, b.layer4]
+        widths = [b.conv1.out_channels] + [_out_channels(layer) for layer in (b.layer1, b.layer2, b.layer3)]
+        hidden = [image_cell_channels] + [w // 4 for w in widths]
+        self.image_cell = BConvCell(3, hidden[0])
+        self.mix = nn.ModuleList(nn.Conv2d(w + h_prev, h, 1) for w, h_prev, h in zip(widths, hidden, hidden[1:]))
+        self.cells = nn.ModuleList(BConvCell(h, h) for h in hidden[1:])
+        self.fuse = nn.Sequential(nn.Conv2d(b.out_channels + hidden[-1], b.out_channels, 1, bias=False),
+                                  nn.BatchNorm2d(b.out_channels), nn.ReLU(inplace=True))
+        self.pool = build_pooling(pooling)
+        self.head = BNNeckHead(b.out_channels, num_classes, bnneck, test_feature, **head_options)
+        self.feature_dim = b.out_channels
+
+    def forward(self, images: torch.Tensor):
+        x, y = images, self.image_cell(images)
+        for block, mix, cell in zip(self.blocks[:4], self.mix, self.cells):
+            x = block(x)
+            y = cell(mix(torch.cat([x, F.adaptive_avg_pool2d(y, x.shape[-2:])], dim=1)))
+        x = self.blocks[4](x)
+        fused = self.fuse(torch.cat([x, F.adaptive_avg_pool2d(y, x.shape[-2:])], dim=1))
+        return self.head(self.pool(fused))
+
+
+def _out_channels(layer: nn.Sequential) -> int:
+    last = layer[-1]
+    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+
+
+def _ptl_builder(depth: str):
+    def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
+              bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
+              bn_bias: str = "frozen") -> PTLResNet:
+        return PTLResNet(ResNetBackbone(depth, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
+                         clip=feature_clip, bn_bias=bn_bias)
+    build.__doc__ = f"{depth} with BConv-Cells beside its blocks (PTL network, Yu et al.)."
+    return build
+
+
+for _depth in RESNETS:
+    register_model(f"{_depth}_ptl")(_ptl_builder(_depth))

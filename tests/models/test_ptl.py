@@ -1,0 +1,57 @@
+"""PTL (seed 003): the BConv-Cell's equations across batches, by hand; the PTL network's state handling."""
+import copy
+
+import torch
+
+from reidkit.models import build_model
+from reidkit.models.ptl import BConvCell, reset_cell_states
+
+
+def gates_by_hand(cell: BConvCell, x: torch.Tensor):
+    z = torch.nn.functional.conv2d(x, cell.gates.weight, cell.gates.bias, padding=1)
+    i, f, o, g = z.chunk(4, dim=1)
+    return torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
+
+
+def test_bconv_cell_carries_its_state_from_batch_to_batch():
+    torch.manual_seed(0)
+    cell = BConvCell(3, 4).train()
+    x1, x2 = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    i1, _, o1, g1 = gates_by_hand(cell, x1)
+    c1 = i1 * g1                                                 # C_0 = 0
+    torch.testing.assert_close(cell(x1), o1 * torch.tanh(c1))
+    i2, f2, o2, g2 = gates_by_hand(cell, x2)
+    c2 = f2 * c1 + i2 * g2                                       # C_b = f o C_{b-1} + i o tanh(.)
+    y2 = cell(x2)
+    torch.testing.assert_close(y2, o2 * torch.tanh(c2))
+    torch.testing.assert_close(cell.state, c2)
+    # gradients stop at the batch boundary: batch 2's loss reaches the gates only through batch 2
+    y2.sum().backward()
+    assert not cell.state.requires_grad and cell.gates.weight.grad is not None
+    # eval: the state is zero and stays untouched
+    cell.eval()
+    torch.testing.assert_close(cell(x2), o2 * torch.tanh(i2 * g2))
+    torch.testing.assert_close(cell.state, c2)
+    # a batch of another shape starts from zero; reset clears the state
+    cell.train()
+    x3 = torch.randn(1, 3, 5, 4)
+    i3, _, o3, g3 = gates_by_hand(cell, x3)
+    torch.testing.assert_close(cell(x3), o3 * torch.tanh(i3 * g3))
+    reset_cell_states(torch.nn.Sequential(cell))
+    assert cell.state is None
+
+
+def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history():
+    torch.manual_seed(0)
+    model = build_model("resnet18_ptl", 6, pretrained="none")
+    fresh = copy.deepcopy(model)
+    x = torch.randn(4, 3, 64, 32)
+    for _ in range(2):
+        logits, f_t = model(torch.randn(4, 3, 64, 32))
+    assert logits.shape == (4, 6) and f_t.shape == (4, 512) and model.feature_dim == 512
+    assert all(c.state is not None for c in model.cells) and model.image_cell.state is not None
+    model.eval(), fresh.eval()
+    fresh.load_state_dict(model.state_dict())                   # same weights and BN statistics, no history
+    torch.testing.assert_close(model(x), fresh(x))
+    assert sum(p.numel() for p in model.parameters()) > sum(
+        p.numel() for p in build_model("resnet18_bnneck", 6, pretrained="none").parameters())
