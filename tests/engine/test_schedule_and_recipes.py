@@ -59,6 +59,9 @@ def test_every_shipped_recipe_loads():
     std = load_recipe(CONFIGS / "std_osnet_x0_25_cuhk03.yaml")             # PTL paper, STD (Eq. 4)
     assert (std.loss.distill.weight, std.loss.ce_weight, std.optim.lr, std.train.epochs) == (0.8, 0.2, 0.01, 50)
     assert std.schedule.milestones == [10, 20, 30, 40] and std.optim.name == "sgd"
+    ptl = load_recipe(CONFIGS / "ptl_r50_msmt17.yaml")                     # PTL paper: lr 0.01 /10 every 10, 50 ep.
+    assert (ptl.model.name, ptl.optim.lr, ptl.schedule.milestones, ptl.train.epochs) == (
+        "resnet50_ptl", 0.01, [10, 20, 30, 40], 50)
     scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
     assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 
