@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,10 +17,19 @@ import torch
 import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 
+log = logging.getLogger("reidkit")
+
 
 def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """An eval-mode copy of ``model`` with conv+BN folded (and NHWC weights)."""
-    fused = fuse(copy.deepcopy(model).eval())
+    """An eval-mode copy of ``model`` with conv+BN folded (and NHWC weights).
+
+    A model torch.fx cannot trace (data-dependent control flow, say) is copied unfused, with a log line.
+    """
+    try:
+        fused = fuse(copy.deepcopy(model).eval())
+    except Exception as e:  # noqa: BLE001  (fusion is an optimisation: any failure leaves the model as it is)
+        log.info("%s: not fused for inference (torch.fx cannot trace it: %s)", type(model).__name__, e)
+        fused = copy.deepcopy(model).eval()
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return fused.eval()

@@ -73,9 +73,7 @@ class PTLResNet(nn.Module):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, pooling: str = "avg", bnneck: bool = True,
                  test_feature: str = "after_bn", image_cell_channels: int = 16, **head_options):
         super().__init__()
-        self.backbone = backbone
-        b = backbone
-        self.blocks = [nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool), b.layer1, b.layer2, b.layer3, b.layer4]
+        self.backbone = b = backbone
         widths = [b.conv1.out_channels] + [_out_channels(layer) for layer in (b.layer1, b.layer2, b.layer3)]
         hidden = [image_cell_channels] + [w // 4 for w in widths]
         self.image_cell = BConvCell(3, hidden[0])
@@ -86,15 +84,28 @@ class PTLResNet(nn.Module):
         self.pool = build_pooling(pooling)
         self.head = BNNeckHead(b.out_channels, num_classes, bnneck, test_feature, **head_options)
         self.feature_dim = b.out_channels
+        # how much each of stem, layer1, layer2, layer3, layer4 shrinks the map: the previous cell's output is
+        # average-pooled by it (static sizes, so the network exports to ONNX)
+        self.shrink = (4, 1, 2, 2, b.layer4[0].downsample[0].stride[0])
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
 
     def forward(self, images: torch.Tensor):
+        b = self.backbone
         x, y = images, self.image_cell(images)
-        for block, mix, cell in zip(self.blocks[:4], self.mix, self.cells):
+        for block, mix, cell, k in zip((self._stem, b.layer1, b.layer2, b.layer3), self.mix, self.cells, self.shrink):
             x = block(x)
-            y = cell(mix(torch.cat([x, F.adaptive_avg_pool2d(y, x.shape[-2:])], dim=1)))
-        x = self.blocks[4](x)
-        fused = self.fuse(torch.cat([x, F.adaptive_avg_pool2d(y, x.shape[-2:])], dim=1))
+            y = cell(mix(torch.cat([x, _shrink(y, k)], dim=1)))
+        x = b.layer4(x)
+        fused = self.fuse(torch.cat([x, _shrink(y, self.shrink[4])], dim=1))
         return self.head(self.pool(fused))
+
+
+def _shrink(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Average-pool by ``k`` (ceil mode: the size a stride-``k`` convolution with padding gives)."""
+    return F.avg_pool2d(y, k, ceil_mode=True) if k > 1 else y
 
 
 def _out_channels(layer: nn.Sequential) -> int:

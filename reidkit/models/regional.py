@@ -49,8 +49,8 @@ class RegionalReIDModel(nn.Module):
         shared = self.backbone.up_to_layer3(images)
         outputs = [self.head(self.pool(self.backbone.layer4(shared)))]
         stripes = torch.tensor_split(self.regional_stage(shared), self.regions, dim=2)
-        for stripe, reduce, head in zip(stripes, self.reduce, self.region_heads):
-            outputs.append(head(self.pool(reduce(stripe))))
+        for k, (reduce, head) in enumerate(zip(self.reduce, self.region_heads)):   # indexed: torch.fx traces it
+            outputs.append(head(self.pool(reduce(stripes[k]))))
         if self.training:
             logits, features = zip(*outputs)
             return list(logits), list(features)

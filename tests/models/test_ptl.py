@@ -1,6 +1,7 @@
 """PTL (seed 003): the BConv-Cell's equations across batches, by hand; the PTL network's state handling."""
 import copy
 
+import pytest
 import torch
 
 from reidkit.models import build_model
@@ -55,3 +56,15 @@ def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history():
     torch.testing.assert_close(model(x), fresh(x))
     assert sum(p.numel() for p in model.parameters()) > sum(
         p.numel() for p in build_model("resnet18_bnneck", 6, pretrained="none").parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_regional"])
+def test_new_models_export_to_onnx_with_the_same_features(name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from reidkit.deploy.optimize import export_onnx
+    torch.manual_seed(0)
+    model = build_model(name, 5, pretrained="none").eval()
+    path = export_onnx(model, tmp_path / f"{name}.onnx", (130, 66))        # odd sizes: ceil-mode pooling
+    x = torch.randn(3, 3, 130, 66)
+    out = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
