@@ -68,9 +68,8 @@ class ModelConfig(Strict):
         """
         options = {"last_stride": self.last_stride, "pooling": self.pooling, "bnneck": self.bnneck,
                    "test_feature": self.test_feature}
-        defaults = ModelConfig()
         for key in ("feature_clip", "bn_bias", "regions", "region_dim"):
-            if getattr(self, key) != getattr(defaults, key):
+            if getattr(self, key) != type(self).model_fields[key].default:
                 options[key] = getattr(self, key)
         return options
 

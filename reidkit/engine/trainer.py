@@ -23,7 +23,6 @@ from ..evaluation import RankResult
 from ..losses.adaptive_l2 import AdaptiveL2Regularizer
 from ..models import build_model
 from ..models.ptl import reset_cell_states
-from ..models.regional import RegionalReIDModel
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
@@ -98,9 +97,6 @@ class Trainer:
         self.model.to(memory_format=self.memory_format)
         if t.fixbase_epochs:
             find_modules(self.model, t.open_layers)          # fail now on a wrong name, not at epoch 1
-        if isinstance(self.model, RegionalReIDModel) and recipe.loss.center_weight > 0:
-            raise ValueError(f"model {m.name}: center loss needs one embedding, this model has "
-                             f"{1 + self.model.regions} branches; set loss.center_weight=0")
         self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
         self.teacher = load_teacher(recipe, self.memory_format)
         self.regularizer = build_regularizer(self.model, recipe)
@@ -182,13 +178,14 @@ class Trainer:
         for i, batch in enumerate(bar):
             if max_batches is not None and i >= max_batches:
                 break
+            inputs = batch.images.contiguous(memory_format=self.memory_format)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
-                logits, features = self.model(batch.images.contiguous(memory_format=self.memory_format))
+                logits, features = self.model(inputs)
             self.objective.set_time(self.step, epoch)
             teacher_features = None
             if self.teacher is not None:
                 with torch.no_grad():
-                    teacher_features = self.teacher(batch.images.contiguous(memory_format=self.memory_format))
+                    teacher_features = self.teacher(inputs)
             terms = self.objective(logits, features, batch.pids, batch.camids, teacher_features)
             if self.regularizer is not None:
                 terms["adaptive_l2"] = self.regularizer()

@@ -44,7 +44,6 @@ class BConvCell(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3):
         super().__init__()
         self.gates = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2)
-        self.hidden_channels = hidden_channels
         self.state: torch.Tensor | None = None
 
     def reset_state(self) -> None:
