@@ -57,7 +57,10 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
             as_tuples = lambda recs: [(r.path, r.pid, r.camid) for r in recs]  # noqa: E731
             super().__init__(as_tuples(ds.train), as_tuples(ds.query), as_tuples(ds.gallery), **kwargs)
 
-    register_image_dataset("reidkit_cuhk03_labeled", CUHK03Labeled)
+    try:
+        register_image_dataset("reidkit_cuhk03_labeled", CUHK03Labeled)
+    except ValueError:                   # registered by an earlier call in this process: the records are the same
+        pass
     return ImageDataManager(root=cuhk03_root, sources="reidkit_cuhk03_labeled", height=height, width=width,
                             transforms=transforms, batch_size_train=batch_size, workers=workers,
                             num_instances=num_instances, train_sampler="RandomIdentitySampler",
