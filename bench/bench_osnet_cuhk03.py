@@ -31,6 +31,7 @@ from bench import peers  # noqa: E402
 from bench.bench_train import CUHK03  # noqa: E402
 from bench.measure import set_threads  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
+from reidkit.data.loader import Batch  # noqa: E402
 from reidkit.engine import Trainer  # noqa: E402
 from reidkit.engine.evaluate import evaluate_model  # noqa: E402
 
@@ -43,9 +44,43 @@ def recipe_for(args, amp: bool = False):
                                 f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_reidkit", *args.set])
 
 
+class TorchreidBatches:
+    """torchreid's training loader (its sampler, PIL transforms and workers) in the shape of reidkit's."""
+
+    def __init__(self, datamanager):
+        self.loader = datamanager.train_loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        for data in self.loader:
+            yield Batch(data["img"], data["pid"], data["camid"])
+
+
+def seed_torchreid(seed: int) -> None:
+    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seed them too, so its
+    # runs reproduce and "same seed" means the same thing on both sides.
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def torchreid_datamanager(recipe):
+    return peers.torchreid_cuhk03_datamanager(CUHK03, recipe.data.height, recipe.data.width, 64,
+                                              recipe.data.num_instances, 2,
+                                              ["random_flip", "random_crop", "random_erase"])
+
+
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
+    if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
+        seed_torchreid(args.seed)
+        trainer.loader = TorchreidBatches(torchreid_datamanager(trainer.recipe))
     for epoch in range(args.epochs):
         stats = trainer.train_epoch(epoch, max_batches=args.max_batches)
         images += min(len(trainer.loader), args.max_batches or len(trainer.loader)) * 64
@@ -60,14 +95,9 @@ def train_torchreid(args, trainer: Trainer) -> dict:
         warnings.simplefilter("ignore")
         import torchreid.reid as tr
         from torchreid.reid.engine import ImageSoftmaxEngine
-    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seed them too, so its
-    # runs reproduce and "same seed" means the same thing on both sides.
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_torchreid(args.seed)
     r = trainer.recipe
-    dm = peers.torchreid_cuhk03_datamanager(CUHK03, r.data.height, r.data.width, 64, r.data.num_instances, 2,
-                                            ["random_flip", "random_crop", "random_erase"])
+    dm = torchreid_datamanager(r)
     model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
     optimizer = tr.optim.build_optimizer(model, optim="sgd", lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                          momentum=r.optim.momentum)
@@ -101,6 +131,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more recipe overrides, e.g. augment.erasing_fill=reference_code (reidkit's side) or "
                              "data.height=128 data.width=64 (both sides)")
+    parser.add_argument("--torchreid-data", action="store_true",
+                        help="reidkit's side trains on torchreid's data loader (sampler + transforms), to tell "
+                             "a difference in the data from one in the training loop")
     side = parser.add_mutually_exclusive_group()
     side.add_argument("--reidkit-only", action="store_true", help="train reidkit's side only")
     side.add_argument("--torchreid-only", action="store_true",
