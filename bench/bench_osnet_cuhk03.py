@@ -12,6 +12,8 @@ on its ``ImageDataManager`` (2 workers); reidkit with ``Trainer``.  Both trained
 models are then evaluated by the same code (reidkit's caches and
 ``evaluate_model``, Euclidean, the recipe's protocol), so only training
 differs.  Prints mAP, rank-1, training wall time and images/s for both.
+``--torchreid-data`` trains reidkit's loop on torchreid's data loader instead,
+to tell a difference in the data from one in the training loop.
 """
 from __future__ import annotations
 
