@@ -65,3 +65,52 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
                             transforms=transforms, batch_size_train=batch_size, workers=workers,
                             num_instances=num_instances, train_sampler="RandomIdentitySampler",
                             use_gpu=False)
+
+
+class TorchreidLockstep:
+    """torchreid 0.2.5's OSNet trained beside a reidkit ``Trainer``, on the same batches.
+
+    Copies the trainer's current model weights into torchreid's model of the same
+    ``arch``, builds torchreid's SGD optimiser and ``ImageSoftmaxEngine`` from the
+    recipe, and wraps ``trainer.loader`` so that each batch reidkit trains on,
+    torchreid's ``forward_backward`` then trains on too.  ``ours_losses`` and
+    ``theirs_losses`` collect every step's loss; ``model`` is torchreid's model.
+    """
+
+    def __init__(self, trainer, arch: str = "osnet_x0_25"):
+        import copy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchreid.reid as tr
+            from torchreid.reid.engine import ImageSoftmaxEngine
+        r = trainer.recipe
+        self.model = tr.models.build_model(arch, num_classes=trainer.num_classes, loss="softmax", pretrained=False)
+        self.model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
+        optimizer = tr.optim.build_optimizer(self.model, optim="sgd", lr=r.optim.lr,
+                                             weight_decay=r.optim.weight_decay, momentum=r.optim.momentum)
+
+        class DataManager:                  # the two attributes ImageSoftmaxEngine reads
+            num_train_pids = trainer.num_classes
+            train_loader = test_loader = None
+
+        self.engine = ImageSoftmaxEngine(DataManager(), self.model, optimizer, label_smooth=True, use_gpu=False)
+        self.ours_losses: list[float] = []
+        self.theirs_losses: list[float] = []
+        trainer.objective.register_forward_hook(
+            lambda m, i, out: self.ours_losses.append(float(sum(out.values()).detach())))
+        self.loader = trainer.loader
+        trainer.loader = self
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            images = batch.images.clone()
+            yield batch
+            self.model.train()
+            self.theirs_losses.append(self.engine.forward_backward({"img": images, "pid": batch.pids})["loss"])

@@ -14,9 +14,7 @@ ill-conditioned, the trajectories part within a few steps.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_train import CUHK03  # noqa: E402
+from bench.peers import TorchreidLockstep  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
 from reidkit.engine import Trainer  # noqa: E402
 
@@ -39,43 +38,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import torchreid.reid as tr
-        from torchreid.reid.engine import ImageSoftmaxEngine
     recipe = load_recipe(RECIPE, [f"data.root={CUHK03}", f"data.height={args.height}", f"data.width={args.width}",
                                   "train.output_dir=/tmp/reidkit_lockstep", f"train.channels_last={args.channels_last}"])
     trainer = Trainer(recipe, progress=False)
-    theirs = tr.models.build_model("osnet_x0_25", num_classes=trainer.num_classes, loss="softmax", pretrained=False)
-    theirs.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
-    optimizer = tr.optim.build_optimizer(theirs, optim="sgd", lr=recipe.optim.lr,
-                                         weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
-
-    class DataManager:                      # the two attributes ImageSoftmaxEngine reads
-        num_train_pids = trainer.num_classes
-        train_loader = test_loader = None
-
-    engine = ImageSoftmaxEngine(DataManager(), theirs, optimizer, label_smooth=True, use_gpu=False)
-    ours_losses: list[float] = []
-    theirs_losses: list[float] = []
-    trainer.objective.register_forward_hook(lambda m, i, out: ours_losses.append(float(sum(out.values()).detach())))
-    loader = trainer.loader
-
-    class Lockstep:
-        def __len__(self):
-            return len(loader)
-
-        def set_epoch(self, epoch):
-            loader.set_epoch(epoch)
-
-        def __iter__(self):
-            for batch in loader:
-                images = batch.images.clone()
-                yield batch
-                theirs.train()
-                theirs_losses.append(engine.forward_backward({"img": images, "pid": batch.pids})["loss"])
-
-    trainer.loader = Lockstep()
+    lockstep = TorchreidLockstep(trainer)
+    ours_losses, theirs_losses = lockstep.ours_losses, lockstep.theirs_losses
     epoch = 0
     while len(theirs_losses) < args.steps:
         trainer.train_epoch(epoch, max_batches=args.steps - len(theirs_losses))
@@ -84,7 +51,7 @@ def main() -> None:
     for i, (a, b) in enumerate(zip(ours_losses, theirs_losses)):
         print(f"step {i + 1:4d}  reidkit {a:.7f}  torchreid {b:.7f}  difference {a - b:+.2e}")
     print(f"mean |difference| {np.abs(diff).mean():.2e}")
-    theirs_state = theirs.state_dict()
+    theirs_state = lockstep.model.state_dict()
     rel = {n: float((p.float() - theirs_state[n].float()).norm() / (theirs_state[n].float().norm() + 1e-12))
            for n, p in trainer.model.state_dict().items() if p.is_floating_point()}
     print("largest relative weight differences:",

@@ -5,6 +5,7 @@ Same weights and batches: reidkit's objective (label-smoothed CE) and optimiser
 ``CrossEntropyLoss(label_smooth=True)`` and ``build_optimizer("sgd")``.
 """
 import copy
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from reidkit.engine.objective import BoTObjective
 from reidkit.engine.optim import build_optimizer
 from reidkit.models import build_model
 
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "osnet_x0_25_cuhk03.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
 
 
 def test_osnet_recipe_sgd_steps_equal_torchreid():
@@ -76,10 +78,11 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import torchreid.reid as tr
-            from torchreid.reid.engine import ImageSoftmaxEngine
+            import torchreid.reid  # noqa: F401
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
+    sys.path.insert(0, str(ROOT))
+    from bench.peers import TorchreidLockstep
     from reidkit.data.synthetic import generate
     from reidkit.engine import Trainer
 
@@ -90,37 +93,9 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
                                   "data.num_instances=4", "optim.lr=1e-6", "train.epochs=2",
                                   "train.channels_last=false", f"train.output_dir={tmp_path / 'run'}"])
     trainer = Trainer(recipe, progress=False)
-    theirs = tr.models.build_model("osnet_x0_25", num_classes=trainer.num_classes, loss="softmax",
-                                   pretrained=False)
-    theirs.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
-    before = copy.deepcopy(theirs.state_dict())
-    optimizer = tr.optim.build_optimizer(theirs, optim="sgd", lr=recipe.optim.lr,
-                                         weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
-
-    class DataManager:                      # the two attributes ImageSoftmaxEngine reads
-        num_train_pids = trainer.num_classes
-        train_loader = test_loader = None
-
-    engine = ImageSoftmaxEngine(DataManager(), theirs, optimizer, label_smooth=True, use_gpu=False)
-    ours_losses, theirs_losses = [], []
-    trainer.objective.register_forward_hook(lambda m, i, out: ours_losses.append(float(sum(out.values()).detach())))
-    loader = trainer.loader
-
-    class Lockstep:                         # each batch reidkit trains on, torchreid then trains on too
-        def __len__(self):
-            return len(loader)
-
-        def set_epoch(self, epoch):
-            loader.set_epoch(epoch)
-
-        def __iter__(self):
-            for batch in loader:
-                images = batch.images.clone()
-                yield batch
-                theirs.train()
-                theirs_losses.append(engine.forward_backward({"img": images, "pid": batch.pids})["loss"])
-
-    trainer.loader = Lockstep()
+    before = copy.deepcopy(trainer.model.state_dict())
+    lockstep = TorchreidLockstep(trainer)
+    theirs, ours_losses, theirs_losses = lockstep.model, lockstep.ours_losses, lockstep.theirs_losses
     for epoch in range(2):
         trainer.train_epoch(epoch)
     assert len(ours_losses) == len(theirs_losses) >= 6
