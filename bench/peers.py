@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import copy
 import warnings
 
 
@@ -78,8 +79,6 @@ class TorchreidLockstep:
     """
 
     def __init__(self, trainer, arch: str = "osnet_x0_25"):
-        import copy
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import torchreid.reid as tr

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
+from bench.bench_osnet_cuhk03 import seed_torchreid, torchreid_datamanager  # noqa: E402
 from bench.bench_train import CUHK03  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
 from reidkit.data import build_dataset  # noqa: E402
@@ -37,19 +37,17 @@ RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
 TEACHER = ROOT / "runs" / "osnet_x0_25_msmt17.pth"
 
 
-@torch.no_grad()
 def fit_classifier(features: torch.Tensor, pids: torch.Tensor, classes: int, steps: int = 300) -> torch.nn.Linear:
     head = torch.nn.Linear(features.shape[1], classes)
-    with torch.enable_grad():
-        opt = torch.optim.LBFGS(head.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(head(features), pids) + 1e-4 * head.weight.pow(2).sum()
-            loss.backward()
-            return loss
-        opt.step(closure)
-    return head
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(features), pids) + 1e-4 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return head.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -84,15 +82,14 @@ def main() -> None:
     head = fit_classifier(F.normalize(feats, dim=1) * 16, pids, dataset.num_train_pids)
     print("clean:", score(model, head, ((x, pids[i:i + 256]) for i, x in zip(range(0, len(cache), 256),
                                                                              iter_test_batches(cache, 256)))))
+    datamanager = torchreid_datamanager(recipe)      # built once; each pass draws a new epoch
     for epoch in range(args.epochs):
         sampler = RandomIdentityBatchSampler(cache.pids(), d.num_identities, d.num_instances, seed=epoch)
         loader = TrainLoader(cache, sampler, BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=epoch))
         print(f"reidkit   epoch {epoch}:", score(model, head, ((b.images, b.pids) for b in loader)), flush=True)
-        torch.manual_seed(epoch)
-        dm = peers.torchreid_cuhk03_datamanager(CUHK03, d.height, d.width, 64, d.num_instances, 2,
-                                                ["random_flip", "random_crop", "random_erase"])
-        print(f"torchreid epoch {epoch}:", score(model, head, ((b["img"], b["pid"]) for b in dm.train_loader)),
-              flush=True)
+        seed_torchreid(epoch)
+        print(f"torchreid epoch {epoch}:",
+              score(model, head, ((b["img"], b["pid"]) for b in datamanager.train_loader)), flush=True)
 
 
 if __name__ == "__main__":
