@@ -75,7 +75,8 @@ class TorchreidLockstep:
     ``arch``, builds torchreid's SGD optimiser and ``ImageSoftmaxEngine`` from the
     recipe, and wraps ``trainer.loader`` so that each batch reidkit trains on,
     torchreid's ``forward_backward`` then trains on too.  ``ours_losses`` and
-    ``theirs_losses`` collect every step's loss; ``model`` is torchreid's model.
+    ``theirs_losses`` collect every step's loss; ``model`` is torchreid's model;
+call ``step_scheduler`` after each whole epoch.
     """
 
     def __init__(self, trainer, arch: str = "osnet_x0_25"):
@@ -93,7 +94,10 @@ class TorchreidLockstep:
             num_train_pids = trainer.num_classes
             train_loader = test_loader = None
 
-        self.engine = ImageSoftmaxEngine(DataManager(), self.model, optimizer, label_smooth=True, use_gpu=False)
+        self.scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step",
+                                                     stepsize=list(r.schedule.milestones), gamma=r.schedule.gamma)
+        self.engine = ImageSoftmaxEngine(DataManager(), self.model, optimizer, scheduler=self.scheduler,
+                                         label_smooth=True, use_gpu=False)
         self.ours_losses: list[float] = []
         self.theirs_losses: list[float] = []
         trainer.objective.register_forward_hook(
@@ -106,6 +110,10 @@ class TorchreidLockstep:
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
+
+    def step_scheduler(self) -> None:
+        """End of an epoch on torchreid's side (its engine steps the learning rate per epoch)."""
+        self.scheduler.step()
 
     def __iter__(self):
         for batch in self.loader:

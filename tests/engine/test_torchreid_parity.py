@@ -91,13 +91,16 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
     recipe = load_recipe(RECIPE, ["data.dataset=synthetic", f"data.root={root}", "data.options={num_cameras: 2}",
                                   "data.height=64", "data.width=32", "data.num_identities=4",
                                   "data.num_instances=4", "optim.lr=1e-6", "train.epochs=2",
+                                  "schedule.milestones=[1]",
                                   "train.channels_last=false", f"train.output_dir={tmp_path / 'run'}"])
     trainer = Trainer(recipe, progress=False)
     before = copy.deepcopy(trainer.model.state_dict())
     lockstep = TorchreidLockstep(trainer)
     theirs, ours_losses, theirs_losses = lockstep.model, lockstep.ours_losses, lockstep.theirs_losses
-    for epoch in range(2):
+    for epoch in range(2):                  # the learning rate drops x0.1 after epoch 1 on both sides
         trainer.train_epoch(epoch)
+        lockstep.step_scheduler()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)
     assert len(ours_losses) == len(theirs_losses) >= 6
     torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(theirs_losses), atol=0, rtol=1e-5)
     ours_state, theirs_state = trainer.model.state_dict(), theirs.state_dict()
