@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -15,13 +16,26 @@ def hub_cache_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def load_backbone_weights(module: nn.Module, source: str | None, url: str | None, name: str) -> bool:
+def torchvision_network(family: str, table: dict, name: str, last_stride: int) -> tuple[nn.Module, str]:
+    """A randomly initialised torchvision network ``table[name] = (builder, weights)`` and its ImageNet URL."""
+    if name not in table:
+        raise ValueError(f"unknown {family} {name!r}; choose from {', '.join(table)}")
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+    builder, weights = table[name]
+    return builder(weights=None), weights.url
+
+
+def load_backbone_weights(module: nn.Module, source: str | None, url: str | None, name: str,
+                          head_prefix: str = "fc.",
+                          key_map: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> bool:
     """Load ImageNet weights into ``module`` from ``source``.
 
     ``source``: ``"auto"`` (the torch hub cache file of ``url`` when present),
     a path, ``"none"`` (random initialisation, said in the log) or ``None``
     (silently nothing: the caller loads trained weights next).  Keys of the
-    classification head (``fc.*``) are ignored.  Returns whether weights loaded;
+    classification head (``head_prefix``: ``fc.`` for torchvision's ResNets) are
+    ignored; ``key_map`` renames the file's keys first (an older layout).  Returns whether weights loaded;
     when not, the log says training starts from random initialisation.
     """
     if source is None:
@@ -38,9 +52,10 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
         raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = key_map(state) if key_map is not None else state
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]    # the ImageNet head is not used
+    missing = [k for k in missing if not k.startswith(head_prefix)]    # the ImageNet head is not used
     if unexpected or missing:
         raise ValueError(f"{name}: weights in {path} do not match the backbone: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")

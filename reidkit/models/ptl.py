@@ -16,7 +16,9 @@ through time with one step) and restarts it from zero when the batch shape
 changes (a smaller last batch).
 
 PTL network (Eq. 3, Fig. 2): a BConv-Cell on the image, then one beside each of
-the backbone's first four blocks (ResNet: stem, layer1, layer2, layer3); the
+the backbone's first four blocks (ResNet: stem, layer1, layer2, layer3;
+DenseNet, the paper's DenseNet-161: stem, dense block 1, transition + dense
+block 2, transition + dense block 3); the
 cell of block ``i`` reads a 1x1 convolution of the block's output concatenated
 with the previous cell's output (average-pooled to the block's resolution).  The
 last cell's output and the last block's output are concatenated and reduced by
@@ -33,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .densenet import DENSENETS, DenseNetBackbone
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
 from .resnet import RESNETS, ResNetBackbone
@@ -66,14 +69,19 @@ def reset_cell_states(model: nn.Module) -> None:
             m.reset_state()
 
 
-class PTLResNet(nn.Module):
-    """ResNet + BConv-Cells (PTL network); training mode ``(logits, f_t)``, eval mode the embedding."""
+class PTLNetwork(nn.Module):
+    """A backbone + BConv-Cells (PTL network); training mode ``(logits, f_t)``, eval mode the embedding.
 
-    def __init__(self, backbone: ResNetBackbone, num_classes: int, pooling: str = "avg", bnneck: bool = True,
-                 test_feature: str = "after_bn", image_cell_channels: int = 16, **head_options):
+    ``backbone``: a ResNet or DenseNet backbone (anything with ``stages()``, ``stage_channels``,
+    ``stage_shrink``, ``stage_ceil_mode`` and ``out_channels``); its state_dict keys stay under ``backbone.``.
+    """
+
+    def __init__(self, backbone: ResNetBackbone | DenseNetBackbone, num_classes: int, pooling: str = "avg",
+                 bnneck: bool = True, test_feature: str = "after_bn", image_cell_channels: int = 16,
+                 **head_options):
         super().__init__()
         self.backbone = b = backbone
-        widths = [b.conv1.out_channels] + [_out_channels(layer) for layer in (b.layer1, b.layer2, b.layer3)]
+        widths = list(b.stage_channels)
         hidden = [image_cell_channels] + [w // 4 for w in widths]
         self.image_cell = BConvCell(3, hidden[0])
         self.mix = nn.ModuleList(nn.Conv2d(w + h_prev, h, 1) for w, h_prev, h in zip(widths, hidden, hidden[1:]))
@@ -83,44 +91,38 @@ class PTLResNet(nn.Module):
         self.pool = build_pooling(pooling)
         self.head = BNNeckHead(b.out_channels, num_classes, bnneck, test_feature, **head_options)
         self.feature_dim = b.out_channels
-        # how much each of stem, layer1, layer2, layer3, layer4 shrinks the map: the previous cell's output is
-        # average-pooled by it (static sizes, so the network exports to ONNX)
-        self.shrink = (4, 1, 2, 2, b.layer4[0].downsample[0].stride[0])
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        # how much each of the five stages shrinks the map, rounding up or down: the previous cell's output is
+        # average-pooled the same way (static sizes, so the network exports to ONNX)
+        self.shrink = tuple(zip(b.stage_shrink, b.stage_ceil_mode))
 
     def forward(self, images: torch.Tensor):
-        b = self.backbone
+        *blocks, last_block = self.backbone.stages()
         x, y = images, self.image_cell(images)
-        for block, mix, cell, k in zip((self._stem, b.layer1, b.layer2, b.layer3), self.mix, self.cells, self.shrink):
+        for block, mix, cell, k in zip(blocks, self.mix, self.cells, self.shrink):
             x = block(x)
-            y = cell(mix(torch.cat([x, _shrink(y, k)], dim=1)))
-        x = b.layer4(x)
-        fused = self.fuse(torch.cat([x, _shrink(y, self.shrink[4])], dim=1))
+            y = cell(mix(torch.cat([x, _shrink(y, *k)], dim=1)))
+        x = last_block(x)
+        fused = self.fuse(torch.cat([x, _shrink(y, *self.shrink[4])], dim=1))
         return self.head(self.pool(fused))
 
 
-def _shrink(y: torch.Tensor, k: int) -> torch.Tensor:
-    """Average-pool by ``k`` (ceil mode: the size a stride-``k`` convolution with padding gives)."""
-    return F.avg_pool2d(y, k, ceil_mode=True) if k > 1 else y
+def _shrink(y: torch.Tensor, k: int, ceil_mode: bool) -> torch.Tensor:
+    """Average-pool by ``k``; ``ceil_mode``: the size a stride-``k`` convolution with padding gives (ResNet),
+    else the size a ``k``x``k`` average pooling gives (DenseNet's transitions)."""
+    return F.avg_pool2d(y, k, ceil_mode=ceil_mode) if k > 1 else y
 
 
-def _out_channels(layer: nn.Sequential) -> int:
-    last = layer[-1]
-    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
-
-
-def _ptl_builder(depth: str):
+def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-              bn_bias: str = "frozen") -> PTLResNet:
-        return PTLResNet(ResNetBackbone(depth, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
-                         clip=feature_clip, bn_bias=bn_bias)
-    build.__doc__ = f"{depth} with BConv-Cells beside its blocks (PTL network, Yu et al.)."
+              bn_bias: str = "frozen") -> PTLNetwork:
+        return PTLNetwork(backbone_class(name, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
+                          clip=feature_clip, bn_bias=bn_bias)
+    build.__doc__ = f"{name} with BConv-Cells beside its blocks (PTL network, Yu et al.)."
     return build
 
 
-for _depth in RESNETS:
-    register_model(f"{_depth}_ptl")(_ptl_builder(_depth))
+for _name in RESNETS:
+    register_model(f"{_name}_ptl")(_ptl_builder(_name, ResNetBackbone))
+for _name in DENSENETS:
+    register_model(f"{_name}_ptl")(_ptl_builder(_name, DenseNetBackbone))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .densenet import DENSENETS, DenseNetBackbone
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
 from .resnet import RESNETS, ResNetBackbone
@@ -24,15 +25,17 @@ class ReIDModel(nn.Module):
         return self.head(self.pool(self.backbone(images)))
 
 
-def _resnet_builder(depth: str):
+def _bnneck_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto",
               pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn",
               feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen") -> ReIDModel:
-        return ReIDModel(ResNetBackbone(depth, last_stride, pretrained), num_classes, pooling,
+        return ReIDModel(backbone_class(name, last_stride, pretrained), num_classes, pooling,
                          bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
-    build.__doc__ = f"{depth} with BNNeck (Luo et al. 2019); ``last_stride=1`` by default."
+    build.__doc__ = f"{name} with BNNeck (Luo et al. 2019); ``last_stride=1`` by default."
     return build
 
 
-for _depth in RESNETS:
-    register_model(f"{_depth}_bnneck")(_resnet_builder(_depth))
+for _name in RESNETS:
+    register_model(f"{_name}_bnneck")(_bnneck_builder(_name, ResNetBackbone))
+for _name in DENSENETS:
+    register_model(f"{_name}_bnneck")(_bnneck_builder(_name, DenseNetBackbone))

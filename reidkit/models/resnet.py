@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from .pretrained import load_backbone_weights
+from .pretrained import load_backbone_weights, torchvision_network
 
 RESNETS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
@@ -26,13 +26,8 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, depth_name: str, last_stride: int = 1, pretrained: str | None = "auto"):
         super().__init__()
-        if depth_name not in RESNETS:
-            raise ValueError(f"unknown ResNet {depth_name!r}; choose from {', '.join(RESNETS)}")
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
-        builder, weights = RESNETS[depth_name]
-        net = builder(weights=None)
-        self.pretrained = load_backbone_weights(net, pretrained, weights.url, depth_name)
+        net, url = torchvision_network("ResNet", RESNETS, depth_name, last_stride)
+        self.pretrained = load_backbone_weights(net, pretrained, url, depth_name)
         if last_stride == 1:
             block = net.layer4[0]
             # torchvision puts the stride on conv2 of a Bottleneck, on conv1 of a BasicBlock
@@ -43,11 +38,21 @@ class ResNetBackbone(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = net.fc.in_features
+        expansion = net.layer1[0].expansion               # what the first four stages put out, and shrink by
+        self.stage_channels = [net.conv1.out_channels] + [w * expansion for w in (64, 128, 256)]
+        self.stage_shrink = (4, 1, 2, 2, last_stride)
+        self.stage_ceil_mode = (True,) * 5               # strided convolutions with padding round up
+
+    def stages(self) -> list:
+        """The five stages in order (stem, layer1 ... layer4); chained, they are :meth:`forward`."""
+        return [lambda x: self.maxpool(self.relu(self.bn1(self.conv1(x)))),
+                self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.up_to_layer3(x))
 
     def up_to_layer3(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map entering the last stage (block 5 in Ni et al.'s naming)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
+        for stage in self.stages()[:4]:
+            x = stage(x)
+        return x

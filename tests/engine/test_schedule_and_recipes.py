@@ -62,6 +62,9 @@ def test_every_shipped_recipe_loads():
     ptl = load_recipe(CONFIGS / "ptl_r50_msmt17.yaml")                     # PTL paper: lr 0.01 /10 every 10, 50 ep.
     assert (ptl.model.name, ptl.optim.lr, ptl.schedule.milestones, ptl.train.epochs) == (
         "resnet50_ptl", 0.01, [10, 20, 30, 40], 50)
+    assert load_recipe(CONFIGS / "ptl_densenet161_msmt17.yaml").model_dump(exclude={"model", "train"}) == \
+        ptl.model_dump(exclude={"model", "train"})                           # the paper's backbone, same settings
+    assert load_recipe(CONFIGS / "ptl_densenet161_msmt17.yaml").model.name == "densenet161_ptl"
     scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
     assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 
