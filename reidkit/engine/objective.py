@@ -29,6 +29,7 @@ class BoTObjective(nn.Module):
         self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
         self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
         self.distill = FeatureDistillationLoss() if cfg.distill.teacher else None
+        self._mining: dict[str, float] = {}
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],
                 pids: torch.Tensor, camids: torch.Tensor,
@@ -48,7 +49,13 @@ class BoTObjective(nn.Module):
             raise ValueError("center loss needs one embedding; set loss.center_weight=0 for multi-branch models")
         terms = {"id": self.cfg.ce_weight * sum(self.id_loss(x.float(), pids) for x in logits)}
         if self.triplet is not None:
-            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(f.float(), pids, camids) for f in features)
+            per_branch, stats = [], []
+            for f in features:
+                per_branch.append(self.triplet(f.float(), pids, camids))
+                if getattr(self.miner, "stats", None) is not None:
+                    stats.append(vars(self.miner.stats))
+            terms["triplet"] = self.cfg.triplet_weight * sum(per_branch)
+            self._mining = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]} if stats else {}
         if self.center is not None:
             terms["center"] = self.cfg.center_weight * self.center(features[0].float(), pids)
         if self.distill is not None:
@@ -63,9 +70,8 @@ class BoTObjective(nn.Module):
             self.miner.set_time(iteration, epoch)
 
     def diagnostics(self) -> dict[str, float]:
-        """The miner's statistics of the last batch (empty for plain batch-hard)."""
-        stats = getattr(self.miner, "stats", None)
-        return dict(vars(stats)) if stats is not None else {}
+        """The miner's statistics of the last batch, averaged over the branches (empty for plain batch-hard)."""
+        return dict(self._mining)
 
     def before_center_step(self) -> None:
         if self.center is not None:

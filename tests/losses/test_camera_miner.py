@@ -109,3 +109,21 @@ def test_works_with_bnneck_and_center_loss(tmp_path):
     assert model.backbone.conv1.weight.grad is not None
     assert set(objective.diagnostics()) == {"cross_camera_positives", "same_camera_negatives",
                                             "bias_positive", "bias_negative"}
+
+
+def test_multi_branch_diagnostics_average_the_branches():
+    from reidkit.config import LossConfig
+    from reidkit.engine.objective import BoTObjective
+    _, pids, camids = hand_batch()
+    branches = [torch.randn(5, 4, generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    logits = torch.zeros(5, 2)
+    objective = BoTObjective(LossConfig(miner="camera_aware", center_weight=0.0), 2, 4)
+    per_branch = []
+    for f in branches:
+        objective([logits], [f], pids, camids)
+        per_branch.append(objective.diagnostics())
+    assert per_branch[0]["bias_negative"] != per_branch[1]["bias_negative"]
+    objective([logits, logits], branches, pids, camids)
+    both = objective.diagnostics()
+    for key in both:
+        assert both[key] == pytest.approx((per_branch[0][key] + per_branch[1][key]) / 2)
