@@ -42,6 +42,9 @@ def torchreid_rerank():
     return re_ranking
 
 
+_TORCHREID_DATASETS: dict[str, str] = {}
+
+
 def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batch_size: int,
                                  num_instances: int, workers: int, transforms: list[str]):
     """torchreid's ImageDataManager over the same CUHK03-labeled records reidkit reads."""
@@ -58,11 +61,13 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
             as_tuples = lambda recs: [(r.path, r.pid, r.camid) for r in recs]  # noqa: E731
             super().__init__(as_tuples(ds.train), as_tuples(ds.query), as_tuples(ds.gallery), **kwargs)
 
+    # torchreid's registry keeps the first class under a name: one name per data root
+    name = _TORCHREID_DATASETS.setdefault(str(cuhk03_root), f"reidkit_cuhk03_labeled_{len(_TORCHREID_DATASETS)}")
     try:
-        register_image_dataset("reidkit_cuhk03_labeled", CUHK03Labeled)
-    except ValueError:                   # registered by an earlier call in this process: the records are the same
+        register_image_dataset(name, CUHK03Labeled)
+    except ValueError:                   # registered by an earlier call in this process, for this root
         pass
-    return ImageDataManager(root=cuhk03_root, sources="reidkit_cuhk03_labeled", height=height, width=width,
+    return ImageDataManager(root=cuhk03_root, sources=name, height=height, width=width,
                             transforms=transforms, batch_size_train=batch_size, workers=workers,
                             num_instances=num_instances, train_sampler="RandomIdentitySampler",
                             use_gpu=False)
