@@ -27,7 +27,16 @@ Choices the paper leaves open, made here: cell widths of a quarter of their
 block's channels (16 on the image), 3x3 gate convolutions, the embedding as
 wide as the backbone's (so a PTL model can teach its plain backbone with
 :mod:`reidkit.losses.distillation`), and the BNNeck head instead of the paper's
-three-layer classifier.  BConv-Cell-v2 (PTL-v2) is not implemented.
+three-layer classifier.
+
+BConv-Cell-v2 (sec. II-B, Fig. 1 right; the PTL-v2 network, ``*_ptl_v2``, uses it in
+every place of the BConv-Cell): besides ``C`` the cell keeps its output ``y`` of
+the previous batch, recovers "features of historical inputs" from it with a
+transposed convolution and concatenates them with the current input before the
+gates.  The paper gives no equations for it; as read here:
+
+    r_b = ConvT(y_{b-1})  (zero with no history: epoch start, test time)
+    [i_b, f_b, o_b, g_b] = W * [x_b, r_b] + b,  C_b and y_b as in Eq. 1.
 """
 from __future__ import annotations
 
@@ -62,6 +71,28 @@ class BConvCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c)
 
 
+class BConvCellV2(BConvCell):
+    """BConv-Cell-v2: also carries its output across batches, recovered by a transposed convolution."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3):
+        super().__init__(2 * in_channels, hidden_channels, kernel_size)
+        self.recover = nn.ConvTranspose2d(hidden_channels, in_channels, kernel_size, padding=kernel_size // 2)
+        self.hidden: torch.Tensor | None = None
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.hidden = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden
+        usable = self.training and h is not None and h.shape[0] == x.shape[0] and h.shape[-2:] == x.shape[-2:]
+        history = self.recover(h) if usable else torch.zeros_like(x)
+        y = super().forward(torch.cat([x, history], dim=1))
+        if self.training:
+            self.hidden = y.detach()
+        return y
+
+
 def reset_cell_states(model: nn.Module) -> None:
     """Zero the latent state of every BConv-Cell in ``model`` (each epoch's start)."""
     for m in model.modules():
@@ -70,7 +101,8 @@ def reset_cell_states(model: nn.Module) -> None:
 
 
 class PTLNetwork(nn.Module):
-    """A backbone + BConv-Cells (PTL network); training mode ``(logits, f_t)``, eval mode the embedding.
+    """A backbone + BConv-Cells (PTL network; PTL-v2 with ``cell=BConvCellV2``); training mode
+    ``(logits, f_t)``, eval mode the embedding.
 
     ``backbone``: a ResNet or DenseNet backbone (anything with ``stages()``, ``stage_channels``,
     ``stage_shrink``, ``stage_ceil_mode`` and ``out_channels``); its state_dict keys stay under ``backbone.``.
@@ -78,14 +110,14 @@ class PTLNetwork(nn.Module):
 
     def __init__(self, backbone: ResNetBackbone | DenseNetBackbone, num_classes: int, pooling: str = "avg",
                  bnneck: bool = True, test_feature: str = "after_bn", image_cell_channels: int = 16,
-                 **head_options):
+                 cell: type[BConvCell] = BConvCell, **head_options):
         super().__init__()
         self.backbone = b = backbone
         widths = list(b.stage_channels)
         hidden = [image_cell_channels] + [w // 4 for w in widths]
-        self.image_cell = BConvCell(3, hidden[0])
+        self.image_cell = cell(3, hidden[0])
         self.mix = nn.ModuleList(nn.Conv2d(w + h_prev, h, 1) for w, h_prev, h in zip(widths, hidden, hidden[1:]))
-        self.cells = nn.ModuleList(BConvCell(h, h) for h in hidden[1:])
+        self.cells = nn.ModuleList(cell(h, h) for h in hidden[1:])
         self.fuse = nn.Sequential(nn.Conv2d(b.out_channels + hidden[-1], b.out_channels, 1, bias=False),
                                   nn.BatchNorm2d(b.out_channels), nn.ReLU(inplace=True))
         self.pool = build_pooling(pooling)
@@ -112,17 +144,17 @@ def _shrink(y: torch.Tensor, k: int, ceil_mode: bool) -> torch.Tensor:
     return F.avg_pool2d(y, k, ceil_mode=ceil_mode) if k > 1 else y
 
 
-def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone]):
+def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone], cell: type[BConvCell]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
               bn_bias: str = "frozen") -> PTLNetwork:
         return PTLNetwork(backbone_class(name, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
-                          clip=feature_clip, bn_bias=bn_bias)
-    build.__doc__ = f"{name} with BConv-Cells beside its blocks (PTL network, Yu et al.)."
+                          cell=cell, clip=feature_clip, bn_bias=bn_bias)
+    build.__doc__ = f"{name} with {cell.__name__}s beside its blocks (PTL network, Yu et al.)."
     return build
 
 
-for _name in RESNETS:
-    register_model(f"{_name}_ptl")(_ptl_builder(_name, ResNetBackbone))
-for _name in DENSENETS:
-    register_model(f"{_name}_ptl")(_ptl_builder(_name, DenseNetBackbone))
+for _backbone_class, _names in ((ResNetBackbone, RESNETS), (DenseNetBackbone, DENSENETS)):
+    for _name in _names:
+        register_model(f"{_name}_ptl")(_ptl_builder(_name, _backbone_class, BConvCell))
+        register_model(f"{_name}_ptl_v2")(_ptl_builder(_name, _backbone_class, BConvCellV2))

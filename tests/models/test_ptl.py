@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reidkit.models import build_model
-from reidkit.models.ptl import BConvCell, reset_cell_states
+from reidkit.models.ptl import BConvCell, BConvCellV2, reset_cell_states
 
 
 def gates_by_hand(cell: BConvCell, x: torch.Tensor):
@@ -42,9 +42,35 @@ def test_bconv_cell_carries_its_state_from_batch_to_batch():
     assert cell.state is None
 
 
-def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history():
+def test_bconv_cell_v2_recovers_the_previous_output_into_its_input():
     torch.manual_seed(0)
-    model = build_model("resnet18_ptl", 6, pretrained="none")
+    cell = BConvCellV2(3, 4).train()
+    x1, x2 = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    i1, _, o1, g1 = gates_by_hand(cell, torch.cat([x1, torch.zeros_like(x1)], dim=1))   # no history yet
+    c1 = i1 * g1
+    y1 = o1 * torch.tanh(c1)
+    torch.testing.assert_close(cell(x1), y1)
+    torch.testing.assert_close(cell.hidden, y1)
+    # r_2 = ConvT(y_1), by hand: a transposed 3x3 convolution with padding 1 is the flipped, transposed kernel
+    w = cell.recover.weight.flip(-1, -2).transpose(0, 1)
+    r2 = torch.nn.functional.conv2d(y1, w, cell.recover.bias, padding=1)
+    i2, f2, o2, g2 = gates_by_hand(cell, torch.cat([x2, r2], dim=1))
+    c2 = f2 * c1 + i2 * g2
+    y2 = cell(x2)
+    torch.testing.assert_close(y2, o2 * torch.tanh(c2))
+    y2.sum().backward()                                  # the recovery is trained, through this batch only
+    assert cell.recover.weight.grad is not None and not cell.hidden.requires_grad
+    cell.eval()                                          # test time: no history at all
+    i3, _, o3, g3 = gates_by_hand(cell, torch.cat([x2, torch.zeros_like(x2)], dim=1))
+    torch.testing.assert_close(cell(x2), o3 * torch.tanh(i3 * g3))
+    reset_cell_states(torch.nn.Sequential(cell.train()))
+    assert cell.state is None and cell.hidden is None
+
+
+@pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_ptl_v2"])
+def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history(name):
+    torch.manual_seed(0)
+    model = build_model(name, 6, pretrained="none")
     fresh = copy.deepcopy(model)
     x = torch.randn(4, 3, 64, 32)
     for _ in range(2):
@@ -58,7 +84,7 @@ def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history():
         p.numel() for p in build_model("resnet18_bnneck", 6, pretrained="none").parameters())
 
 
-@pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_regional", "densenet121_ptl"])
+@pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_regional", "densenet121_ptl", "resnet18_ptl_v2"])
 def test_new_models_export_to_onnx_with_the_same_features(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from reidkit.deploy.optimize import export_onnx
