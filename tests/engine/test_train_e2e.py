@@ -186,12 +186,13 @@ def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tmp
         Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)
 
 
-def test_ptl_cells_restart_every_epoch(tiny_data, tmp_path):
+@pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_ptl_v2"])
+def test_ptl_cells_restart_every_epoch(tiny_data, tmp_path, name):
     recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "ptl", epochs=2)
-                         + ["model.name=resnet18_ptl", "loss.center_weight=0"])
+                         + [f"model.name={name}", "loss.center_weight=0"])
     trainer = Trainer(recipe, progress=False)
     cells = [trainer.model.image_cell, *trainer.model.cells]
     trainer.train_epoch(0, max_batches=2)
-    assert all(c.state is not None for c in cells)
+    assert all(c.state is not None and getattr(c, "hidden", 0) is not None for c in cells)
     trainer.train_epoch(1, max_batches=0)                 # the epoch starts, no batch runs
-    assert all(c.state is None for c in cells)
+    assert all(c.state is None and getattr(c, "hidden", None) is None for c in cells)
