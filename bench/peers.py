@@ -81,7 +81,7 @@ class TorchreidLockstep:
     recipe, and wraps ``trainer.loader`` so that each batch reidkit trains on,
     torchreid's ``forward_backward`` then trains on too.  ``ours_losses`` and
     ``theirs_losses`` collect every step's loss; ``model`` is torchreid's model;
-call ``step_scheduler`` after each whole epoch.
+    call ``step_scheduler`` after each whole epoch.
     """
 
     def __init__(self, trainer, arch: str = "osnet_x0_25"):
