@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import peers  # noqa: E402
@@ -35,6 +31,7 @@ from bench.measure import set_threads  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
 from reidkit.data.loader import Batch  # noqa: E402
 from reidkit.engine import Trainer  # noqa: E402
+from reidkit.engine.trainer import seed_everything  # noqa: E402
 from reidkit.engine.evaluate import evaluate_model  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "osnet_x0_25_cuhk03.yaml"
@@ -63,14 +60,6 @@ class TorchreidBatches:
             yield Batch(data["img"], data["pid"], data["camid"])
 
 
-def seed_torchreid(seed: int) -> None:
-    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seed them too, so its
-    # runs reproduce and "same seed" means the same thing on both sides.
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def torchreid_datamanager(recipe):
     return peers.torchreid_cuhk03_datamanager(CUHK03, recipe.data.height, recipe.data.width, 64,
                                               recipe.data.num_instances, 2,
@@ -81,7 +70,7 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
     if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
-        seed_torchreid(args.seed)
+        seed_everything(args.seed)
         trainer.loader = TorchreidBatches(torchreid_datamanager(trainer.recipe))
     for epoch in range(args.epochs):
         stats = trainer.train_epoch(epoch, max_batches=args.max_batches)
@@ -97,13 +86,13 @@ def train_torchreid(args, trainer: Trainer) -> dict:
         warnings.simplefilter("ignore")
         import torchreid.reid as tr
         from torchreid.reid.engine import ImageSoftmaxEngine
-    seed_torchreid(args.seed)
+    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seeding them too makes its
+    # runs reproduce, and "same seed" mean the same thing on both sides
+    seed_everything(args.seed)
     r = trainer.recipe
     dm = torchreid_datamanager(r)
     model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
-    optimizer = tr.optim.build_optimizer(model, optim="sgd", lr=r.optim.lr, weight_decay=r.optim.weight_decay,
-                                         momentum=r.optim.momentum)
-    scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step", stepsize=r.schedule.milestones)
+    optimizer, scheduler = peers.torchreid_sgd(model, r)
     engine = ImageSoftmaxEngine(dm, model, optimizer, scheduler=scheduler, label_smooth=True, use_gpu=False)
     t0, images = time.perf_counter(), 0
     for epoch in range(args.epochs):

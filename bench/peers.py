@@ -73,6 +73,18 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
                             use_gpu=False)
 
 
+def torchreid_sgd(model, recipe):
+    """torchreid's SGD optimiser and per-epoch multi-step schedule, as the recipe sets them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchreid.reid as tr
+    optimizer = tr.optim.build_optimizer(model, optim="sgd", lr=recipe.optim.lr,
+                                         weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
+    scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step",
+                                            stepsize=list(recipe.schedule.milestones), gamma=recipe.schedule.gamma)
+    return optimizer, scheduler
+
+
 class TorchreidLockstep:
     """torchreid 0.2.5's OSNet trained beside a reidkit ``Trainer``, on the same batches.
 
@@ -92,15 +104,12 @@ class TorchreidLockstep:
         r = trainer.recipe
         self.model = tr.models.build_model(arch, num_classes=trainer.num_classes, loss="softmax", pretrained=False)
         self.model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
-        optimizer = tr.optim.build_optimizer(self.model, optim="sgd", lr=r.optim.lr,
-                                             weight_decay=r.optim.weight_decay, momentum=r.optim.momentum)
+        optimizer, self.scheduler = torchreid_sgd(self.model, r)
 
         class DataManager:                  # the two attributes ImageSoftmaxEngine reads
             num_train_pids = trainer.num_classes
             train_loader = test_loader = None
 
-        self.scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step",
-                                                     stepsize=list(r.schedule.milestones), gamma=r.schedule.gamma)
         self.engine = ImageSoftmaxEngine(DataManager(), self.model, optimizer, scheduler=self.scheduler,
                                          label_smooth=True, use_gpu=False)
         self.ours_losses: list[float] = []

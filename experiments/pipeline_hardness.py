@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_osnet_cuhk03 import seed_torchreid, torchreid_datamanager  # noqa: E402
+from bench.bench_osnet_cuhk03 import torchreid_datamanager  # noqa: E402
 from bench.bench_train import CUHK03  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
 from reidkit.data import build_dataset  # noqa: E402
@@ -31,6 +31,7 @@ from reidkit.data.loader import TrainLoader, iter_test_batches  # noqa: E402
 from reidkit.data.samplers import RandomIdentityBatchSampler  # noqa: E402
 from reidkit.data.transforms import AugmentConfig, BatchAugment  # noqa: E402
 from reidkit.engine.checkpoint import model_from_checkpoint  # noqa: E402
+from reidkit.engine.trainer import seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
@@ -87,7 +88,7 @@ def main() -> None:
         sampler = RandomIdentityBatchSampler(cache.pids(), d.num_identities, d.num_instances, seed=epoch)
         loader = TrainLoader(cache, sampler, BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=epoch))
         print(f"reidkit   epoch {epoch}:", score(model, head, ((b.images, b.pids) for b in loader)), flush=True)
-        seed_torchreid(epoch)
+        seed_everything(epoch)
         print(f"torchreid epoch {epoch}:",
               score(model, head, ((b["img"], b["pid"]) for b in datamanager.train_loader)), flush=True)
 
