@@ -1,17 +1,24 @@
 """OSNet trained from scratch on CUHK03-labeled by reidkit and by torchreid 0.2.5, same recipe.
 
-    python bench/bench_osnet_cuhk03.py --epochs 10 [--arch osnet_x0_25 --seed 0]
+    python bench/bench_osnet_cuhk03.py --epochs 10 [--recipe paper|amsgrad --arch osnet_x0_25 --seed 0]
 
-Recipe (configs/osnet_x0_25_cuhk03.yaml, the OSNet paper's from-scratch settings
-cut to ``--epochs``): label-smoothed CE (0.1), SGD lr 0.065 momentum 0.9, weight
-decay 5e-4, batch 64 drawn P=16 x K=4, random flip + crop (with probability 0.5
-enlarge x1.125 and crop back, torchreid's ``random_crop``) + random erasing,
-256x128, seed ``--seed``; both sides step the learning rate per epoch
-with the paper's milestones.  torchreid trains with its ``ImageSoftmaxEngine``
-on its ``ImageDataManager`` (2 workers); reidkit with ``Trainer``.  Both trained
-models are then evaluated by the same code (reidkit's caches and
-``evaluate_model``, Euclidean, the recipe's protocol), so only training
-differs.  Prints mAP, rank-1, training wall time and images/s for both.
+Recipes, cut to ``--epochs``:
+
+* ``paper`` (configs/osnet_x0_25_cuhk03.yaml, the OSNet paper's from-scratch
+  settings): label-smoothed CE (0.1), SGD lr 0.065 momentum 0.9, weight decay
+  5e-4, random flip + crop (with probability 0.5 enlarge x1.125 and crop back,
+  torchreid's ``random_crop``) + random erasing, the paper's milestones;
+* ``amsgrad`` (configs/osnet_x0_25_cuhk03_amsgrad.yaml, torchreid's default
+  softmax recipe): AMSGrad lr 0.0015 (betas 0.9 / 0.99), weight decay 5e-4,
+  label-smoothed CE, random flip + random erasing, constant lr.
+
+Both: batches of 64 from the recipe's sampler (plain shuffled batches; torchreid's
+``RandomSampler``), 256x128, seed ``--seed``; both sides step the learning rate per
+epoch.  torchreid trains with its ``ImageSoftmaxEngine`` on its ``ImageDataManager``
+(2 workers); reidkit with ``Trainer``.  Both trained models are evaluated by the
+same code (reidkit's caches and ``evaluate_model``, Euclidean, the recipe's
+protocol) every ``--eval-every`` epochs and at the end, so only training differs.
+Prints mAP, rank-1, training wall time and images/s for both.
 ``--torchreid-data`` trains reidkit's loop on torchreid's data loader instead,
 to tell a difference in the data from one in the training loop.
 """
@@ -34,13 +41,15 @@ from reidkit.engine import Trainer  # noqa: E402
 from reidkit.engine.trainer import seed_everything  # noqa: E402
 from reidkit.engine.evaluate import evaluate_model  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "osnet_x0_25_cuhk03.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = {"paper": CONFIGS / "osnet_x0_25_cuhk03.yaml", "amsgrad": CONFIGS / "osnet_x0_25_cuhk03_amsgrad.yaml"}
 
 
-def recipe_for(args, amp: bool = False):
-    return load_recipe(RECIPE, [f"model.name={args.arch}", f"data.root={CUHK03}", f"train.epochs={args.epochs}",
-                                f"train.eval_every={args.epochs}", f"train.seed={args.seed}", f"train.amp={amp}",
-                                f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_reidkit", *args.set])
+def recipe_for(args):
+    return load_recipe(RECIPES[args.recipe],
+                       [f"model.name={args.arch}", f"data.root={CUHK03}", f"train.epochs={args.epochs}",
+                        f"train.eval_every={args.epochs}", f"train.seed={args.seed}", "train.device=cpu",
+                        f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_{args.recipe}_reidkit", *args.set])
 
 
 class TorchreidBatches:
@@ -61,9 +70,13 @@ class TorchreidBatches:
 
 
 def torchreid_datamanager(recipe):
-    return peers.torchreid_cuhk03_datamanager(CUHK03, recipe.data.height, recipe.data.width, 64,
-                                              recipe.data.num_instances, 2,
-                                              ["random_flip", "random_crop", "random_erase"])
+    return peers.torchreid_cuhk03_datamanager(CUHK03, recipe.data.height, recipe.data.width, recipe.data.batch_size,
+                                              recipe.data.num_instances, 2, peers.torchreid_transforms(recipe),
+                                              peers.torchreid_sampler(recipe))
+
+
+def evaluations_due(args, epoch: int) -> bool:
+    return bool(args.eval_every) and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs
 
 
 def train_reidkit(args) -> tuple[dict, Trainer]:
@@ -72,13 +85,21 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
     if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
         seed_everything(args.seed)
         trainer.loader = TorchreidBatches(torchreid_datamanager(trainer.recipe))
+    curve, eval_s = [], 0.0
     for epoch in range(args.epochs):
         stats = trainer.train_epoch(epoch, max_batches=args.max_batches)
-        images += min(len(trainer.loader), args.max_batches or len(trainer.loader)) * 64
+        images += min(len(trainer.loader), args.max_batches or len(trainer.loader)) * trainer.recipe.data.batch_size
         print(f"reidkit epoch {epoch + 1}: {stats['images_per_s']:.1f} img/s, loss {stats['total']:.3f}", flush=True)
-    wall = time.perf_counter() - t0
+        if evaluations_due(args, epoch):
+            e0 = time.perf_counter()
+            result = trainer.evaluate()
+            eval_s += time.perf_counter() - e0
+            curve.append((epoch + 1, result.mAP, result.rank(1)))
+            print(f"reidkit epoch {epoch + 1}: mAP {100 * result.mAP:.2f} rank-1 {100 * result.rank(1):.2f}", flush=True)
+    wall = time.perf_counter() - t0 - eval_s
     result = trainer.evaluate()
-    return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall}, trainer
+    return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
+            "loss": stats["total"], "curve": curve}, trainer
 
 
 def train_torchreid(args, trainer: Trainer) -> dict:
@@ -92,9 +113,10 @@ def train_torchreid(args, trainer: Trainer) -> dict:
     r = trainer.recipe
     dm = torchreid_datamanager(r)
     model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
-    optimizer, scheduler = peers.torchreid_sgd(model, r)
+    optimizer, scheduler = peers.torchreid_optimizer(model, r)
     engine = ImageSoftmaxEngine(dm, model, optimizer, scheduler=scheduler, label_smooth=True, use_gpu=False)
-    t0, images = time.perf_counter(), 0
+    evaluate = lambda: evaluate_model(model.eval(), trainer.query_cache, trainer.gallery_cache, r.eval, 128)  # noqa: E731
+    t0, images, curve, eval_s = time.perf_counter(), 0, [], 0.0
     for epoch in range(args.epochs):
         model.train()
         losses = []
@@ -104,16 +126,27 @@ def train_torchreid(args, trainer: Trainer) -> dict:
             losses.append(engine.forward_backward(data)["loss"])
             images += data["img"].shape[0]
         scheduler.step()
-        print(f"torchreid epoch {epoch + 1}: {images / (time.perf_counter() - t0):.1f} img/s so far, "
+        print(f"torchreid epoch {epoch + 1}: {images / (time.perf_counter() - t0 - eval_s):.1f} img/s so far, "
               f"loss {sum(losses) / len(losses):.3f}", flush=True)
-    wall = time.perf_counter() - t0
-    result = evaluate_model(model.eval(), trainer.query_cache, trainer.gallery_cache, r.eval, 128)
-    return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall}
+        if evaluations_due(args, epoch):
+            e0 = time.perf_counter()
+            result = evaluate()
+            eval_s += time.perf_counter() - e0
+            curve.append((epoch + 1, result.mAP, result.rank(1)))
+            print(f"torchreid epoch {epoch + 1}: mAP {100 * result.mAP:.2f} rank-1 {100 * result.rank(1):.2f}",
+                  flush=True)
+    wall = time.perf_counter() - t0 - eval_s
+    result = evaluate()
+    return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
+            "loss": sum(losses) / len(losses), "curve": curve}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                        help="paper: the OSNet paper's SGD recipe; amsgrad: torchreid's default softmax recipe")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate both sides every N epochs")
     parser.add_argument("--arch", default="osnet_x0_25")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")

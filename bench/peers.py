@@ -46,7 +46,8 @@ _TORCHREID_DATASETS: dict[str, str] = {}
 
 
 def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batch_size: int,
-                                 num_instances: int, workers: int, transforms: list[str]):
+                                 num_instances: int, workers: int, transforms: list[str],
+                                 train_sampler: str = "RandomIdentitySampler"):
     """torchreid's ImageDataManager over the same CUHK03-labeled records reidkit reads."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,17 +70,32 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
         pass
     return ImageDataManager(root=cuhk03_root, sources=name, height=height, width=width,
                             transforms=transforms, batch_size_train=batch_size, workers=workers,
-                            num_instances=num_instances, train_sampler="RandomIdentitySampler",
+                            num_instances=num_instances, train_sampler=train_sampler,
                             use_gpu=False)
 
 
-def torchreid_sgd(model, recipe):
-    """torchreid's SGD optimiser and per-epoch multi-step schedule, as the recipe sets them."""
+def torchreid_transforms(recipe) -> list[str]:
+    """torchreid's names for the recipe's augmentation (flip, the enlarge-and-crop, random erasing)."""
+    a = recipe.augment
+    names = ["random_flip"] if a.flip > 0 else []
+    if a.crop == "enlarge" and a.crop_prob > 0:
+        names.append("random_crop")
+    return names + (["random_erase"] if a.erasing > 0 else [])
+
+
+def torchreid_sampler(recipe) -> str:
+    """torchreid's sampler for the recipe's ``data.sampler``."""
+    return {"random": "RandomSampler", "identity": "RandomIdentitySampler"}[recipe.data.sampler]
+
+
+def torchreid_optimizer(model, recipe):
+    """torchreid's optimiser (the recipe's: SGD, Adam or AMSGrad) and per-epoch multi-step schedule."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import torchreid.reid as tr
-    optimizer = tr.optim.build_optimizer(model, optim="sgd", lr=recipe.optim.lr,
-                                         weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
+    o = recipe.optim
+    optimizer = tr.optim.build_optimizer(model, optim=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                         momentum=o.momentum, adam_beta1=o.betas[0], adam_beta2=o.betas[1])
     scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step",
                                             stepsize=list(recipe.schedule.milestones), gamma=recipe.schedule.gamma)
     return optimizer, scheduler
@@ -104,7 +120,7 @@ class TorchreidLockstep:
         r = trainer.recipe
         self.model = tr.models.build_model(arch, num_classes=trainer.num_classes, loss="softmax", pretrained=False)
         self.model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
-        optimizer, self.scheduler = torchreid_sgd(self.model, r)
+        optimizer, self.scheduler = torchreid_optimizer(self.model, r)
 
         class DataManager:                  # the two attributes ImageSoftmaxEngine reads
             num_train_pids = trainer.num_classes

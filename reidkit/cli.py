@@ -9,30 +9,31 @@ from pathlib import Path
 
 import torch
 
+from .engine.distributed import DistributedError
+
 from .config import RecipeError, load_recipe
+from .logs import setup_logging
 
 log = logging.getLogger("reidkit")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _setup_logging(output_dir: str | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    if output_dir:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(output_dir) / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logging.getLogger().addHandler(handler)
-
-
 def cmd_train(args) -> int:
+    """Train a recipe: alone, or as one of the processes ``torchrun`` started (data parallel)."""
     from .engine import Trainer
+    from .engine.device import resolve_device
+    from .engine.distributed import init_from_env, shutdown
     recipe = load_recipe(args.recipe, args.overrides)
-    _setup_logging(recipe.train.output_dir)
-    trainer = Trainer(recipe, progress=not args.no_progress)
-    result = trainer.fit(resume=args.resume)
-    if result is not None:
-        log.info("final:\n%s", result.summary())
-    log.info("checkpoints and TensorBoard logs in %s", recipe.train.output_dir)
+    env = init_from_env(resolve_device(recipe.train.device).type, recipe.train.dist_timeout)
+    try:
+        setup_logging(recipe.train.output_dir, main_process=env.is_main)
+        trainer = Trainer(recipe, progress=not args.no_progress)
+        result = trainer.fit(resume=args.resume)
+        if result is not None:
+            log.info("final:\n%s", result.summary())
+        log.info("checkpoints and TensorBoard logs in %s", recipe.train.output_dir)
+    finally:
+        shutdown()
     return 0
 
 
@@ -49,18 +50,20 @@ def load_trained_model(recipe, weights: str):
 
 def cmd_eval(args) -> int:
     from .data import build_dataset
-    from .engine.evaluate import evaluate_model
-    from .engine.trainer import build_test_caches
+    from .engine.device import resolve_device, set_threads
+    from .engine.evaluate import build_test_caches, evaluate_model
     overrides = list(args.overrides) + (["eval.rerank=true"] if args.rerank else [])
     recipe = load_recipe(args.recipe, overrides)
-    _setup_logging()
-    model = load_trained_model(recipe, args.weights)
+    setup_logging()
+    set_threads(recipe.train.threads)
+    device = resolve_device(recipe.train.device)
+    model = load_trained_model(recipe, args.weights).to(device)
     dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
     query, gallery = build_test_caches(recipe, dataset, progress=not args.no_progress)
     if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
     result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
-                            amp=recipe.train.amp, channels_last=recipe.train.channels_last)
+                            amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device)
     print(f"{dataset.name}: {len(query)} queries, {len(gallery)} gallery images, metric "
           f"{recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
     print(result.summary())
@@ -275,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 1)
     parser = build_parser()
     # recipe overrides may come after options too (`reidkit train R --no-progress train.epochs=5`), which
     # argparse alone rejects: take the leftover KEY=VALUE words as overrides
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (RecipeError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (RecipeError, ValueError, FileNotFoundError, FloatingPointError, DistributedError) as e:
         print(f"reidkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

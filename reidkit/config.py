@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -21,19 +21,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: Batch samplers: ``random`` (every image once per epoch, shuffled; torchreid's RandomSampler), ``identity``
+#: (P identities x K images; the BoT / torchreid RandomIdentitySampler) and ``camera_diverse`` (P x K with each
+#: identity's K images spread over its cameras).  ``auto`` resolves to ``identity`` when the recipe has a
+#: triplet loss, else ``random``; the resolved name is what the run records.
+SAMPLERS = ("random", "identity", "camera_diverse")
+
+_RENAMED = {"data.num_identities": "data.batch_size (the global batch, = P x K with data.num_instances = K)",
+            "data.camera_diverse": "data.sampler=camera_diverse"}
+
+
 class DataConfig(Strict):
     dataset: str = "synthetic"
     root: str = "data/synthetic"
     options: dict[str, Any] = Field(default_factory=dict)   # extra dataset arguments
     height: int = Field(256, gt=0)
     width: int = Field(128, gt=0)
-    num_identities: int = Field(16, gt=0)     # P
-    num_instances: int = Field(4, gt=1)       # K
+    sampler: Literal["auto", "random", "identity", "camera_diverse"] = "auto"
+    batch_size: int = Field(64, gt=0)         # the global batch: all processes together
+    num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
     cache_file: Optional[str] = None          # memory-mapped cache for the train split
-    camera_diverse: bool = False              # K images of an identity drawn across its cameras
-    decode_workers: int = Field(4, gt=0)
+    # the decoded uint8 train images on the GPU (auto: when they take under a quarter of its free memory)
+    cache_on_device: Union[bool, Literal["auto"]] = "auto"
+    decode_workers: Optional[int] = Field(None, gt=0)   # decoding threads (None: every core)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, now in _RENAMED.items():
+                if key.split(".")[1] in data:
+                    raise ValueError(f"{key} was replaced by {now}")
+        return data
+
+    @property
+    def num_identities(self) -> int:
+        """P of an identity sampler's P x K batch."""
+        return self.batch_size // self.num_instances
 
 
 class AugmentSection(Strict):
@@ -117,6 +143,7 @@ class LossConfig(Strict):
 class OptimConfig(Strict):
     name: Literal["adam", "amsgrad", "sgd"] = "adam"
     lr: float = Field(3.5e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)   # adam / amsgrad (torchreid's default: 0.9, 0.99)
     weight_decay: float = Field(5e-4, ge=0)
     weight_decay_bias: float = Field(5e-4, ge=0)
     bias_lr_factor: float = Field(1.0, gt=0)
@@ -133,16 +160,37 @@ class ScheduleConfig(Strict):
     patience: int = Field(5, ge=1)
 
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 class TrainConfig(Strict):
     epochs: int = Field(120, gt=0)
     eval_every: int = Field(10, gt=0)
     seed: int = 0
-    amp: bool = False                         # bfloat16 autocast on CPU
-    channels_last: bool = True                # NHWC memory format for model and batches (faster on CPU)
+    device: str = "auto"                      # auto (CUDA when available), cpu, cuda, cuda:N
+    # mixed precision: bf16 (autocast; CPU and CUDA), fp16 (autocast + gradient scaler), off;
+    # true / false are read as bf16 / off
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = True                # NHWC memory format for model and batches
+    threads: Optional[int] = Field(None, gt=0)   # torch CPU threads (None: torch's default or $REIDKIT_THREADS)
+    sync_bn: bool = True                      # under DDP: BatchNorm statistics over the global batch
+    dist_timeout: float = Field(1800.0, gt=0)    # seconds a collective waits for the other processes
     fixbase_epochs: int = Field(0, ge=0)      # fine-tuning: only open_layers train for this many epochs
     open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, value: Any) -> Any:
+        return {True: "bf16", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
 
 
 class EvalConfig(Strict):
@@ -162,15 +210,34 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _batches_fit_the_losses(self) -> "Recipe":
+        d, loss = self.data, self.loss
+        if d.sampler == "auto":                     # recorded resolved, so the run says which it used
+            object.__setattr__(d, "sampler", "identity" if loss.triplet_weight > 0 else "random")
+        if d.sampler != "random":
+            if d.batch_size % d.num_instances:
+                raise ValueError(f"data.batch_size={d.batch_size} is not a multiple of data.num_instances="
+                                 f"{d.num_instances} (the {d.sampler} sampler draws P x K batches)")
+            if loss.triplet_weight > 0 and d.num_instances < 2:
+                raise ValueError("the triplet loss needs data.num_instances >= 2 (a positive for every anchor)")
+        elif loss.triplet_weight > 0:
+            raise ValueError("data.sampler=random gives no positive pairs for the triplet loss: use "
+                             "data.sampler=identity (or camera_diverse), or loss.triplet_weight=0")
+        return self
+
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"invalid recipe ({source}):"]
     for e in error.errors():
         key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
+        elif isinstance(e.get("input"), dict):          # a whole section: the message names the keys
+            lines.append(f"  {key + ': ' if key else ''}{msg}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 

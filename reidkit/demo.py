@@ -10,6 +10,7 @@ import torch
 
 from .config import load_recipe
 from .evaluation import compute_distance, evaluate_rank
+from .logs import setup_logging
 from .reporting import metrics_table, write_report
 
 log = logging.getLogger("reidkit")
@@ -55,7 +56,6 @@ def evaluate_reference(onnx_file: Path, dataset, metric: str, progress: bool):
 
 def run_demo(output: str | Path = "demo_output", epochs: int | None = None, progress: bool = True,
              reference: str | None = None) -> Path:
-    from .cli import _setup_logging
     from .engine import Trainer
 
     output = Path(output)
@@ -63,7 +63,7 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     recipe = load_recipe(demo_recipe_path(), overrides)
-    _setup_logging(str(output))
+    setup_logging(str(output))
     t0 = time.perf_counter()
     trainer = Trainer(recipe, progress=progress)
     result = trainer.fit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -35,12 +36,12 @@ class ImageCache:
             the image paths and size) matches, and rebuilt otherwise.
         skip_bad_images: drop undecodable images (counted in the log) instead
             of raising :class:`BadImageError` listing them.
-        workers: decoding threads.
+        workers: decoding threads (None: one per core).
     """
 
     def __init__(self, records: Sequence[ImageRecord], size: tuple[int, int],
                  mmap_path: str | Path | None = None, skip_bad_images: bool = False,
-                 workers: int = 4, progress: bool = True, desc: str = "decoding"):
+                 workers: int | None = None, progress: bool = True, desc: str = "decoding"):
         self.size = (int(size[0]), int(size[1]))
         shape = (len(records), 3, *self.size)
         reuse = False
@@ -79,7 +80,7 @@ class ImageCache:
                 return e.bad[0]
             return None
 
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
             results = pool.map(decode, range(len(records)))
             if progress:
                 results = tqdm(results, total=len(records), desc=desc, unit="img", leave=False)

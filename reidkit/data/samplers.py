@@ -1,9 +1,54 @@
-"""P identities x K images batch sampling (the BoT / torchreid RandomIdentitySampler)."""
+"""Batch samplers: plain shuffled batches, and P identities x K images (optionally spread over cameras).
+
+Every sampler yields *global* batches (lists of dataset indices), deterministic for
+``(seed, epoch)``; call :meth:`set_epoch` each epoch.  Under data parallelism every
+process iterates the same global sequence and keeps its own share of each batch
+(:func:`shard_bounds`), so all processes run the same number of iterations, never
+wait on one another at an epoch's end, and together see exactly the batches one
+process would.
+"""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+
+
+class BatchSampler(Protocol):
+    """What the training loader needs of a sampler."""
+
+    batch_size: int
+    group_size: int          # a batch is cut between processes only at multiples of this
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[list[int]]: ...
+    def __len__(self) -> int: ...
+
+
+class RandomBatchSampler:
+    """Every image once per epoch in shuffled order, ``batch_size`` at a time; the last partial batch is
+    dropped (torchreid's ``RandomSampler`` with ``drop_last=True``)."""
+
+    group_size = 1
+
+    def __init__(self, num_images: int, batch_size: int, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if num_images < batch_size:
+            raise ValueError(f"only {num_images} training images, fewer than one batch of {batch_size}")
+        self.num_images, self.batch_size = int(num_images), int(batch_size)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_images)
+        for s in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[s:s + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.num_images // self.batch_size
 
 
 class RandomIdentityBatchSampler:
@@ -13,8 +58,8 @@ class RandomIdentityBatchSampler:
     (an identity with fewer than K images is sampled with replacement up to K;
     a last incomplete group is dropped).  Batches take one group from each of P
     identities drawn at random among those with groups left, until fewer than P
-    remain — the epoch definition of the BoT reference and torchreid.
-    Deterministic for ``(seed, epoch)``; call :meth:`set_epoch` each epoch.
+    remain — the epoch definition of the BoT reference and torchreid.  A batch
+    lists its P groups one after the other.
 
     With ``camids`` and ``camera_diverse=True``, each identity's images are
     ordered round-robin over its cameras before being cut into groups, so the
@@ -28,6 +73,7 @@ class RandomIdentityBatchSampler:
             raise ValueError(f"P and K must be positive, got P={num_identities}, K={num_instances}")
         self.pids = np.asarray(pids)
         self.p, self.k = int(num_identities), int(num_instances)
+        self.batch_size, self.group_size = self.p * self.k, self.k
         self.seed, self.epoch = seed, 0
         self._length: tuple[int, int] | None = None      # (epoch, batches), computed once
         self.index = {pid: np.flatnonzero(self.pids == pid) for pid in np.unique(self.pids)}
@@ -70,6 +116,35 @@ class RandomIdentityBatchSampler:
         if self._length is None or self._length[0] != self.epoch:
             self._length = (self.epoch, sum(1 for _ in self))
         return self._length[1]
+
+
+def build_sampler(name: str, pids: Sequence[int], camids: Sequence[int], batch_size: int,
+                  num_instances: int, seed: int = 0) -> BatchSampler:
+    """The sampler a recipe names (``data.sampler``) over the training images' identities and cameras."""
+    if name == "random":
+        return RandomBatchSampler(len(pids), batch_size, seed)
+    if name in ("identity", "camera_diverse"):
+        if batch_size % num_instances:
+            raise ValueError(f"batch size {batch_size} is not a multiple of K={num_instances}")
+        return RandomIdentityBatchSampler(pids, batch_size // num_instances, num_instances, seed, camids,
+                                          camera_diverse=name == "camera_diverse")
+    raise ValueError(f"unknown sampler {name!r}; known: random, identity, camera_diverse")
+
+
+def shard_bounds(batch_size: int, group_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, end)`` of process ``rank``'s share of a global batch.
+
+    The batch is cut only between groups (an identity's K images stay on one
+    process); the first ``groups % world_size`` processes take one group more.
+    """
+    groups = batch_size // group_size
+    if groups < world_size:
+        unit = "identities" if group_size > 1 else "images"
+        raise ValueError(f"a batch of {groups} {unit} cannot be shared by {world_size} processes: raise "
+                         f"data.batch_size to at least {world_size * group_size}")
+    base, extra = divmod(groups, world_size)
+    start = rank * base + min(rank, extra)
+    return start * group_size, (start + base + (rank < extra)) * group_size
 
 
 def _round_robin_by_camera(idxs: np.ndarray, camids: np.ndarray) -> np.ndarray:

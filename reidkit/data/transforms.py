@@ -42,25 +42,168 @@ class AugmentConfig:
 
 
 def normalize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """``B x 3 x H x W`` in [0, 255] (uint8 or float) -> float standardised per channel."""
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    """``B x 3 x H x W`` in [0, 255] (uint8 or float) -> float standardised per channel, on the batch's device."""
+    m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1) * 255.0
     return (batch.float() - m) / s
 
 
+@dataclass
+class AugmentDraws:
+    """The random choices of one batch's augmentation, one row per image (CPU tensors).
+
+    Drawing them for a whole global batch and applying each process's rows
+    (:meth:`rows`) makes data-parallel training augment exactly as one process would.
+    """
+
+    flip: torch.Tensor            # bool (B,)
+    crop: torch.Tensor            # bool (B,): this image is cropped
+    crop_y: torch.Tensor          # uniform [0, 1) offsets, scaled to the room the crop has
+    crop_x: torch.Tensor
+    jitter: torch.Tensor          # (B, 3): brightness, contrast, saturation factors
+    erase: torch.Tensor           # bool (B,): an erasing rectangle was found
+    erase_box: torch.Tensor       # (B, 4) int64: y, x, height, width
+
+    def rows(self, start: int, end: int) -> "AugmentDraws":
+        return AugmentDraws(**{k: v[start:end] for k, v in vars(self).items()})
+
+    def to(self, device: torch.device | str) -> "AugmentDraws":
+        """On ``device``, in one non-blocking copy from pinned memory (CPU: unchanged)."""
+        if torch.device(device).type == "cpu":
+            return self
+        packed = self.pack()
+        if torch.cuda.is_available():
+            packed = packed.pin_memory()
+        return self.unpack(packed.to(device, non_blocking=True))
+
+    def pack(self) -> torch.Tensor:
+        """Every field as float32 columns of one ``B x 12`` tensor (exact: offsets and sizes are small)."""
+        return torch.cat([v.float().reshape(len(v), -1) for v in vars(self).values()], dim=1)
+
+    def unpack(self, packed: torch.Tensor) -> "AugmentDraws":
+        """The draws in ``packed`` (made by :meth:`pack` of draws shaped like these), with their dtypes."""
+        out, col = {}, 0
+        for name, v in vars(self).items():
+            width = v[0].numel() if len(v) else (v.shape[1] if v.dim() > 1 else 1)
+            part = packed[:, col:col + width].reshape(v.shape)
+            out[name] = part if v.is_floating_point() else (part > 0.5 if v.dtype == torch.bool else part.long())
+            col += width
+        return AugmentDraws(**out)
+
+
+def draw_augment(config: "AugmentConfig", n: int, size: tuple[int, int], gen: torch.Generator) -> AugmentDraws:
+    """Every random choice of :class:`BatchAugment` for ``n`` images of ``size`` (height, width)."""
+    c = config
+    flip = torch.rand(n, generator=gen) < c.flip
+    crop = torch.rand(n, generator=gen) < c.crop_prob if c.crop_prob < 1 else torch.ones(n, dtype=torch.bool)
+    crop_y, crop_x = torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    jitter = 1.0 + (torch.rand(n, 3, generator=gen) * 2 - 1) * c.color_jitter
+    erase, box = _draw_erasing(n, size, c.erasing, c.erasing_area, c.erasing_ratio, gen)
+    return AugmentDraws(flip, crop, crop_y, crop_x, jitter, erase, box)
+
+
+def _draw_erasing(n: int, size: tuple[int, int], p: float, area: tuple[float, float], ratio: float,
+                  gen: torch.Generator, attempts: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zhong et al.'s rectangle: with probability ``p``, the first of ``attempts`` draws of (area fraction in
+    ``area``, aspect in [ratio, 1/ratio]) that fits inside the image, at a uniform position."""
+    h, w = size
+    chosen = torch.rand(n, generator=gen) < p
+    target = (torch.rand(n, attempts, generator=gen) * (area[1] - area[0]) + area[0]) * (h * w)
+    aspect = torch.rand(n, attempts, generator=gen) * (1.0 / ratio - ratio) + ratio
+    eh = torch.sqrt(target * aspect).round().long()
+    ew = torch.sqrt(target / aspect).round().long()
+    fits = (eh < h) & (ew < w)
+    first = fits.float().argmax(dim=1, keepdim=True)            # the first attempt that fits
+    erase = chosen & fits.any(dim=1)
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
+    y = (torch.rand(n, generator=gen) * (h - eh + 1)).long().clamp(max=h - 1)
+    x = (torch.rand(n, generator=gen) * (w - ew + 1)).long().clamp(max=w - 1)
+    box = torch.stack([y, x, eh, ew], dim=1) * erase.unsqueeze(1)
+    return erase, box
+
+
+def apply_flip(batch: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    if flip.device.type == "cpu" and not bool(flip.any()):
+        return batch
+    return torch.where(flip.to(batch.device).view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+
+def apply_crop(batch: torch.Tensor, draws: AugmentDraws, grow: Callable[[torch.Tensor], torch.Tensor],
+               grow_all: bool | None = None) -> torch.Tensor:
+    """Crop ``grow(images)`` back to the batch's size at the drawn offsets, for the images drawn for it.
+
+    On a CPU batch only the chosen images are grown; on a GPU batch every image is grown and the chosen
+    ones are selected, so that no step waits for the device (same result; ``grow_all`` overrides the choice).
+    """
+    if draws.crop.device.type == "cpu" and not bool(draws.crop.any()):
+        return batch
+    b, c, h, w = batch.shape
+    dev = batch.device
+    on_cpu = dev.type == "cpu" if grow_all is None else not grow_all
+    chosen = torch.nonzero(draws.crop).flatten() if on_cpu else slice(None)
+    grown = grow(batch[chosen])
+    room_y, room_x = grown.shape[-2] - h + 1, grown.shape[-1] - w + 1
+    ys = (draws.crop_y[chosen].to(dev) * room_y).long().clamp(max=room_y - 1)
+    xs = (draws.crop_x[chosen].to(dev) * room_x).long().clamp(max=room_x - 1)
+    rows = ys.view(-1, 1, 1, 1) + torch.arange(h, device=dev).view(1, 1, h, 1)
+    cols = xs.view(-1, 1, 1, 1) + torch.arange(w, device=dev).view(1, 1, 1, w)
+    picked = grown[torch.arange(grown.shape[0], device=dev).view(-1, 1, 1, 1),
+                   torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+    if not on_cpu:
+        return torch.where(draws.crop.to(dev).view(-1, 1, 1, 1), picked, batch)
+    out = batch.clone()
+    out[chosen] = picked
+    return out
+
+
+def _pad(padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: F.pad(x, (padding,) * 4)
+
+
+def _enlarge(scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def enlarge(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = (int(round(h * scale)), int(round(w * scale)))
+        big = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+        return big.round_().clamp_(0, 255).to(x.dtype) if not x.is_floating_point() else big
+    return enlarge
+
+
+def apply_color_jitter(batch: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation ``factors`` (B x 3) on a float batch in [0, 255]."""
+    f = factors.to(batch.device).view(-1, 3, 1, 1, 1).unbind(1)
+    out = batch * f[0]
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * f[1] + mean
+    grey = out.mean(dim=1, keepdim=True)
+    out = (out - grey) * f[2] + grey
+    return out.clamp(0, 255)
+
+
+def apply_erasing(batch: torch.Tensor, erase: torch.Tensor, box: torch.Tensor,
+                  value: float | Sequence[float] = 0.0) -> torch.Tensor:
+    """Fill each drawn rectangle (float batch, in place); ``value``: one fill or one per channel."""
+    if erase.device.type == "cpu" and not bool(erase.any()):
+        return batch
+    _, c, h, w = batch.shape
+    dev = batch.device
+    y, x, eh, ew = (v.to(dev).view(-1, 1, 1, 1) for v in box.unbind(1))
+    ys, xs = torch.arange(h, device=dev).view(1, 1, h, 1), torch.arange(w, device=dev).view(1, 1, 1, w)
+    inside = (ys >= y) & (ys < y + eh) & (xs >= x) & (xs < x + ew) & erase.to(dev).view(-1, 1, 1, 1)
+    fill = torch.as_tensor(value, dtype=batch.dtype, device=dev).reshape(-1, 1, 1).expand(c, 1, 1)
+    return batch.copy_(torch.where(inside, fill, batch))
+
+
 def random_flip(batch: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(batch.shape[0], generator=gen) < p
-    if flip.any():
-        batch = batch.clone()
-        batch[flip] = batch[flip].flip(-1)
-    return batch
+    return apply_flip(batch, torch.rand(batch.shape[0], generator=gen) < p)
 
 
 def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator, p: float = 1.0) -> torch.Tensor:
     """Zero-pad by ``padding`` and crop back to the original size at a random offset (probability ``p``)."""
     if padding <= 0:
         return batch
-    return _crop_some(batch, p, gen, lambda x: F.pad(x, (padding,) * 4))
+    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], batch.shape[-2:], gen)
+    return apply_crop(batch, draws, _pad(padding))
 
 
 def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator,
@@ -69,61 +212,15 @@ def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator,
 
     The OSNet authors' ``Random2DTranslation`` (torchreid), on the cached image.
     """
-    h, w = batch.shape[-2:]
-    size = (int(round(h * scale)), int(round(w * scale)))
-
-    def enlarge(x: torch.Tensor) -> torch.Tensor:
-        big = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
-        return big.round_().clamp_(0, 255).to(x.dtype) if not x.is_floating_point() else big
-    return _crop_some(batch, p, gen, enlarge)
-
-
-def _crop_some(batch: torch.Tensor, p: float, gen: torch.Generator,
-               grow: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Crop ``grow(images)`` back to the batch's size at random offsets, for each image with probability ``p``."""
-    b, _, h, w = batch.shape
-    chosen = torch.arange(b) if p >= 1 else torch.nonzero(torch.rand(b, generator=gen) < p).flatten()
-    if len(chosen) == 0:
-        return batch
-    grown = grow(batch[chosen])
-    ys = torch.randint(0, grown.shape[-2] - h + 1, (len(chosen),), generator=gen).tolist()
-    xs = torch.randint(0, grown.shape[-1] - w + 1, (len(chosen),), generator=gen).tolist()
-    out = batch.clone()
-    for j, i in enumerate(chosen.tolist()):
-        out[i] = grown[j, :, ys[j]:ys[j] + h, xs[j]:xs[j] + w]
-    return out
-
-
-def color_jitter(batch: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors in [1 - s, 1 + s] (float batch in [0, 255])."""
-    b = batch.shape[0]
-    factor = lambda: 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * strength  # noqa: E731
-    out = batch * factor()
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * factor() + mean
-    grey = out.mean(dim=1, keepdim=True)
-    out = (out - grey) * factor() + grey
-    return out.clamp(0, 255)
+    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], batch.shape[-2:], gen)
+    return apply_crop(batch, draws, _enlarge(scale))
 
 
 def random_erasing(batch: torch.Tensor, p: float, area: tuple[float, float], ratio: float,
                    gen: torch.Generator, value: float | Sequence[float] = 0.0) -> torch.Tensor:
     """Zhong et al.'s random erasing, in place on a float batch; ``value``: one fill or one per channel."""
-    _, c, h, w = batch.shape
-    fill = torch.as_tensor(value, dtype=batch.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
-    for i in range(batch.shape[0]):
-        if float(torch.rand(1, generator=gen)) >= p:
-            continue
-        for _ in range(100):
-            target = float(torch.empty(1).uniform_(*area, generator=gen)) * h * w
-            aspect = float(torch.empty(1).uniform_(ratio, 1.0 / ratio, generator=gen))
-            eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if ew < w and eh < h:
-                y = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
-                x = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
-                batch[i, :, y:y + eh, x:x + ew] = fill
-                break
-    return batch
+    erase, box = _draw_erasing(batch.shape[0], batch.shape[-2:], p, area, ratio, gen)
+    return apply_erasing(batch, erase, box, value)
 
 
 def erasing_value(config: AugmentConfig) -> float | tuple[float, float, float]:
@@ -132,26 +229,38 @@ def erasing_value(config: AugmentConfig) -> float | tuple[float, float, float]:
 
 
 class BatchAugment:
-    """The training augmentation applied to a uint8 batch; returns a normalised float batch."""
+    """The training augmentation of a uint8 batch (on any device); returns a normalised float batch.
+
+    ``augment(batch)`` draws and applies; ``augment.apply(batch, augment.draw(n).rows(a, b))`` augments rows
+    ``a:b`` of an ``n``-image batch exactly as ``augment`` would augment the whole batch.
+    """
 
     def __init__(self, config: AugmentConfig, seed: int = 0):
         self.config = config
         self.gen = torch.Generator().manual_seed(seed)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def draw(self, n: int, size: tuple[int, int]) -> AugmentDraws:
+        return draw_augment(self.config, n, size, self.gen)
+
+    def apply(self, batch: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
+        """Augment ``batch`` (uint8, any device) with ``draws`` (CPU, one row per image)."""
         c = self.config
-        batch = random_flip(batch, c.flip, self.gen)
-        if c.crop == "enlarge":
-            batch = random_enlarge_crop(batch, c.crop_prob, self.gen)
-        else:
-            batch = random_pad_crop(batch, c.padding, self.gen, c.crop_prob)
+        on_device = draws.to(batch.device)
+        if c.flip > 0 and bool(draws.flip.any()):
+            batch = apply_flip(batch, on_device.flip)
+        if c.crop == "enlarge" or c.padding > 0:
+            batch = apply_crop(batch, on_device if bool(draws.crop.any()) else draws,
+                               _enlarge(ENLARGE_SCALE) if c.crop == "enlarge" else _pad(c.padding))
         out = batch.float()
         if c.color_jitter > 0:
-            out = color_jitter(out, c.color_jitter, self.gen)
+            out = apply_color_jitter(out, on_device.jitter)
         out = normalize(out, c.mean, c.std)
-        if c.erasing > 0:
-            out = random_erasing(out, c.erasing, c.erasing_area, c.erasing_ratio, self.gen, erasing_value(c))
+        if c.erasing > 0 and bool(draws.erase.any()):
+            out = apply_erasing(out, on_device.erase, on_device.erase_box, erasing_value(c))
         return out
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.apply(batch, self.draw(batch.shape[0], tuple(batch.shape[-2:])))
 
 
 def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None = None) -> T.Compose:

@@ -1,35 +1,41 @@
-"""Checkpoints that hold only tensors and plain Python values.
+"""Checkpoints that hold only tensors and plain Python values, on no device.
 
 ``torch.load(path, weights_only=True)`` reads them, so loading never runs
-code.  Writes go to a temporary file in the same folder, then ``os.replace``:
-a crash mid-write never leaves a truncated checkpoint behind.
+code.  Every tensor is saved on the CPU, so a checkpoint written on a GPU (or by
+a data-parallel run) loads on a CPU and the reverse.  Writes go to a temporary
+file in the same folder, then ``os.replace``: a crash mid-write never leaves a
+truncated checkpoint behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..files import write_atomic
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used with this model or recipe."""
 
 
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write ``state`` (tensors moved to the CPU) atomically to ``path``."""
+    cpu_state = to_cpu(state)
+    return write_atomic(path, lambda tmp: torch.save(cpu_state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -49,6 +55,8 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_model_weights(model: nn.Module, state: dict, source: str, ignore_classifier: bool = False) -> None:
     """Load ``state['state_dict']`` into ``model``, naming mismatched keys and shapes."""
     weights = dict(state["state_dict"])
+    if weights and all(k.startswith("module.") for k in weights):      # saved from a DDP wrapper by other code
+        weights = {k[len("module."):]: v for k, v in weights.items()}
     own = model.state_dict()
     if ignore_classifier:
         weights = {k: v for k, v in weights.items() if not k.startswith("head.classifier")}

@@ -1,21 +1,63 @@
-"""Evaluate a model on the query and gallery of a dataset."""
+"""Evaluate a model on the query and gallery of a dataset, alone or across data-parallel processes."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
-from ..config import EvalConfig
+from ..config import EvalConfig, Recipe
 from ..data.cache import ImageCache
+from ..data.samplers import shard_bounds
 from ..evaluation import RankResult, evaluate_features
+from .distributed import DistEnv, broadcast_object, gather_rows
 from .features import extract_features
 
 
+def build_test_caches(recipe: Recipe, dataset, progress: bool = True,
+                      env: DistEnv = DistEnv()) -> tuple[ImageCache, ImageCache]:
+    """The decoded query and gallery images (with several processes, this process's share of each)."""
+    d = recipe.data
+    kw = dict(skip_bad_images=d.skip_bad_images, workers=d.decode_workers, progress=progress and env.is_main)
+    return tuple(ImageCache(_share(records, env), (d.height, d.width), desc=desc, **kw)
+                 for records, desc in ((dataset.query, "query"), (dataset.gallery, "gallery")))
+
+
+def _share(records: list, env: DistEnv) -> list:
+    if not env.enabled:
+        return records
+    start, end = shard_bounds(len(records), 1, env.rank, env.world_size)
+    return records[start:end]
+
+
+def _counts(n: int, env: DistEnv) -> tuple[int, ...]:
+    return tuple(b - a for a, b in (shard_bounds(n, 1, r, env.world_size) for r in range(env.world_size)))
+
+
 def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg: EvalConfig,
-                   batch_size: int = 128, amp: bool = False, return_features: bool = False,
-                   channels_last: bool = False):
-    """Extract query/gallery embeddings and compute mAP / CMC / mINP (optionally re-ranked)."""
-    qf = extract_features(model, query, batch_size, cfg.flip, amp, channels_last)
-    gf = extract_features(model, gallery, batch_size, cfg.flip, amp, channels_last)
-    result: RankResult = evaluate_features(qf, gf, query.pids(), gallery.pids(), query.camids(),
-                                           gallery.camids(), metric=cfg.metric,
-                                           max_rank=min(cfg.max_rank, len(gallery)), rerank=cfg.rerank)
+                   batch_size: int = 128, amp: str | bool = "off", return_features: bool = False,
+                   channels_last: bool = False, device: torch.device | str | None = None,
+                   env: DistEnv = DistEnv(), dataset=None):
+    """Extract query/gallery embeddings and compute mAP / CMC / mINP (optionally re-ranked).
+
+    Distances and ranking run where the features are (on a GPU when the model is on one).
+    With several processes (``env``), each extracts its share (``query`` and ``gallery``
+    from :func:`build_test_caches`), the features are gathered, the first process ranks
+    them (``dataset`` gives every image's identity and camera) and every process
+    receives the result.
+    """
+    qf = extract_features(model, query, batch_size, cfg.flip, amp, channels_last, device)
+    gf = extract_features(model, gallery, batch_size, cfg.flip, amp, channels_last, device)
+    if env.enabled:
+        if dataset is None:
+            raise ValueError("evaluating across processes needs the dataset's identities and cameras")
+        qf = gather_rows(qf, _counts(len(dataset.query), env))
+        gf = gather_rows(gf, _counts(len(dataset.gallery), env))
+        ids = [[r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
+               [r.camid for r in dataset.query], [r.camid for r in dataset.gallery]]
+    else:
+        ids = [query.pids(), gallery.pids(), query.camids(), gallery.camids()]
+    result: RankResult | None = None
+    if env.is_main:
+        result = evaluate_features(qf, gf, *ids, metric=cfg.metric, max_rank=min(cfg.max_rank, gf.shape[0]),
+                                   rerank=cfg.rerank)
+    result = broadcast_object(result)
     return (result, qf, gf) if return_features else result

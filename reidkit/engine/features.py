@@ -1,4 +1,4 @@
-"""Feature extraction for evaluation (optionally averaging an image and its mirror)."""
+"""Feature extraction for evaluation (optionally averaging an image and its mirror), on any device."""
 from __future__ import annotations
 
 import torch
@@ -6,25 +6,32 @@ import torch.nn as nn
 
 from ..data.cache import ImageCache
 from ..data.loader import iter_test_batches
+from .device import autocast
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128,
-                     flip: bool = False, amp: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Embeddings of every image in ``cache`` (eval mode), in order.
+def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128, flip: bool = False,
+                     amp: str | bool = "off", channels_last: bool = False,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Embeddings (float32) of every image in ``cache`` (eval mode), in order, on ``device``.
 
-    ``amp`` runs under bfloat16 autocast; ``channels_last`` feeds NHWC batches.
+    ``device``: where the model runs (default: where its parameters are); ``amp``: ``bf16`` / ``fp16``
+    autocast (``True`` means bf16); ``channels_last`` feeds NHWC batches.
     """
+    amp = {True: "bf16", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
     out = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        for images in iter_test_batches(cache, batch_size):
+    with autocast(device, amp):
+        for images in iter_test_batches(cache, batch_size, device=device):
             images = images.contiguous(memory_format=fmt)
             f = model(images).float()
             if flip:
                 f = (f + model(images.flip(-1)).float()) / 2
             out.append(f)
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, 0, device=device)

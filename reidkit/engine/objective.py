@@ -1,4 +1,8 @@
-"""The training objective: ID loss + triplet loss + center loss (+ distillation), weighted by the recipe."""
+"""The training objective every recipe has: identity loss + triplet loss, weighted by the recipe.
+
+Everything a method adds beyond these two (center loss, adaptive L2, distillation, ...)
+is a training piece (:mod:`reidkit.pieces`) beside its method's module.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,78 +11,56 @@ import torch
 import torch.nn as nn
 
 from ..config import LossConfig
-from ..losses import (CameraAwareBatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, FeatureDistillationLoss,
-                      TripletLoss, unweight_center_gradients)
+from ..losses import BatchHardMiner, CameraAwareBatchHardMiner, CrossEntropyLabelSmooth, TripletLoss
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite."""
 
 
-class BoTObjective(nn.Module):
-    """Weighted sum of the BoT losses; a zero weight switches a term off."""
+def build_miner(cfg: LossConfig) -> BatchHardMiner:
+    """The recipe's ``loss.miner``: batch-hard, or camera-aware with ``loss.camera_bias``."""
+    if cfg.miner == "camera_aware":
+        b = cfg.camera_bias
+        return CameraAwareBatchHardMiner(b.k, b.m, b.schedule, b.early_epochs, b.time_unit, b.bias_in_loss)
+    return BatchHardMiner()
 
-    def __init__(self, cfg: LossConfig, num_classes: int, feature_dim: int, miner=None):
+
+class ReIDObjective(nn.Module):
+    """``ce_weight * label-smoothed CE + triplet_weight * triplet``; a zero weight switches a term off."""
+
+    def __init__(self, cfg: LossConfig, miner: BatchHardMiner | None = None):
         super().__init__()
         self.cfg = cfg
-        if miner is None and cfg.miner == "camera_aware":
-            b = cfg.camera_bias
-            miner = CameraAwareBatchHardMiner(b.k, b.m, b.schedule, b.early_epochs, b.time_unit, b.bias_in_loss)
-        self.miner = miner
+        self.miner = miner if miner is not None else build_miner(cfg)
         self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
-        self.triplet = TripletLoss(cfg.triplet_margin, miner) if cfg.triplet_weight > 0 else None
-        self.center = CenterLoss(num_classes, feature_dim) if cfg.center_weight > 0 else None
-        self.distill = FeatureDistillationLoss() if cfg.distill.teacher else None
-        self._mining: dict[str, float] = {}
+        self.triplet = TripletLoss(cfg.triplet_margin, self.miner) if cfg.triplet_weight > 0 else None
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],
-                pids: torch.Tensor, camids: torch.Tensor,
-                teacher_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                pids: torch.Tensor, camids: torch.Tensor, logit_pids: torch.Tensor | None = None,
+                id_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """Weighted terms by name; their sum is the loss to minimise.
 
         A multi-branch model gives one ``logits`` and one ``features`` per branch
         (lists); each term is then summed over the branches, every branch
-        weighted 1 (Ni et al. 2020).  ``teacher_features``: the frozen teacher's
-        embeddings of the same batch, for the distillation term.
+        weighted 1 (Ni et al. 2020).  Under data parallelism ``features``,
+        ``pids`` and ``camids`` cover the global batch while ``logits`` are this
+        process's share, labelled ``logit_pids`` and weighted ``id_scale`` (its
+        share of the batch times the number of processes).
         """
         if isinstance(logits, torch.Tensor):
             logits, features = [logits], [features]
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
-        if self.center is not None and len(features) > 1:
-            raise ValueError("center loss needs one embedding; set loss.center_weight=0 for multi-branch models")
-        terms = {"id": self.cfg.ce_weight * sum(self.id_loss(x.float(), pids) for x in logits)}
+        logit_pids = pids if logit_pids is None else logit_pids
+        terms = {"id": self.cfg.ce_weight * id_scale * sum(self.id_loss(x.float(), logit_pids) for x in logits)}
         if self.triplet is not None:
-            per_branch, stats = [], []
-            for f in features:
-                per_branch.append(self.triplet(f.float(), pids, camids))
-                if getattr(self.miner, "stats", None) is not None:
-                    stats.append(vars(self.miner.stats))
-            terms["triplet"] = self.cfg.triplet_weight * sum(per_branch)
-            self._mining = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]} if stats else {}
-        if self.center is not None:
-            terms["center"] = self.cfg.center_weight * self.center(features[0].float(), pids)
-        if self.distill is not None:
-            if teacher_features is None or len(features) > 1:
-                raise ValueError("distillation needs the teacher's features and a single-branch student")
-            terms["distill"] = self.cfg.distill.weight * self.distill(features[0], teacher_features)
+            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(f.float(), pids, camids) for f in features)
         return terms
-
-    def set_time(self, iteration: int, epoch: int) -> None:
-        """Forward the training time to a miner that uses it."""
-        if hasattr(self.miner, "set_time"):
-            self.miner.set_time(iteration, epoch)
-
-    def diagnostics(self) -> dict[str, float]:
-        """The miner's statistics of the last batch, averaged over the branches (empty for plain batch-hard)."""
-        return dict(self._mining)
-
-    def before_center_step(self) -> None:
-        if self.center is not None:
-            unweight_center_gradients(self.center, self.cfg.center_weight)
 
 
 def check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``where`` and every term's value if one is NaN or infinite."""
     values = {k: float(v.detach()) for k, v in terms.items()}
     if not all(torch.isfinite(torch.tensor(list(values.values())))):
         shown = ", ".join(f"{k}={v}" for k, v in values.items())

@@ -8,11 +8,11 @@ from ..config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig,
-                    no_decay: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+                    extra_groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """Adam, AMSGrad or SGD over ``model``'s trainable parameters, biases in their own group.
 
-    ``no_decay``: more parameters trained at the base lr without weight decay
-    (adaptive L2's regularisation factors).
+    ``extra_groups``: more parameter groups (the training pieces' own, e.g. adaptive L2's
+    factors without weight decay); a group without ``lr`` trains at the base lr.
     """
     weights, biases = [], []
     for name, p in model.named_parameters():
@@ -22,8 +22,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
     if biases:
         groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_factor,
                        "weight_decay": cfg.weight_decay_bias, "name": "biases"})
-    if no_decay:
-        groups.append({"params": list(no_decay), "lr": cfg.lr, "weight_decay": 0.0, "name": "no_decay"})
+    for group in extra_groups or []:
+        groups.append({"lr": cfg.lr, **group})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adam(groups, lr=cfg.lr, amsgrad=cfg.name == "amsgrad")
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), amsgrad=cfg.name == "amsgrad")

@@ -1,33 +1,42 @@
-"""The training loop: epochs of P x K batches, periodic evaluation, logging, checkpoints."""
+"""The training loop, method-neutral: batch -> forward -> objective + pieces' losses -> backward -> step -> log.
+
+It runs on any device (``train.device``), in mixed precision (``train.amp``) and, when
+launched by ``torchrun``, as one of several data-parallel processes
+(:mod:`reidkit.engine.distributed`).  What a method adds is a training piece
+(:mod:`reidkit.pieces`): the loop, the checkpoints and the plots know no method by name.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache
-from ..data.loader import TrainLoader
-from ..data.samplers import RandomIdentityBatchSampler
+from ..data.loader import Batch, TrainLoader
+from ..data.samplers import build_sampler, shard_bounds
 from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
-from ..losses.adaptive_l2 import AdaptiveL2Regularizer
+from ..files import write_text_atomic
 from ..models import build_model
-from ..models.ptl import reset_cell_states
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
-from .evaluate import evaluate_model
+from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
+from .distributed import (DistEnv, DistributedError, all_mean, convert_batchnorm, data_parallel, gather_rows)
+from .evaluate import build_test_caches, evaluate_model
 from .freeze import find_modules, open_all_layers, open_layers
-from .objective import BoTObjective, check_finite
+from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .schedulers import WarmupScheduler
 
@@ -40,82 +49,156 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_regularizer(model: torch.nn.Module, recipe: Recipe) -> AdaptiveL2Regularizer | None:
-    """Adaptive L2 over the model's trainable tensors when ``loss.adaptive_l2.amplitude > 0``."""
-    cfg = recipe.loss.adaptive_l2
-    if cfg.amplitude <= 0:
-        return None
-    if recipe.optim.weight_decay > 0 or recipe.optim.weight_decay_bias > 0:
-        log.warning("adaptive L2 is on and optim.weight_decay=%g / weight_decay_bias=%g add a fixed L2 on top; "
-                    "the paper sets both to 0", recipe.optim.weight_decay, recipe.optim.weight_decay_bias)
-    return AdaptiveL2Regularizer.for_model(model, cfg.amplitude, cfg.c, cfg.theta_init)
+class StepMeter:
+    """The loss terms of an epoch's steps, summed where they are computed.
 
+    On a CPU every step is checked (and reported) at once; on a GPU the sums stay on the
+    device and are read every ``check_every`` steps, so the host never waits for the
+    GPU inside a step.  The first non-finite step is remembered with its values either
+    way.  With several processes the values read are their mean over the processes.
+    """
 
-def load_teacher(recipe: Recipe, memory_format: torch.memory_format) -> torch.nn.Module | None:
-    """The frozen teacher of ``loss.distill`` (eval mode, no gradients), or None."""
-    cfg = recipe.loss.distill
-    if not cfg.teacher:
-        return None
-    if not cfg.arch:
-        raise ValueError(f"loss.distill.teacher={cfg.teacher}: name its model with loss.distill.arch")
-    # the student is matched on its training embedding (before any BNNeck), so the teacher gives the same kind
-    teacher = model_from_checkpoint(cfg.arch, cfg.teacher, test_feature="before_bn").to(memory_format=memory_format)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    log.info("distilling from %s (%s, frozen)", cfg.teacher, cfg.arch)
-    return teacher
+    def __init__(self, device: torch.device, check_every: int):
+        self.device, self.check_every = device, (1 if device.type == "cpu" else check_every)
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+        self.bad: torch.Tensor | None = None           # [found, step, values...] of the first bad step
 
+    def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        values = torch.cat([values, values.sum().reshape(1)])
+        if self.sums is None:
+            self.names = [*terms, "total"]
+            self.sums = torch.zeros_like(values)
+            self.bad = torch.zeros(2 + len(values), device=values.device)
+        elif list(terms) != self.names[:-1]:
+            raise ValueError(f"the loss terms changed between steps: {self.names[:-1]} -> {list(terms)}")
+        self.sums += values
+        self.count += 1
+        new = (~torch.isfinite(values).all()) & (self.bad[0] == 0)
+        record = torch.cat([torch.ones(1, device=values.device), torch.full((1,), float(step), device=values.device),
+                            values])
+        self.bad = torch.where(new, record, self.bad)
+        self.last = values
 
-def build_test_caches(recipe: Recipe, dataset, progress: bool = True) -> tuple[ImageCache, ImageCache]:
-    d = recipe.data
-    size = (d.height, d.width)
-    kw = dict(skip_bad_images=d.skip_bad_images, workers=d.decode_workers, progress=progress)
-    return (ImageCache(dataset.query, size, desc="query", **kw),
-            ImageCache(dataset.gallery, size, desc="gallery", **kw))
+    def due(self, step: int) -> bool:
+        return step % self.check_every == 0
+
+    def read(self, where: Callable[[int], str]) -> dict[str, float]:
+        """The last step's terms (mean over the processes); raises on a non-finite step since the last read."""
+        packed = all_mean(torch.cat([self.bad[:1], self.last]))
+        if float(packed[0]) > 0:
+            bad = self.bad
+            if float(bad[0]) > 0:                        # this process saw it: name its step and values
+                shown = ", ".join(f"{k}={float(v)}" for k, v in zip(self.names, bad[2:]))
+                step = int(bad[1])
+            else:
+                shown, step = "on another process", int(self.count)
+            raise NonFiniteLossError(f"non-finite loss at {where(step)}: {shown}. Lower the learning rate, "
+                                     "check the data, or resume from the last checkpoint.")
+        return dict(zip(self.names, packed[1:].tolist()))
+
+    def means(self) -> dict[str, float]:
+        sums = all_mean(self.sums) if self.sums is not None else None
+        return {} if sums is None else {k: v / self.count for k, v in zip(self.names, sums.tolist())}
 
 
 class Trainer:
-    """Trains the recipe's model on its dataset; see :meth:`fit`."""
+    """Trains the recipe's model on its dataset; see :meth:`fit`.
+
+    Building a trainer decodes the training images and builds the model, its
+    training pieces and optimisers on ``train.device``; nothing is written until
+    :meth:`fit`.  Under ``torchrun`` (the process group initialised, see
+    :func:`reidkit.engine.distributed.init_from_env`) it is one of the data-parallel
+    processes; the first one alone writes logs, TensorBoard, checkpoints and reports.
+    """
 
     def __init__(self, recipe: Recipe, progress: bool = True):
         self.recipe, self.progress = recipe, progress
         d, t = recipe.data, recipe.train
+        self.env = DistEnv.current()
+        self.device = resolve_device(t.device, self.env.local_rank if self.env.enabled else None)
+        set_threads(t.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True        # fixed input sizes: let cuDNN pick its fastest kernels
         self.out = Path(t.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        self.is_main = self.env.is_main
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         seed_everything(t.seed)
         self.dataset = build_dataset(d.dataset, d.root, **d.options)
-        log.info("\n%s", self.dataset.summary())
+        if self.is_main:
+            log.info("\n%s", self.dataset.summary())
+            log.info("training on %s%s, amp %s", describe(self.device),
+                     f" x {self.env.world_size} processes" if self.env.enabled else "", t.amp)
+        workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         self.train_cache = ImageCache(self.dataset.train, (d.height, d.width), mmap_path=d.cache_file,
-                                      skip_bad_images=d.skip_bad_images, workers=d.decode_workers,
-                                      progress=progress, desc="train")
-        self.query_cache, self.gallery_cache = build_test_caches(recipe, self.dataset, progress)
+                                      skip_bad_images=d.skip_bad_images, workers=workers,
+                                      progress=progress and self.is_main, desc="train")
         self.num_classes = self.dataset.num_train_pids
-        m = recipe.model
-        self.model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
-        if t.fixbase_epochs:
-            find_modules(self.model, t.open_layers)          # fail now on a wrong name, not at epoch 1
-        self.objective = BoTObjective(recipe.loss, self.num_classes, self.model.feature_dim)
-        self.teacher = load_teacher(recipe, self.memory_format)
-        self.regularizer = build_regularizer(self.model, recipe)
-        self.optimizer = build_optimizer(self.model, recipe.optim,
-                                         list(self.regularizer.parameters()) if self.regularizer else None)
-        self.center_optimizer = (torch.optim.SGD(self.objective.center.parameters(), lr=recipe.loss.center_lr)
-                                 if self.objective.center is not None else None)
-        self.scheduler = WarmupScheduler(self.optimizer, recipe.schedule, t.epochs)
-        sampler = RandomIdentityBatchSampler(self.train_cache.pids(), d.num_identities,
-                                             d.num_instances, seed=t.seed,
-                                             camids=self.train_cache.camids(),
-                                             camera_diverse=d.camera_diverse)
+        self._build_model()
+        self._build_optimisation()
+        sampler = build_sampler(d.sampler, self.train_cache.pids(), self.train_cache.camids(), d.batch_size,
+                                d.num_instances, seed=t.seed)
         self.augment = BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=t.seed + 1)
-        self.loader = TrainLoader(self.train_cache, sampler, self.augment)
-        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        self.loader = TrainLoader(self.train_cache, sampler, self.augment, self.device, self.env.rank,
+                                  self.env.world_size, d.cache_on_device)
+        self.shard_counts = tuple(b - a for a, b in (shard_bounds(sampler.batch_size, sampler.group_size, r,
+                                                                  self.env.world_size)
+                                                     for r in range(self.env.world_size)))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.history: dict[str, list] = {"epoch": [], "lr": [], "images_per_s": [],
-                                         "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
+        self.history: dict = {"epoch": [], "lr": [], "images_per_s": [],
+                              "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
+        self.writer = None
+        self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
+        self._test_caches: tuple[ImageCache, ImageCache] | None = None
+        self._step_diagnostics: dict[str, dict[str, float]] = {}
+
+    # -- construction ------------------------------------------------------
+    def _build_model(self) -> None:
+        r, t = self.recipe, self.recipe.train
+        m = r.model
+        model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
+        if self.env.enabled and t.sync_bn:
+            model = convert_batchnorm(model, self.device)
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        if t.fixbase_epochs:
+            find_modules(self.model, t.open_layers)      # fail now on a wrong name, not at epoch 1
+        self.trainable = {p for p in self.model.parameters() if p.requires_grad}
+        self.objective = ReIDObjective(r.loss).to(self.device)
+        ctx = PieceContext(r, self.model, self.num_classes, self.model.feature_dim, self.device, self.objective,
+                           self.memory_format, load_model=model_from_checkpoint)
+        self.pieces: list[TrainingPiece] = build_pieces(ctx)
+        self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
+                                         broadcast_buffers=not t.sync_bn)
+
+    def _build_optimisation(self) -> None:
+        r = self.recipe
+        groups = [g for piece in self.pieces for g in piece.parameter_groups()]
+        self.optimizer = build_optimizer(self.model, r.optim, groups)
+        self.optimizers = [self.optimizer] + [o for piece in self.pieces for o in piece.optimizers()]
+        self.scaler = gradient_scaler(self.device, r.train.amp)
+        self.scheduler = WarmupScheduler(self.optimizer, r.schedule, r.train.epochs)
+
+    def piece(self, name: str) -> TrainingPiece | None:
+        """The training piece ``name`` if the recipe switched it on."""
+        return next((p for p in self.pieces if p.name == name), None)
+
+    @property
+    def test_caches(self) -> tuple[ImageCache, ImageCache]:
+        """Query and gallery images, decoded on first use (this process's share under DDP)."""
+        if self._test_caches is None:
+            self._test_caches = build_test_caches(self.recipe, self.dataset, self.progress, self.env)
+        return self._test_caches
+
+    @property
+    def query_cache(self) -> ImageCache:
+        return self.test_caches[0]
+
+    @property
+    def gallery_cache(self) -> ImageCache:
+        return self.test_caches[1]
 
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
@@ -124,13 +207,14 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
             "step": self.step, "history": self.history, "num_classes": self.num_classes,
             "recipe": recipe_to_dict(self.recipe), "reidkit_version": __version__,
+            "world_size": self.env.world_size,
             "rng": {"torch": torch.get_rng_state(), "augment": self.augment.gen.get_state()},
+            "pieces": {p.name: p.state_dict() for p in self.pieces},
         }
-        if self.objective.center is not None:
-            state["center"] = self.objective.center.state_dict()
-            state["center_optimizer"] = self.center_optimizer.state_dict()
-        if self.regularizer is not None:
-            state["adaptive_l2"] = self.regularizer.state_dict()
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def resume(self, path: str | Path) -> None:
@@ -140,101 +224,177 @@ class Trainer:
         if state.get("num_classes") != self.num_classes:
             raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
                                   f"this dataset has {self.num_classes}")
-        if (self.regularizer is not None) != ("adaptive_l2" in state):
-            raise CheckpointError(f"{path} was trained {'with' if 'adaptive_l2' in state else 'without'} "
-                                  f"adaptive L2; this recipe {'uses' if self.regularizer else 'does not use'} it")
+        pieces = self._piece_states(state)
+        with_state = {p.name for p in self.pieces if p.state_dict()}
+        saved = {k for k, v in pieces.items() if v}
+        if with_state != saved:
+            raise CheckpointError(f"{path} was trained with the pieces {sorted(saved) or 'none'}; this recipe uses "
+                                  f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
         load_model_weights(self.model, state, str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            for p in self.pieces:
+                if p.name in saved:
+                    p.load_state_dict(pieces[p.name])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimiser state does not fit this recipe's optimiser "
+                                  f"({self.recipe.optim.name}): {e}") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.objective.center is not None and "center" in state:
-            self.objective.center.load_state_dict(state["center"])
-            self.center_optimizer.load_state_dict(state["center_optimizer"])
-        if self.regularizer is not None:
-            self.regularizer.load_state_dict(state["adaptive_l2"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         self.augment.gen.set_state(state["rng"]["augment"])
-        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if self.is_main:
+            log.info("resumed from %s at epoch %d (saved by %d process(es))", path, self.start_epoch,
+                     int(state.get("world_size", 1)))
+
+    def _piece_states(self, state: dict) -> dict[str, dict]:
+        """``state["pieces"]``, or for older checkpoints the pieces' top-level keys (``legacy_keys``)."""
+        if "pieces" in state:
+            return state["pieces"]
+        found = {}
+        for p in self.pieces:
+            old = {new: state[key] for key, new in p.legacy_keys.items() if key in state}
+            if old:
+                found[p.name] = old
+        return found
 
     # -- loop --------------------------------------------------------------
-    def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
-        """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
+    def _set_modes(self, epoch: int) -> None:
         t = self.recipe.train
         if epoch < t.fixbase_epochs:
             open_layers(self.model, t.open_layers)
-            if epoch == 0 or epoch == self.start_epoch:
+            if self.is_main and (epoch == 0 or epoch == self.start_epoch):
                 log.info("epochs 1-%d: training only %s", t.fixbase_epochs, ", ".join(t.open_layers))
         else:
-            open_all_layers(self.model)
+            open_all_layers(self.model, self.trainable)
+
+    def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
+        self._set_modes(epoch)
         self.loader.set_epoch(epoch)
         self.scheduler.set_epoch(epoch)
-        reset_cell_states(self.model)                    # PTL: BConv-Cell states restart every epoch
+        for piece in self.pieces:
+            piece.on_epoch_start(self.model, epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        sums: dict[str, float] = {}
-        count, images, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
-                   disable=not self.progress, leave=False)
-        for i, batch in enumerate(bar):
+        meter = StepMeter(self.device, self.recipe.train.log_every)
+        diagnostics: dict[str, dict[str, float]] = {}
+        images, t0 = 0, time.perf_counter()
+        total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
+                   disable=not (self.progress and self.is_main), leave=False)
+        where = lambda step: f"epoch {epoch + 1}, iteration {step - first_step + 1}"  # noqa: E731
+        first_step = self.step + 1
+        shown: dict[str, float] = {}
+        for i, batch in enumerate(self.loader):
             if max_batches is not None and i >= max_batches:
                 break
-            inputs = batch.images.contiguous(memory_format=self.memory_format)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.train.amp):
-                logits, features = self.model(inputs)
-            self.objective.set_time(self.step, epoch)
-            teacher_features = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_features = self.teacher(inputs)
-            terms = self.objective(logits, features, batch.pids, batch.camids, teacher_features)
-            if self.regularizer is not None:
-                terms["adaptive_l2"] = self.regularizer()
-            diagnostics = self.objective.diagnostics()
-            for k, v in diagnostics.items():
-                sums[f"mining/{k}"] = sums.get(f"mining/{k}", 0.0) + v
-            if diagnostics:                          # per-iteration trace for the report's mining plot
-                trace = self.history.setdefault("iteration_trace", {"step": []})
-                trace["step"].append(self.step + 1)
-                for k, v in diagnostics.items():
-                    trace.setdefault(k, []).append(float(v))
-            check_finite(terms, f"epoch {epoch + 1}, iteration {i + 1}")
-            loss = sum(terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.center_optimizer is not None:
-                self.center_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.center_optimizer is not None:
-                self.objective.before_center_step()
-                self.center_optimizer.step()
-            self.step += 1
-            count += 1
-            images += batch.images.shape[0]
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
-            if self.step % self.recipe.train.log_every == 0:
-                for k, v in terms.items():
-                    self.writer.add_scalar(f"loss/{k}", float(v.detach()), self.step)
-                self.writer.add_scalar("loss/total", float(loss.detach()), self.step)
-                self.writer.add_scalar("lr", lr, self.step)
-                for k, v in diagnostics.items():
-                    self.writer.add_scalar(f"mining/{k}", v, self.step)
-            speed = images / (time.perf_counter() - t0)
-            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items() if "/" not in k}
-                            | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
-        means = {k: v / max(count, 1) for k, v in sums.items()}
-        if self.regularizer is not None:                 # the factors at the epoch's end (paper, Fig. 3)
-            means |= {f"l2_factor/{k}": v for k, v in self.regularizer.factors_by_category().items()}
+            terms = self._train_step(batch, epoch)
+            meter.add(terms, self.step)
+            for piece in self.pieces:
+                values = piece.diagnostics()
+                if values:
+                    self._record_diagnostics(piece, values, diagnostics)
+            images += batch.images.shape[0] * self.env.world_size
+            if meter.due(self.step) or self.step % self.recipe.train.log_every == 0:
+                shown = meter.read(where)
+                if self.on_check is not None:
+                    self.on_check(self.step, shown)
+                if self.step % self.recipe.train.log_every == 0:
+                    self._log_step(shown, lr)
+            bar.update(1)
+            bar.set_postfix(_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
+        bar.close()
+        if meter.count:
+            meter.read(where)                            # every step is checked before the epoch counts
+        means = meter.means()
+        for piece in self.pieces:
+            step_means = {k: v["sum"] / v["count"] for k, v in diagnostics.get(piece.name, {}).items()}
+            for k, v in piece.epoch_diagnostics(step_means).items():
+                means[f"{piece.name}/{k}"] = v
         means["images_per_s"] = images / (time.perf_counter() - t0)
         means["lr"] = lr
         return means
 
+    def _train_step(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """Forward, losses, backward and every optimiser's step for one batch; returns the weighted terms."""
+        for piece in self.pieces:
+            piece.on_step_start(self.step, epoch)
+        inputs = batch.images.contiguous(memory_format=self.memory_format)
+        pids = batch.global_pids if batch.global_pids is not None else batch.pids
+        camids = batch.global_camids if batch.global_camids is not None else batch.camids
+        counts = self.shard_counts if self.env.enabled else None
+        with autocast(self.device, self.recipe.train.amp):
+            logits, features = self.train_model(inputs)
+            logits = list(logits) if isinstance(logits, (list, tuple)) else [logits]
+            features = list(features) if isinstance(features, (list, tuple)) else [features]
+            gathered = [gather_rows(f, counts) for f in features]
+            id_scale = inputs.shape[0] * self.env.world_size / len(pids)
+            terms = self.objective(logits, gathered, pids, camids, logit_pids=batch.pids, id_scale=id_scale)
+            out = StepOutputs(inputs, logits, features, gathered, pids, camids, self.step, epoch,
+                              gather=lambda x: gather_rows(x, counts))
+            for piece in self.pieces:
+                for name, value in piece.extra_loss(out).items():
+                    if name in terms:
+                        raise ValueError(f"training piece {piece.name} adds a loss term {name!r} that exists already")
+                    terms[name] = value
+        loss = sum(terms.values())
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+        else:
+            loss.backward()
+        for piece in self.pieces:
+            piece.after_backward()
+        for opt in self.optimizers:
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self.step += 1
+        return terms
+
+    def _record_diagnostics(self, piece: TrainingPiece, values: dict[str, float],
+                            sums: dict[str, dict[str, float]]) -> None:
+        acc = sums.setdefault(piece.name, {})
+        for k, v in values.items():
+            slot = acc.setdefault(k, {"sum": 0.0, "count": 0})
+            slot["sum"] += float(v)
+            slot["count"] += 1
+        if piece.trace:                                  # per-iteration trace for the piece's panel
+            trace = self.history.setdefault(f"trace/{piece.name}", {"step": []})
+            trace["step"].append(self.step)
+            for k, v in values.items():
+                trace.setdefault(k, []).append(float(v))
+        self.history.setdefault("panels", {})[piece.name] = piece.panel()
+        self._step_diagnostics[piece.name] = values
+
+    def _log_step(self, terms: dict[str, float], lr: float) -> None:
+        if self.writer is None:
+            return
+        for k, v in terms.items():
+            self.writer.add_scalar(f"loss/{k}", v, self.step)
+        self.writer.add_scalar("lr", lr, self.step)
+        for name, values in self._step_diagnostics.items():
+            for k, v in values.items():
+                self.writer.add_scalar(f"{name}/{k}", float(v), self.step)
+
     def evaluate(self) -> RankResult:
         """mAP / CMC of the current model; its query and gallery features stay in ``last_features``."""
-        result, qf, gf = evaluate_model(self.model, self.query_cache, self.gallery_cache, self.recipe.eval,
-                                        self.recipe.data.test_batch_size, self.recipe.train.amp,
-                                        return_features=True, channels_last=self.recipe.train.channels_last)
+        t = self.recipe.train
+        query, gallery = self.test_caches
+        result, qf, gf = evaluate_model(self.model, query, gallery, self.recipe.eval, self.recipe.data.test_batch_size,
+                                        t.amp, return_features=True, channels_last=t.channels_last,
+                                        device=self.device, env=self.env, dataset=self.dataset)
         self.last_features = (qf, gf)
         return result
 
@@ -243,7 +403,8 @@ class Trainer:
         for k, v in means.items():
             key = k if k in ("lr", "images_per_s") or "/" in k else f"loss/{k}"
             self.history.setdefault(key, []).append(float(v))
-            self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
+            if self.writer is not None:
+                self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
 
     def _record_eval(self, epoch: int, result: RankResult) -> None:
         values = {"mAP": result.mAP, "rank1": result.rank(1),
@@ -251,35 +412,88 @@ class Trainer:
         self.history["eval_epoch"].append(epoch + 1)
         for k, v in values.items():
             self.history[k].append(float(v))
-            self.writer.add_scalar(f"metrics/{k}", float(v), epoch + 1)
+            if self.writer is not None:
+                self.writer.add_scalar(f"metrics/{k}", float(v), epoch + 1)
         self.scheduler.observe(result.mAP)
+
+    def _open_outputs(self) -> None:
+        """The run folder, its recipe and TensorBoard (the first process only)."""
+        if not self.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.out / "recipe.json", json.dumps(recipe_to_dict(self.recipe), indent=2))
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _save(self, epoch: int, name: str) -> None:
+        if self.is_main:
+            save_checkpoint(self.state(epoch), self.out / name)
 
     def fit(self, resume: str | Path | None = None) -> RankResult | None:
         """Train for ``train.epochs`` epochs; returns the last evaluation."""
+        self._open_outputs()
         if resume:
             self.resume(resume)
+        try:
+            return self._fit()
+        except RuntimeError as e:
+            if self.env.enabled and _is_collective_failure(e):
+                raise DistributedError(
+                    f"process {self.env.rank} of {self.env.world_size} lost the others at step {self.step} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); another process "
+                    f"died or hung. Resume with --resume {self.out / 'last.pth'}") from e
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+    def _fit(self) -> RankResult | None:
         t = self.recipe.train
         result = None
         for epoch in range(self.start_epoch, t.epochs):
             means = self.train_epoch(epoch)
             self._record_epoch(epoch, means)
-            line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))
-            log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
-                     means["images_per_s"])
-            last = epoch + 1 == t.epochs
-            if (epoch + 1) % t.eval_every == 0 or last:
+            if self.is_main:
+                line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))
+                log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
+                         means["images_per_s"])
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 result = self.evaluate()
                 self._record_eval(epoch, result)
-                log.info("epoch %d  mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
-                         100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
+                if self.is_main:
+                    log.info("epoch %d  mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
+                             100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
                 if result.mAP > self.best_map:
                     self.best_map = result.mAP
-                    save_checkpoint(self.state(epoch + 1), self.out / "best.pth")
-            save_checkpoint(self.state(epoch + 1), self.out / "last.pth")
-        self.writer.flush()
-        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
-        if self.regularizer is not None:                 # every tensor's factor (the paper's Fig. 4 histogram)
-            (self.out / "adaptive_l2_factors.json").write_text(json.dumps(self.regularizer.named_factors(), indent=1))
+                    self._save(epoch + 1, "best.pth")
+            self._save(epoch + 1, "last.pth")
+        if self.is_main:
+            self._write_outputs()
+        return result
+
+    def _write_outputs(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        write_text_atomic(self.out / "history.json", json.dumps(self.history, indent=1))
+        for piece in self.pieces:
+            piece.write_outputs(self.out)
         if self.history["epoch"]:
             plot_curves(self.history, self.out / "curves.png")
-        return result
+
+
+def _postfix(terms: dict[str, float], lr: float, speed: float) -> dict[str, str]:
+    shown = {k: f"{v:.3f}" for k, v in terms.items() if k in ("id", "triplet", "total")}
+    return shown | {"lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}
+
+
+def _is_collective_failure(error: BaseException) -> bool:
+    """A failure of the process group rather than of this process's own computation."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
+                                   "broken pipe", "process group"))
+
+
+__all__ = ["Trainer", "StepMeter", "seed_everything"]

@@ -28,10 +28,12 @@ farther), which changes the gradient's margin, not only the selection.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ..pieces import PieceContext, TrainingPiece, register_piece
 from .miners import BatchHardMiner, Triplets
 
 SCHEDULES = ("decay", "constant", "early", "off")
@@ -60,6 +62,7 @@ class CameraAwareBatchHardMiner(BatchHardMiner):
         self.early_epochs, self.time_unit, self.bias_in_loss = early_epochs, time_unit, bias_in_loss
         self.iteration, self.epoch = 0, 0
         self.stats: CameraMiningStats | None = None
+        self.unread: deque[CameraMiningStats] = deque(maxlen=64)   # every call's stats since take_stats()
 
     def set_time(self, iteration: int, epoch: int) -> None:
         """Tell the miner where training is (the trainer calls this every iteration)."""
@@ -92,6 +95,42 @@ class CameraAwareBatchHardMiner(BatchHardMiner):
             cross_camera_positives=float((~same_cam[rows, positive]).float().mean()),
             same_camera_negatives=float(same_cam[rows, negative].float().mean()),
             bias_positive=bias_p, bias_negative=bias_n)
+        self.unread.append(self.stats)
         if self.bias_in_loss:
             return Triplets(positive, negative, pos_offset[rows, positive], neg_offset[rows, negative])
         return Triplets(positive, negative)
+
+    def take_stats(self) -> dict[str, float]:
+        """The mean of the statistics of every call since the last ``take_stats`` (a multi-branch model's
+        branches each call the miner once a step), then forgets them."""
+        if not self.unread:
+            return {}
+        calls = [asdict(s) for s in self.unread]
+        self.unread.clear()
+        return {k: sum(c[k] for c in calls) / len(calls) for k in calls[0]}
+
+
+class CameraMiningPiece(TrainingPiece):
+    """Tells the miner where training is before each step and records what it picked, every iteration
+    (the fractions of cross-camera positives and same-camera negatives, and the biases)."""
+
+    trace = True
+
+    def __init__(self, miner: CameraAwareBatchHardMiner):
+        self.miner = miner
+
+    def on_step_start(self, step: int, epoch: int) -> None:
+        self.miner.set_time(step, epoch)
+
+    def diagnostics(self) -> dict[str, float]:
+        return self.miner.take_stats()
+
+    def panel(self) -> dict:
+        return {"title": "camera-aware mining", "ylabel": "fraction of anchors", "ylim": [0, 1.02],
+                "right": ["bias_positive", "bias_negative"], "right_label": "bias added to distances"}
+
+
+@register_piece("camera_mining")
+def _camera_mining(ctx: PieceContext) -> CameraMiningPiece | None:
+    miner = getattr(ctx.objective, "miner", None)
+    return CameraMiningPiece(miner) if isinstance(miner, CameraAwareBatchHardMiner) else None

@@ -10,9 +10,15 @@ augmented batch as the student.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
+
+log = logging.getLogger("reidkit")
 
 
 class FeatureDistillationLoss(nn.Module):
@@ -23,3 +29,39 @@ class FeatureDistillationLoss(nn.Module):
             raise ValueError(f"distillation: the student's features are {tuple(student.shape)} but the teacher's "
                              f"{tuple(teacher.shape)}; the two models need the same embedding size")
         return F.l1_loss(student.float(), teacher.detach().float())
+
+
+class DistillationPiece(TrainingPiece):
+    """Student-teacher distillation as a training piece: the frozen teacher embeds the same augmented
+    batch (under the loop's autocast) and ``weight * L1`` pulls the student's training embedding to it."""
+
+    def __init__(self, teacher: nn.Module, weight: float):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.weight = float(weight)
+        self.loss = FeatureDistillationLoss()
+
+    def to(self, device: torch.device) -> DistillationPiece:
+        self.teacher.to(device)
+        return self
+
+    def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        if len(out.features) > 1:
+            raise ValueError("distillation needs a single-branch student")
+        with torch.no_grad():
+            teacher_features = out.gather(self.teacher(out.inputs))
+        return {"distill": self.weight * self.loss(out.features[0], teacher_features)}
+
+
+@register_piece("distillation")
+def _distillation(ctx: PieceContext) -> DistillationPiece | None:
+    cfg = ctx.recipe.loss.distill
+    if not cfg.teacher:
+        return None
+    if not cfg.arch:
+        raise ValueError(f"loss.distill.teacher={cfg.teacher}: name its model with loss.distill.arch")
+    # the student is matched on its training embedding (before any BNNeck), so the teacher gives the same kind
+    teacher = ctx.load_model(cfg.arch, cfg.teacher, test_feature="before_bn").to(memory_format=ctx.memory_format)
+    log.info("distilling from %s (%s, frozen)", cfg.teacher, cfg.arch)
+    return DistillationPiece(teacher, cfg.weight)

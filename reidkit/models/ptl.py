@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..pieces import PieceContext, TrainingPiece, register_piece
 from .densenet import DENSENETS, DenseNetBackbone
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
@@ -98,6 +99,22 @@ def reset_cell_states(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, BConvCell):
             m.reset_state()
+
+
+class CellReset(TrainingPiece):
+    """PTL's training piece: the BConv-Cells' states restart at every epoch's start.
+
+    Under data parallelism each process carries the states of its own share of the
+    batches (the cells' recurrence runs along a process's batch sequence).
+    """
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        reset_cell_states(model)
+
+
+@register_piece("ptl_cells")
+def _ptl_cells(ctx: PieceContext) -> CellReset | None:
+    return CellReset() if any(isinstance(m, BConvCell) for m in ctx.model.modules()) else None
 
 
 class PTLNetwork(nn.Module):

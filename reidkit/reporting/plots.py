@@ -1,5 +1,12 @@
-"""Training curves: every loss term and the evaluation metrics over epochs, what a miner picked, and the
-adaptive L2 factors per parameter category."""
+"""Training curves from a run's history: the loss terms, the evaluation metrics, and one panel per
+training piece that records diagnostics.
+
+History conventions (kept by the training loop for every piece, see :mod:`reidkit.pieces`):
+``loss/<term>`` per epoch; ``mAP``, ``rank1``, ``mINP`` per evaluation (``eval_epoch``);
+``<piece>/<key>`` per epoch; ``trace/<piece>``: ``{"step": [...], key: [...]}`` per
+iteration; ``panels[<piece>]``: how to draw the piece (title, ylabel, ylim, keys on a
+right-hand axis).  The plot knows no method by name.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +16,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+RESERVED = ("loss", "trace", "panels")
+
+
+def piece_groups(history: dict) -> list[str]:
+    """The pieces with their own panel: every ``group/`` prefix other than the losses and traces."""
+    groups = {k.split("/", 1)[0] for k in history if "/" in k}
+    groups |= {k.split("/", 1)[1] for k in history if k.startswith("trace/")}
+    return sorted(g for g in groups if g not in RESERVED)
+
 
 def plot_curves(history: dict, out: str | Path) -> Path:
-    """Loss terms, mAP / rank-1 / mINP and, when present, what the miner picked and the adaptive L2 factors."""
+    """Loss terms, mAP / rank-1 / mINP, and a panel per piece group."""
     out = Path(out)
-    mining = sorted(k for k in history if k.startswith("mining/"))
-    factors = sorted(k for k in history if k.startswith("l2_factor/"))
-    panels = 2 + bool(mining) + bool(factors)
+    groups = piece_groups(history)
+    panels = 2 + len(groups)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     ax_loss, ax_map = axes[0], axes[1]
     epochs = history["epoch"]
@@ -34,43 +49,37 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     ax_map.set_ylim(0, 100)
     ax_map.legend()
     ax_map.set_title("evaluation")
-    if mining:
-        _plot_mining(axes[2], history)
-    if factors:
-        _plot_factors(axes[-1], history, factors)
+    for ax, group in zip(axes[2:], groups):
+        _plot_group(ax, history, group, history.get("panels", {}).get(group, {}))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
-def _plot_factors(ax, history: dict, keys: list[str]) -> None:
-    """Mean adaptive L2 factor of each parameter category at each epoch's end (the paper's Fig. 3)."""
-    for key in keys:
-        ax.plot(history["epoch"], history[key], marker=".", label=key.split("/", 1)[1])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean regularisation factor")
-    ax.legend(fontsize=7)
-    ax.set_title("adaptive L2 factors")
-
-
-def _plot_mining(ax, history: dict) -> None:
-    """Per iteration when traced (fractions left axis, bias values right axis), else epoch means."""
-    trace = history.get("iteration_trace")
+def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
+    """One piece's series: per iteration when traced, else per epoch; ``spec["right"]`` keys on a second axis."""
+    trace = history.get(f"trace/{group}")
     if trace and trace.get("step"):
         x, series, unit = trace["step"], {k: v for k, v in trace.items() if k != "step"}, "iteration"
     else:
+        prefix = f"{group}/"
         x, unit = history["epoch"], "epoch"
-        series = {k[7:]: history[k] for k in history if k.startswith("mining/")}
-    bias_ax = ax.twinx()
-    for key, values in sorted(series.items()):
-        target = bias_ax if key.startswith("bias") else ax
-        color = "C0" if "positive" in key else "C1"          # a pair's fraction and its bias share a colour
-        target.plot(x, values, lw=0.8, label=key, color=color, linestyle="--" if key.startswith("bias") else "-")
+        series = {k[len(prefix):]: v for k, v in history.items() if k.startswith(prefix)}
+    right_keys = set(spec.get("right", []))
+    right_ax = ax.twinx() if right_keys & set(series) else None
+    for i, (key, values) in enumerate(sorted(series.items())):
+        target = right_ax if key in right_keys else ax
+        style = {"lw": 0.8, "linestyle": "--"} if key in right_keys else {"lw": 0.8 if unit == "iteration" else 1.5}
+        target.plot(x[:len(values)], values, label=key, marker="." if unit == "epoch" else None,
+                    color=f"C{i}", **style)
     ax.set_xlabel(unit)
-    ax.set_ylabel("fraction of anchors")
-    ax.set_ylim(0, 1.02)
-    bias_ax.set_ylabel("bias added to distances")
-    lines = ax.get_lines() + bias_ax.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="center right")
-    ax.set_title(f"camera-aware mining (per {unit})")
+    ax.set_ylabel(spec.get("ylabel", ""))
+    if spec.get("ylim"):
+        ax.set_ylim(*spec["ylim"])
+    lines = ax.get_lines()
+    if right_ax is not None:
+        right_ax.set_ylabel(spec.get("right_label", ""))
+        lines += right_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+    ax.set_title(f"{spec.get('title', group.replace('_', ' '))} (per {unit})")

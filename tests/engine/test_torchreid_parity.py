@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reidkit.config import load_recipe
-from reidkit.engine.objective import BoTObjective
+from reidkit.engine.objective import ReIDObjective
 from reidkit.engine.optim import build_optimizer
 from reidkit.models import build_model
 
@@ -38,7 +38,7 @@ def test_osnet_recipe_sgd_steps_equal_torchreid():
                                          weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
     their_loss = tr.losses.CrossEntropyLoss(classes, use_gpu=False, label_smooth=True)
     our_opt = build_optimizer(ours, recipe.optim)
-    objective = BoTObjective(recipe.loss, classes, ours.feature_dim)
+    objective = ReIDObjective(recipe.loss)
     before = copy.deepcopy(ours.state_dict())
     theirs.train(), ours.train()
     gen = torch.Generator().manual_seed(1)
@@ -89,7 +89,7 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
     root = tmp_path / "synthetic"
     generate(root, num_ids=24, num_cameras=2, seed=3, images_per_camera=(2, 3), num_distractors=2, quiet=True)
     recipe = load_recipe(RECIPE, ["data.dataset=synthetic", f"data.root={root}", "data.options={num_cameras: 2}",
-                                  "data.height=64", "data.width=32", "data.num_identities=4",
+                                  "data.height=64", "data.width=32", "data.batch_size=16",
                                   "data.num_instances=4", "optim.lr=1e-6", "train.epochs=2",
                                   "schedule.milestones=[1]",
                                   "train.channels_last=false", f"train.output_dir={tmp_path / 'run'}"])

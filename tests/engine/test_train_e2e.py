@@ -22,7 +22,7 @@ def tiny_data(tmp_path_factory):
 
 def tiny_overrides(root, out, epochs=3):
     return [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32", "data.width=16",
-            "data.num_identities=4", "data.num_instances=2", "data.test_batch_size=64",
+            "data.batch_size=8", "data.num_instances=2", "data.test_batch_size=64",
             "model.name=resnet18_bnneck", "model.pretrained=none", "optim.lr=0.001",
             "schedule.kind=cosine", "schedule.warmup_epochs=0", f"train.epochs={epochs}",
             "train.eval_every=1", f"train.output_dir={out}", "augment.padding=2"]
@@ -69,8 +69,8 @@ def test_nan_loss_is_reported(tiny_data, tmp_path, monkeypatch):
     trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "nan", epochs=1)), progress=False)
     original = trainer.objective.forward
 
-    def poisoned(*args):
-        terms = original(*args)
+    def poisoned(*args, **kwargs):
+        terms = original(*args, **kwargs)
         terms["triplet"] = terms["triplet"] * float("nan")
         return terms
 
@@ -113,7 +113,9 @@ def test_fixbase_epochs_train_only_the_open_layers(tiny_data, tmp_path):
     trainer.train_epoch(1, max_batches=3)
     after2 = trainer.model.state_dict()
     assert not torch.equal(after1["backbone.conv1.weight"], after2["backbone.conv1.weight"])
-    assert all(p.requires_grad for p in trainer.model.parameters())
+    # every parameter trainable again, except what the model keeps fixed by design (the BNNeck's bias)
+    frozen = {n for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen == {"head.bottleneck.bias"}
 
 
 def test_unknown_open_layer_is_named(tiny_data, tmp_path):
@@ -126,11 +128,14 @@ def test_unknown_open_layer_is_named(tiny_data, tmp_path):
 def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
     out = tmp_path / "cam"
     recipe = load_recipe(None, tiny_overrides(tiny_data, out, epochs=2)
-                         + ["loss.miner=camera_aware", "data.camera_diverse=true", "loss.camera_bias.m=0.5"])
+                         + ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.camera_bias.m=0.5"])
     trainer = Trainer(recipe, progress=False)
     trainer.fit()
-    trace = json.loads((out / "history.json").read_text())["iteration_trace"]
+    history = json.loads((out / "history.json").read_text())
+    trace = history["trace/camera_mining"]
     assert trace["step"] == list(range(1, trainer.step + 1))
+    assert history["panels"]["camera_mining"]["right"] == ["bias_positive", "bias_negative"]
+    assert len(history["camera_mining/cross_camera_positives"]) == 2                  # epoch means too
     assert all(0.0 <= v <= 1.0 for v in trace["cross_camera_positives"] + trace["same_camera_negatives"])
     assert trace["bias_positive"][0] > trace["bias_positive"][-1] > 0       # decaying schedule (m=0.5)
     assert (out / "curves.png").stat().st_size > 10_000
@@ -142,29 +147,30 @@ def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
                 "model.name=resnet18_regional", "model.region_dim=16", "model.feature_clip=[0, 1]",
                 "model.bn_bias=trained", "model.test_feature=before_bn", "loss.center_weight=0"]
     first = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=1) + adaptive), progress=False)
-    reg = first.regularizer
+    reg = first.piece("adaptive_l2").regularizer
     n_weights = sum(1 for n, p in first.model.named_parameters() if p.requires_grad and not n.endswith("bias"))
     assert len(reg.theta) >= n_weights and float(reg.factors().detach()[0]) == pytest.approx(0.0025)   # theta = 0: A / 2
-    assert any(g.get("name") == "no_decay" and g["params"][0] is reg.theta and g["weight_decay"] == 0
-               for g in first.optimizer.param_groups)
+    assert any(g.get("name") == "adaptive_l2" and g["params"][0] is reg.theta and g["weight_decay"] == 0
+               and g["lr"] == first.optimizer.param_groups[0]["lr"] for g in first.optimizer.param_groups)
     result = first.fit()
     assert first.last_features[0].shape[1] == 512 + 2 * 16 and 0 <= result.mAP <= 1
     # d(penalty)/d(theta) = A f'(theta) ||w||^2 >= 0 and the task loss does not depend on theta: Adam lowers them
     assert bool((reg.theta < 0).all())
     history = json.loads((tmp_path / "l2" / "history.json").read_text())
     assert history["loss/adaptive_l2"][0] > 0
-    assert history["l2_factor/conv_kernel"][0] == pytest.approx(
+    assert history["adaptive_l2/conv_kernel"][0] == pytest.approx(
         float(reg.factors().detach()[[i for i, k in enumerate(reg.categories) if k == "conv_kernel"]].mean()))
     factors = json.loads((tmp_path / "l2" / "adaptive_l2_factors.json").read_text())
     assert factors["backbone.conv1.weight"] == pytest.approx(float(reg.factors().detach()[reg.names.index("backbone.conv1.weight")]))
     resumed = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=2) + adaptive), progress=False)
     resumed.resume(tmp_path / "l2" / "last.pth")
-    assert torch.equal(resumed.regularizer.theta, reg.theta)
+    assert torch.equal(resumed.piece("adaptive_l2").regularizer.theta, reg.theta)
     plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "plain", epochs=1)), progress=False)
     plain.train_epoch(0, max_batches=1)
     from reidkit.engine.checkpoint import save_checkpoint
     save_checkpoint(plain.state(1), tmp_path / "plain.pth")
-    with pytest.raises(CheckpointError, match="plain.pth was trained without adaptive L2"):
+    with pytest.raises(CheckpointError, match=r"plain.pth was trained with the pieces \['center_loss'\]; "
+                                              r"this recipe uses \['adaptive_l2'\]"):
         resumed.resume(tmp_path / "plain.pth")
 
 
@@ -176,11 +182,12 @@ def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tmp
                "loss.distill.weight=0.8", "loss.ce_weight=0.2", "loss.center_weight=0"]
     trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "std", epochs=1) + distill),
                       progress=False)
-    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    teacher = trainer.piece("distillation").teacher
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
     stats = trainer.train_epoch(0, max_batches=2)
-    assert stats["distill"] > 0 and not trainer.teacher.training
-    assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())   # BN stats too
-    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert stats["distill"] > 0 and not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())   # BN stats too
+    assert not any(p.requires_grad for p in teacher.parameters())
     wrong = distill[:1] + ["loss.distill.arch=resnet50_bnneck"] + distill[2:]
     with pytest.raises(CheckpointError, match="teacher.pth does not fit this model"):
         Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)

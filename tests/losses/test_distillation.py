@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from reidkit.config import LossConfig
-from reidkit.engine.objective import BoTObjective
+from reidkit.engine.objective import ReIDObjective
 from reidkit.losses import CrossEntropyLabelSmooth, FeatureDistillationLoss
 
 
@@ -19,17 +19,20 @@ def test_l1_term_by_hand_and_gradient_reaches_only_the_student():
         FeatureDistillationLoss()(student, torch.zeros(2, 3))
 
 
-def test_objective_combines_ce_and_l1_with_the_papers_weights():
-    cfg = LossConfig(ce_weight=0.2, triplet_weight=0, center_weight=0,
-                     distill={"teacher": "teacher.pth", "arch": "osnet_x0_25", "weight": 0.8})
-    objective = BoTObjective(cfg, 5, 4)
+def test_objective_and_piece_combine_ce_and_l1_with_the_papers_weights():
+    from reidkit.losses.distillation import DistillationPiece
+    from reidkit.pieces import StepOutputs
+    cfg = LossConfig(ce_weight=0.2, triplet_weight=0, center_weight=0)
+    objective = ReIDObjective(cfg)
     torch.manual_seed(0)
     logits, student, teacher = torch.randn(6, 5), torch.randn(6, 4), torch.randn(6, 4)
     pids = torch.tensor([0, 1, 2, 3, 4, 0])
-    terms = objective(logits, student, pids, torch.zeros_like(pids), teacher)
+    piece = DistillationPiece(torch.nn.Identity(), weight=0.8)       # a "teacher" that returns its input
+    out = StepOutputs(teacher, [logits], [student], [student], pids, torch.zeros_like(pids), 0, 0)
+    terms = objective(logits, student, pids, torch.zeros_like(pids)) | piece.extra_loss(out)
     assert set(terms) == {"id", "distill"}
     ce = CrossEntropyLabelSmooth(0.1)(logits, pids)
     assert terms["id"].item() == pytest.approx(0.2 * ce.item(), rel=1e-6)
     assert terms["distill"].item() == pytest.approx(0.8 * (student - teacher).abs().mean().item(), rel=1e-6)
-    with pytest.raises(ValueError, match="needs the teacher's features"):
-        objective(logits, student, pids, torch.zeros_like(pids))
+    with pytest.raises(ValueError, match="needs a single-branch student"):
+        piece.extra_loss(StepOutputs(teacher, [logits] * 2, [student] * 2, [student] * 2, pids, pids, 0, 0))

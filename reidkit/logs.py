@@ -1,0 +1,17 @@
+"""Logging set-up shared by the command line and the demo: messages to stdout, and a log file in a run folder."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(output_dir: str | Path | None = None, main_process: bool = True) -> None:
+    """INFO messages to stdout (and to ``output_dir/log.txt``); other data-parallel processes log warnings only."""
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout, force=True)
+    if output_dir and main_process:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(output_dir) / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger().addHandler(handler)

@@ -1,0 +1,153 @@
+"""Training pieces: what a method adds to the training loop beyond the objective.
+
+The training loop is method-neutral::
+
+    batch -> forward -> objective + every piece's extra_loss -> backward -> optimiser steps -> log
+
+A method that needs more than the identity / triplet objective (a loss term with
+its own parameters or optimiser, a frozen teacher, state that restarts every
+epoch, statistics worth plotting) is a :class:`TrainingPiece` beside its method's
+module, registered with :func:`register_piece`.  Its builder reads the recipe and
+returns the piece, or None when the recipe leaves the method off.  The loop, the
+checkpoints and the plots only ever see the protocol below, so adding a method is
+one module and one recipe section.
+
+Conventions the loop keeps for every piece named ``name``:
+
+* checkpoints hold ``state_dict()`` under ``pieces[name]``;
+* ``epoch_diagnostics()`` go to the history as ``name/key`` (one value per epoch), to
+  TensorBoard as ``epoch/name/key``, and to a panel of ``curves.png`` titled by
+  ``panel()``; with ``trace = True`` the per-iteration ``diagnostics()`` go to
+  ``history["trace/name"]`` (``{"step": [...], key: [...]}``) and the panel plots those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class StepOutputs:
+    """What a piece sees of one training step.
+
+    ``inputs``, ``logits`` and ``local_features`` are this process's share of the batch;
+    ``features``, ``pids`` and ``camids`` cover the whole (global) batch: under data
+    parallelism the features were gathered from every process with their gradients, so a
+    loss over them trains exactly as it would in one process.  ``gather`` collects any
+    other per-image tensor of this process's share into the global batch's order.
+    """
+
+    inputs: torch.Tensor
+    logits: list[torch.Tensor]
+    local_features: list[torch.Tensor]
+    features: list[torch.Tensor]
+    pids: torch.Tensor
+    camids: torch.Tensor
+    step: int
+    epoch: int
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+
+class TrainingPiece:
+    """The protocol (every hook is optional; the defaults do nothing)."""
+
+    name: str = "piece"
+    trace: bool = False            # record diagnostics() every iteration, not only the epoch means
+
+    def parameter_groups(self) -> list[dict]:
+        """Parameter groups for the main optimiser (``{"params": [...], "weight_decay": 0, ...}``)."""
+        return []
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The piece's own optimisers: zeroed and stepped (through the gradient scaler) with the main one."""
+        return []
+
+    def to(self, device: torch.device) -> "TrainingPiece":
+        return self
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Before the epoch's first batch (after the model's train/freeze modes are set)."""
+
+    def on_step_start(self, step: int, epoch: int) -> None:
+        """Before each step's forward pass (``step``: iterations done so far)."""
+
+    def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        """Weighted loss terms by name, added to the objective's."""
+        return {}
+
+    def after_backward(self) -> None:
+        """Gradients are final (unscaled under fp16) and no optimiser has stepped yet."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars of the last step (logged every ``train.log_every`` steps; every step with ``trace``)."""
+        return {}
+
+    def epoch_diagnostics(self, step_means: dict[str, float]) -> dict[str, float]:
+        """Scalars recorded once per epoch; ``step_means`` are the epoch's means of :meth:`diagnostics`."""
+        return step_means
+
+    def panel(self) -> dict[str, Any]:
+        """How ``curves.png`` draws this piece: ``title``, ``ylabel``, ``ylim``; ``right`` lists keys drawn on a
+        second axis labelled ``right_label``."""
+        return {"title": self.name.replace("_", " ")}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    #: older checkpoints kept some pieces' state at the top level: ``{old key: key in state_dict()}``
+    legacy_keys: dict[str, str] = {}
+
+    def write_outputs(self, out_dir: Path) -> list[Path]:
+        """Files written once training ends (by the main process); returns their paths."""
+        return []
+
+
+@dataclass
+class PieceContext:
+    """What a piece builder may use: the recipe, the model, the data's size, and where training runs."""
+
+    recipe: Any
+    model: nn.Module
+    num_classes: int
+    feature_dim: int
+    device: torch.device
+    objective: Optional[nn.Module] = None
+    memory_format: torch.memory_format = torch.contiguous_format
+    load_model: Optional[Callable[..., nn.Module]] = None     # (arch, checkpoint, **options) -> eval model
+    extras: dict = field(default_factory=dict)
+
+
+PieceBuilder = Callable[[PieceContext], Optional[TrainingPiece]]
+_BUILDERS: dict[str, PieceBuilder] = {}
+
+
+def register_piece(name: str) -> Callable[[PieceBuilder], PieceBuilder]:
+    """Register a builder ``(PieceContext) -> TrainingPiece | None`` under ``name``."""
+    def add(builder: PieceBuilder) -> PieceBuilder:
+        if name in _BUILDERS and _BUILDERS[name] is not builder:
+            raise ValueError(f"a training piece named {name!r} is registered already")
+        _BUILDERS[name] = builder
+        return builder
+    return add
+
+
+def piece_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_pieces(ctx: PieceContext) -> list[TrainingPiece]:
+    """Every registered piece the recipe switches on, in name order, on ``ctx.device``."""
+    pieces = []
+    for name, builder in sorted(_BUILDERS.items()):
+        piece = builder(ctx)
+        if piece is not None:
+            piece.name = name
+            pieces.append(piece.to(ctx.device))
+    return pieces
