@@ -47,7 +47,7 @@ _TORCHREID_DATASETS: dict[str, str] = {}
 
 def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batch_size: int,
                                  num_instances: int, workers: int, transforms: list[str],
-                                 train_sampler: str = "RandomIdentitySampler"):
+                                 train_sampler: str = "RandomIdentitySampler", use_gpu: bool = False):
     """torchreid's ImageDataManager over the same CUHK03-labeled records reidkit reads."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -71,7 +71,7 @@ def torchreid_cuhk03_datamanager(cuhk03_root: str, height: int, width: int, batc
     return ImageDataManager(root=cuhk03_root, sources=name, height=height, width=width,
                             transforms=transforms, batch_size_train=batch_size, workers=workers,
                             num_instances=num_instances, train_sampler=train_sampler,
-                            use_gpu=False)
+                            use_gpu=use_gpu)
 
 
 def torchreid_transforms(recipe) -> list[str]:

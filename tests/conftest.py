@@ -11,6 +11,16 @@ sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying why, on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"no CUDA device (torch {torch.__version__}); bench/gpu_check.sh runs these on a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data beside the checkout (../shared/data); skip when absent."""

@@ -42,10 +42,11 @@ class AugmentConfig:
 
 
 def normalize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """``B x 3 x H x W`` in [0, 255] (uint8 or float) -> float standardised per channel, on the batch's device."""
+    """``B x 3 x H x W`` in [0, 255] (uint8 or float) -> standardised per channel (torch's default float dtype),
+    on the batch's device."""
     m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1) * 255.0
-    return (batch.float() - m) / s
+    return (batch.to(torch.get_default_dtype()) - m) / s
 
 
 @dataclass
@@ -251,7 +252,7 @@ class BatchAugment:
         if c.crop == "enlarge" or c.padding > 0:
             batch = apply_crop(batch, on_device if bool(draws.crop.any()) else draws,
                                _enlarge(ENLARGE_SCALE) if c.crop == "enlarge" else _pad(c.padding))
-        out = batch.float()
+        out = batch.to(torch.get_default_dtype())
         if c.color_jitter > 0:
             out = apply_color_jitter(out, on_device.jitter)
         out = normalize(out, c.mean, c.std)

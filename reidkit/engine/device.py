@@ -79,4 +79,5 @@ def describe(device: torch.device) -> str:
     """``cpu (16 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``, for logs and reports."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"

@@ -20,15 +20,17 @@ the model one process would with the same global batch:
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..numerics import full_precision
 
 log = logging.getLogger("reidkit")
 
@@ -54,6 +56,11 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def describe(self) -> str:
+        """``2 processes (gloo), 2 on this machine`` for logs."""
+        backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+        return f"{self.world_size} processes ({backend}), {self.local_world_size} on this machine"
+
     @classmethod
     def current(cls) -> "DistEnv":
         """The initialised process group's view, or a lone process."""
@@ -64,7 +71,8 @@ class DistEnv:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    """``torchrun`` (or another launcher of torch.distributed) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def init_from_env(device_type: str, timeout_s: float = 1800.0) -> DistEnv:
@@ -80,11 +88,7 @@ def init_from_env(device_type: str, timeout_s: float = 1800.0) -> DistEnv:
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    env = DistEnv.current()
-    if env.is_main:
-        log.info("data parallel: %d processes (%s), %d on this machine", env.world_size, dist.get_backend(),
-                 env.local_world_size)
-    return env
+    return DistEnv.current()
 
 
 def shutdown() -> None:
@@ -156,6 +160,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes; its gradient is the sum of every process's gradient (each process's loss
+    depends on the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = grad.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics cover every process's batch, on any backend.
 
@@ -178,13 +199,13 @@ class GlobalBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = full_precision(x)
         count = torch.tensor([xf.numel() / xf.shape[1]], device=x.device)
-        totals = dist_fn.all_reduce(torch.cat([xf.sum(dims), count]))
+        totals = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
         n = totals[-1]
         mean = totals[:-1] / n
         centred = xf - mean.view(shape)
-        var = dist_fn.all_reduce(centred.pow(2).sum(dims)) / n
+        var = _AllReduceSum.apply(centred.pow(2).sum(dims)) / n
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -224,12 +245,17 @@ def _convert_to_global(module: nn.Module) -> nn.Module:
 
 def data_parallel(model: nn.Module, device: torch.device, find_unused_parameters: bool = False,
                   broadcast_buffers: bool = True) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel (unchanged for a lone process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """``model`` wrapped in DistributedDataParallel when a process group exists (also of one process, as
+    ``torchrun --nproc-per-node 1`` makes); unchanged otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
         return model
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renames broadcast_buffers (buffers are synchronised at start either way)
+    buffers = ({"forward_sync_buffers": broadcast_buffers}
+               if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else {"broadcast_buffers": broadcast_buffers})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True, **buffers)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..config import LossConfig
 from ..losses import BatchHardMiner, CameraAwareBatchHardMiner, CrossEntropyLabelSmooth, TripletLoss
+from ..numerics import full_precision
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,9 +54,9 @@ class ReIDObjective(nn.Module):
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
         logit_pids = pids if logit_pids is None else logit_pids
-        terms = {"id": self.cfg.ce_weight * id_scale * sum(self.id_loss(x.float(), logit_pids) for x in logits)}
+        terms = {"id": self.cfg.ce_weight * id_scale * sum(self.id_loss(full_precision(x), logit_pids) for x in logits)}
         if self.triplet is not None:
-            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(f.float(), pids, camids) for f in features)
+            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids) for f in features)
         return terms
 
 

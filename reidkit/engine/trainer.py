@@ -29,6 +29,7 @@ from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..files import write_text_atomic
 from ..models import build_model
+from ..numerics import full_precision
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
@@ -66,7 +67,7 @@ class StepMeter:
         self.bad: torch.Tensor | None = None           # [found, step, values...] of the first bad step
 
     def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
-        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        values = torch.stack([full_precision(v.detach()).reshape(()) for v in terms.values()])
         values = torch.cat([values, values.sum().reshape(1)])
         if self.sums is None:
             self.names = [*terms, "total"]
@@ -129,8 +130,8 @@ class Trainer:
         self.dataset = build_dataset(d.dataset, d.root, **d.options)
         if self.is_main:
             log.info("\n%s", self.dataset.summary())
-            log.info("training on %s%s, amp %s", describe(self.device),
-                     f" x {self.env.world_size} processes" if self.env.enabled else "", t.amp)
+            log.info("training on %s, amp %s%s", describe(self.device), t.amp,
+                     f"; data parallel: {self.env.describe()}" if self.env.enabled else "")
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         self.train_cache = ImageCache(self.dataset.train, (d.height, d.width), mmap_path=d.cache_file,
                                       skip_bad_images=d.skip_bad_images, workers=workers,
@@ -299,7 +300,7 @@ class Trainer:
                 values = piece.diagnostics()
                 if values:
                     self._record_diagnostics(piece, values, diagnostics)
-            images += batch.images.shape[0] * self.env.world_size
+            images += len(batch.global_pids) if batch.global_pids is not None else batch.images.shape[0]
             if meter.due(self.step) or self.step % self.recipe.train.log_every == 0:
                 shown = meter.read(where)
                 if self.on_check is not None:

@@ -13,14 +13,15 @@ import torch
 ArrayLike = Any  # numpy array, torch tensor or sequence
 
 
-def as_float_matrix(value: ArrayLike, name: str, check: bool = True) -> torch.Tensor:
-    """Return ``value`` as a 2-D floating tensor (float32 or float64) on CPU.
+def as_float_matrix(value: ArrayLike, name: str, check: bool = True,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Return ``value`` as a 2-D floating tensor (float32 or float64) on ``device`` (the CPU by default).
 
     With ``check`` (default) NaN/inf raise; callers that scan the matrix block by
     block anyway pass ``check=False`` and check each block.
     """
     tensor = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
-    tensor = tensor.detach().cpu()
+    tensor = tensor.detach().to(device)
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
@@ -73,10 +74,11 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def as_feature_pair(qf: ArrayLike, gf: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and gallery features as finite float matrices of one dimension and dtype."""
-    q = as_float_matrix(qf, "qf")
-    g = as_float_matrix(gf, "gf")
+def as_feature_pair(qf: ArrayLike, gf: ArrayLike,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery features as finite float matrices of one dimension and dtype, on ``device``."""
+    q = as_float_matrix(qf, "qf", device=device)
+    g = as_float_matrix(gf, "gf", device=device)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}")
     dtype = torch.promote_types(q.dtype, g.dtype)

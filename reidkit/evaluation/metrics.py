@@ -17,9 +17,10 @@ import torch
 
 from .checks import ArrayLike, as_feature_pair, as_float_matrix, as_id_vector, check_metric
 from .distance import iter_distance_blocks
-from .ranking import BlockStats, GalleryIndex, rank_block
+from .ranking import BlockStats, GalleryIndex, rank_block, rank_block_sorted
 
 DEFAULT_QUERY_CHUNK = 512
+DEVICE_QUERY_CHUNK = 256          # on a GPU: a block's sort indices and masks stay a few hundred MB at MSMT17 size
 
 
 @dataclass
@@ -93,53 +94,72 @@ def combine_blocks(blocks: list[BlockStats], max_rank: int) -> RankResult:
 
 def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
                   q_camids: ArrayLike, g_camids: ArrayLike, max_rank: int = 50,
-                  query_chunk: int = DEFAULT_QUERY_CHUNK) -> RankResult:
+                  query_chunk: int | None = None) -> RankResult:
     """mAP, CMC and mINP from a ``num_query x num_gallery`` distance matrix.
 
     Smaller distance = more similar.  ``max_rank`` is cut to the gallery size.
     Raises ValueError on mismatched lengths, NaN/inf, empty inputs, non-integer
-    ids, or when no query has a valid match.
+    ids, or when no query has a valid match.  A matrix on a GPU is ranked there.
     """
-    dist = as_float_matrix(distmat, "distmat", check=False)  # checked per block
+    device = distmat.device if torch.is_tensor(distmat) else torch.device("cpu")
+    dist = as_float_matrix(distmat, "distmat", check=False, device=device)  # checked per block
     nq, ng = dist.shape
-    blocks = ((s, dist[s:s + query_chunk]) for s in range(0, nq, query_chunk))
-    return _evaluate_blocks(blocks, nq, ng, q_pids, g_pids, q_camids, g_camids, max_rank)
+    chunk = query_chunk or (DEFAULT_QUERY_CHUNK if device.type == "cpu" else DEVICE_QUERY_CHUNK)
+    blocks = ((s, dist[s:s + chunk]) for s in range(0, nq, chunk))
+    return _evaluate_blocks(blocks, nq, ng, q_pids, g_pids, q_camids, g_camids, max_rank,
+                            sort_on=device if device.type != "cpu" else None)
 
 
 def evaluate_features(qf: ArrayLike, gf: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
                       q_camids: ArrayLike, g_camids: ArrayLike, metric: str = "euclidean",
                       max_rank: int = 50, rerank: bool = False,
-                      query_chunk: int = DEFAULT_QUERY_CHUNK, **rerank_kwargs) -> RankResult:
+                      query_chunk: int | None = None, device: torch.device | str | None = None,
+                      **rerank_kwargs) -> RankResult:
     """Same numbers as ``evaluate_rank(compute_distance(qf, gf, metric), ...)``.
 
     The distances are produced and consumed one block of queries at a time, so
     the full query x gallery matrix never exists (MSMT17 fits in a few GB).
     With ``rerank=True`` the blocks come from k-reciprocal re-ranking
     (``re_ranking_features``; ``k1``, ``k2``, ``lambda_value`` pass through).
+    ``device``: where distances and ranking run (default: where ``qf`` is; a GPU
+    sorts each block there, the CPU ranks with the exact candidate search).
     """
     check_metric(metric)
-    q, g = as_feature_pair(qf, gf)
+    device = torch.device(device) if device is not None else (qf.device if torch.is_tensor(qf) else torch.device("cpu"))
+    q, g = as_feature_pair(qf, gf, device)
+    chunk = query_chunk or (DEFAULT_QUERY_CHUNK if device.type == "cpu" else DEVICE_QUERY_CHUNK)
     if rerank:
         from .rerank import iter_rerank_blocks
-        source = iter_rerank_blocks(q, g, metric=metric, chunk_size=query_chunk, **rerank_kwargs)
+        source = iter_rerank_blocks(q, g, metric=metric, chunk_size=chunk, **rerank_kwargs)
     else:
-        source = iter_distance_blocks(q, g, metric, query_chunk)
-    return _evaluate_blocks(source, q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, max_rank)
+        source = iter_distance_blocks(q, g, metric, chunk)
+    return _evaluate_blocks(source, q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, max_rank,
+                            sort_on=device if device.type != "cpu" else None)
 
 
 def _evaluate_blocks(source: Iterable[tuple[int, torch.Tensor]], nq: int, ng: int, q_pids: ArrayLike,
                      g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike,
-                     max_rank: int) -> RankResult:
-    """Check the ids, then rank every ``(start, distance block)`` of ``source`` (a lazy iterator)."""
+                     max_rank: int, sort_on: torch.device | None = None) -> RankResult:
+    """Check the ids, then rank every ``(start, distance block)`` of ``source`` (a lazy iterator).
+
+    ``sort_on``: rank by sorting each block on this device (:func:`rank_block_sorted`) instead of the
+    CPU's candidate search; the numbers are the same.
+    """
     qp = as_id_vector(q_pids, "q_pids", nq)
     gp = as_id_vector(g_pids, "g_pids", ng)
     qc = as_id_vector(q_camids, "q_camids", nq)
     gc = as_id_vector(g_camids, "g_camids", ng)
     max_rank = _cut_max_rank(max_rank, ng)
-    index = GalleryIndex(gp, gc)
     blocks = []
     with torch.no_grad():
-        for s, dist in source:
-            e = s + dist.shape[0]
-            blocks.append(rank_block(dist, qp[s:e], qc[s:e], index))
+        if sort_on is not None:
+            qp_t, qc_t, gp_t, gc_t = (torch.from_numpy(a).to(sort_on) for a in (qp, qc, gp, gc))
+            for s, dist in source:
+                e = s + dist.shape[0]
+                blocks.append(rank_block_sorted(dist.to(sort_on), qp_t[s:e], qc_t[s:e], gp_t, gc_t))
+        else:
+            index = GalleryIndex(gp, gc)
+            for s, dist in source:
+                e = s + dist.shape[0]
+                blocks.append(rank_block(dist.cpu(), qp[s:e], qc[s:e], index))
     return combine_blocks(blocks, max_rank)

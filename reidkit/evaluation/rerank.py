@@ -70,9 +70,13 @@ class _MatrixSource:
         """``A[nq:, s:e].T``: distances of queries ``s:e`` to the gallery."""
         return np.asarray(self.q_g[s:e], dtype=np.float32)
 
+    def nearest(self, s: int, e: int, k: int, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` (values, indices) of the squared rows ``s:e`` of ``A`` and the rows' maxima."""
+        return _nearest_in_columns(self.columns(s, e, buffer), k)
+
 
 class _FeatureSource:
-    """``A`` computed on demand from features (symmetric up to rounding)."""
+    """``A`` computed on demand from features (symmetric up to rounding), on the features' device."""
 
     def __init__(self, qf: torch.Tensor, gf: torch.Tensor, metric: str):
         feats = prepare_features(torch.cat([qf, gf]).to(torch.float32), metric)
@@ -80,33 +84,50 @@ class _FeatureSource:
         self.sq = (feats * feats).sum(dim=1)
         self.num_query, self.num = qf.shape[0], feats.shape[0]
 
-    def columns(self, s: int, e: int, out: np.ndarray) -> np.ndarray:
-        block = torch.from_numpy(out[:e - s])
+    def block(self, s: int, e: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``A[:, s:e].T`` (= ``A[s:e]``), into ``out`` when given."""
         feats = self.feats
         if self.metric == "cosine":
-            torch.mm(feats[s:e], feats.t(), out=block)
-            block.neg_().add_(1.0)
-        else:
-            torch.addmm(self.sq[s:e, None] + self.sq[None, :], feats[s:e], feats.t(),
-                        beta=1.0, alpha=-2.0, out=block)
+            block = torch.mm(feats[s:e], feats.t(), out=out)
+            return block.neg_().add_(1.0)
+        return torch.addmm(self.sq[s:e, None] + self.sq[None, :], feats[s:e], feats.t(),
+                           beta=1.0, alpha=-2.0, out=out)
+
+    def columns(self, s: int, e: int, out: np.ndarray) -> np.ndarray:
+        self.block(s, e, torch.from_numpy(out[:e - s]))
         return out[:e - s]
+
+    def nearest(self, s: int, e: int, k: int, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.feats.device.type == "cpu":
+            return _nearest_in_columns(self.columns(s, e, buffer), k)
+        d2 = self.block(s, e).square_()            # on the GPU: only the top-k lists come back
+        vals, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        return vals.cpu().numpy(), idx.cpu().numpy(), d2.max(dim=1).values.cpu().numpy()
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         out = np.empty(len(i), dtype=np.float32)
+        dev = self.feats.device
         for s in range(0, len(i), PAIR_CHUNK):
-            a = torch.from_numpy(i[s:s + PAIR_CHUNK])
-            b = torch.from_numpy(j[s:s + PAIR_CHUNK])
+            a = torch.from_numpy(i[s:s + PAIR_CHUNK]).to(dev)
+            b = torch.from_numpy(j[s:s + PAIR_CHUNK]).to(dev)
             dot = (self.feats[a] * self.feats[b]).sum(dim=1)
             if self.metric == "cosine":
                 value = 1.0 - dot
             else:
                 value = self.sq[a] + self.sq[b] - 2.0 * dot
-            out[s:s + PAIR_CHUNK] = value.numpy()
+            out[s:s + PAIR_CHUNK] = value.cpu().numpy()
         return out
 
     def query_gallery(self, s: int, e: int) -> np.ndarray:
         nq = self.num_query
-        return distance_block(self.feats[s:e], self.feats[nq:], self.metric, self.sq[nq:]).numpy()
+        return distance_block(self.feats[s:e], self.feats[nq:], self.metric, self.sq[nq:]).cpu().numpy()
+
+
+def _nearest_in_columns(d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Square the distance rows in place; their top-``k`` (values, indices) and maxima."""
+    np.square(d2, out=d2)
+    vals, idx = torch.topk(torch.from_numpy(d2), k, dim=1, largest=False, sorted=True)
+    return vals.numpy(), idx.numpy(), d2.max(axis=1)
 
 
 def _neighbours(source, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,16 +136,14 @@ def _neighbours(source, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n)
     nbrs = np.empty((n, k), dtype=np.int64)
     colmax = np.empty(n, dtype=np.float32)
-    buffer = np.empty((min(ROW_CHUNK, n), n), dtype=np.float32)    # reused: no page faults
+    on_gpu = getattr(getattr(source, "feats", None), "device", torch.device("cpu")).type != "cpu"
+    buffer = None if on_gpu else np.empty((min(ROW_CHUNK, n), n), dtype=np.float32)   # reused: no page faults
     with torch.no_grad():
         for s in range(0, n, ROW_CHUNK):
-            d2 = source.columns(s, min(s + ROW_CHUNK, n), buffer)
-            np.square(d2, out=d2)
-            colmax[s:s + len(d2)] = d2.max(axis=1)
-            vals, idx = torch.topk(torch.from_numpy(d2), k, dim=1, largest=False, sorted=True)
-            vals, idx = vals.numpy(), idx.numpy()
+            e = min(s + ROW_CHUNK, n)
+            vals, idx, colmax[s:e] = source.nearest(s, e, k, buffer)
             order = np.lexsort((idx, vals), axis=1)          # equal distances: by index
-            nbrs[s:s + len(d2)] = np.take_along_axis(idx, order, axis=1)
+            nbrs[s:e] = np.take_along_axis(idx, order, axis=1)
     return nbrs, colmax
 
 
@@ -216,13 +235,15 @@ def iter_rerank_blocks(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclid
 
 def re_ranking_features(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6,
                         lambda_value: float = 0.3, metric: str = "euclidean",
-                        chunk_size: int = ROW_CHUNK) -> np.ndarray:
+                        chunk_size: int = ROW_CHUNK, device: torch.device | str = "cpu") -> np.ndarray:
     """Re-ranked distances from features, equal to ``re_ranking`` on ``compute_distance`` output.
 
     Never builds an N x N array: memory is the query x gallery output plus
-    O(N * k) for the neighbour lists and the sparse encoding.
+    O(N * k) for the neighbour lists and the sparse encoding.  On a GPU
+    (``device``) the distances and neighbour lists are computed there; the
+    sparse encoding stays on the CPU.
     """
-    q, g = as_feature_pair(qf, gf)
+    q, g = as_feature_pair(qf, gf, device)
     out = np.empty((q.shape[0], g.shape[0]), dtype=np.float32)
     for s, block in iter_rerank_blocks(q, g, metric, k1, k2, lambda_value, chunk_size):
         out[s:s + block.shape[0]] = block.numpy()

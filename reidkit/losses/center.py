@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..numerics import full_precision
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 
 
@@ -55,7 +56,7 @@ class CenterLossPiece(TrainingPiece):
     def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         if len(out.features) > 1:
             raise ValueError("center loss needs one embedding; set loss.center_weight=0 for multi-branch models")
-        return {"center": self.weight * self.loss(out.features[0].float(), out.pids)}
+        return {"center": self.weight * self.loss(full_precision(out.features[0]), out.pids)}
 
     def after_backward(self) -> None:
         unweight_center_gradients(self.loss, self.weight)

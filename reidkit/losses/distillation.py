@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..numerics import full_precision
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 
 log = logging.getLogger("reidkit")
@@ -28,7 +29,7 @@ class FeatureDistillationLoss(nn.Module):
         if student.shape != teacher.shape:
             raise ValueError(f"distillation: the student's features are {tuple(student.shape)} but the teacher's "
                              f"{tuple(teacher.shape)}; the two models need the same embedding size")
-        return F.l1_loss(student.float(), teacher.detach().float())
+        return F.l1_loss(full_precision(student), full_precision(teacher.detach()))
 
 
 class DistillationPiece(TrainingPiece):

@@ -1,0 +1,299 @@
+"""reidkit's GPU check: one prepared run on a machine with a CUDA GPU, one JSON summary printed last.
+
+    bash bench/gpu_check.sh                 # on the GPU machine (installs carried wheels, then runs this)
+    python bench/gpu_check.py --out DIR [--data DIR] [--budget 450]
+    python bench/gpu_check.py --device cpu --quick --out /tmp/x    # a dry run of every step on a CPU
+
+Steps, each timed and guarded (a failing step records its error; the summary still prints):
+
+1. ``pytest -m gpu``: CPU/GPU equality of losses, features, batches and evaluation; fp32 / bf16 / fp16
+   training; ``torchrun`` on one GPU.
+2. Training images/s, data loading included, BoT ResNet-50 (last stride 1) at 256x128, P=16 x K=4,
+   CUHK03-labeled train: reidkit fp32 / bf16 / fp16 and, on the same GPU in the same run, torchreid
+   0.2.5's ``ImageTripletEngine`` on its ``ImageDataManager`` (workers = the machine's cores; its ResNet-50
+   built with last stride 1 too).
+3. The input pipeline alone (decoded images -> P x K batches -> augmentation on the GPU), images/s, with
+   the images in GPU memory and streamed from pinned host memory.
+4. OSNet x1.0 feature extraction images/s (fp32 and bf16 autocast).
+5. Evaluation at Market-1501 and MSMT17 size (random clustered 2048-d features on the GPU) and
+   re-ranking at Market-1501 size: seconds.
+6. A short real training on CUHK03-labeled (BoT ResNet-50 and OSNet x0.25, bf16, from scratch, as many
+   epochs as the budget allows): val mAP / rank-1.
+
+Timings synchronise the device before reading the clock and follow warm-up iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from reidkit.config import load_recipe  # noqa: E402
+from reidkit.engine import Trainer  # noqa: E402
+from reidkit.evaluation import evaluate_features  # noqa: E402
+from reidkit.models import build_model  # noqa: E402
+
+DATA_CANDIDATES = [ROOT / ".gpu_data" / "cuhk03" / "labeled_128x64",
+                   ROOT.parent / "shared" / "data" / "cuhk03" / "labeled_128x64"]
+SIZES = {"market1501": (3368, 15913, 751), "msmt17": (11659, 82161, 3060)}
+QUICK = ["model.name=resnet18_bnneck", "data.height=64", "data.width=32"]     # --quick: a dry run of the steps
+
+
+class Check:
+    """Runs the steps within a time budget and collects their results."""
+
+    def __init__(self, args):
+        self.args, self.t0 = args, time.perf_counter()
+        self.device = torch.device(args.device)
+        self.summary: dict = {"machine": machine(self.device), "steps": {}}
+
+    def left(self) -> float:
+        return self.args.budget - (time.perf_counter() - self.t0)
+
+    def step(self, name: str, fn, needs_s: float) -> None:
+        if self.left() < needs_s:
+            self.summary["steps"][name] = {"skipped": f"{self.left():.0f} s left of the budget, needs ~{needs_s:.0f}"}
+            return
+        start = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - recorded, the other steps still run
+            result = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-1500:]}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        self.summary["steps"][name] = result
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {json.dumps(result)[:400]}", flush=True)
+
+
+def machine(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "cores": os.cpu_count(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def find_data(explicit: str | None) -> Path:
+    for path in ([Path(explicit)] if explicit else DATA_CANDIDATES):
+        if (path / "train").is_dir():
+            return path
+    raise FileNotFoundError(f"CUHK03-labeled not found (looked in {', '.join(map(str, DATA_CANDIDATES))}); "
+                            "bench/prepare_gpu_carry.sh copies the 128x64 copy into .gpu_data/")
+
+
+def run_tests(check: Check) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(60, check.left() - 300))
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    out = Path(check.args.out) / "pytest_gpu.log"
+    out.write_text(proc.stdout + proc.stderr)
+    return {"returncode": proc.returncode, "result": tail}
+
+
+def bot_recipe(data: Path, out: str, *extra: str):
+    return load_recipe(ROOT / "configs" / "bot_r50_market1501.yaml",
+                       ["data.dataset=cuhk03_labeled", f"data.root={data}", "model.pretrained=none",
+                        "schedule.warmup_epochs=0", f"train.output_dir={out}", *extra])
+
+
+def reidkit_speed(check: Check, data: Path, amp: str, batches: int) -> dict:
+    extra = [f"train.device={check.device}", f"train.amp={amp}"]
+    if check.args.quick:
+        extra += QUICK
+    trainer = Trainer(bot_recipe(data, f"/tmp/gpu_check/speed_{amp}", *extra), progress=False)
+    trainer.train_epoch(0, max_batches=5)                 # warm-up: cuDNN autotuning, allocator
+    sync(check.device)
+    stats = trainer.train_epoch(1, max_batches=batches)    # the epoch's clock ends after its last loss is read
+    return {"images_per_s": round(stats["images_per_s"], 1), "batches": batches, "loss": round(stats["total"], 3)}
+
+
+def torchreid_speed(check: Check, data: Path, batches: int) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchreid.reid as tr
+        from torchreid.reid.engine import ImageTripletEngine
+        from torchreid.reid.models.resnet import Bottleneck, ResNet
+    sys.path.insert(0, str(ROOT))
+    from bench import peers
+    workers = os.cpu_count() or 2
+    height, width = (64, 32) if check.args.quick else (256, 128)
+    dm = peers.torchreid_cuhk03_datamanager(str(data), height, width, 64, 4, workers,
+                                            ["random_flip", "random_crop", "random_erase"],
+                                            use_gpu=check.device.type == "cuda")
+    model = ResNet(dm.num_train_pids, "triplet", Bottleneck, [3, 4, 6, 3], last_stride=1, fc_dims=None)
+    model = model.to(check.device)
+    optimizer = tr.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
+    engine = ImageTripletEngine(dm, model, optimizer, margin=0.3, weight_t=1, weight_x=1, label_smooth=True,
+                                use_gpu=check.device.type == "cuda")
+    model.train()
+    loader = iter(dm.train_loader)
+    for _ in range(5):
+        engine.forward_backward(next(loader))
+    sync(check.device)
+    t0, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            data_batch = next(loader)
+        except StopIteration:
+            loader = iter(dm.train_loader)
+            data_batch = next(loader)
+        engine.forward_backward(data_batch)
+        n += data_batch["img"].shape[0]
+    sync(check.device)
+    return {"images_per_s": round(n / (time.perf_counter() - t0), 1), "batches": batches, "workers": workers}
+
+
+def pipeline_speed(check: Check, data: Path) -> dict:
+    out = {}
+    for on_device in ((True, False) if check.device.type == "cuda" else (False,)):
+        trainer = Trainer(bot_recipe(data, "/tmp/gpu_check/pipeline", f"train.device={check.device}",
+                                     f"data.cache_on_device={on_device}", "model.name=resnet18_bnneck",
+                                     *(QUICK if check.args.quick else [])),
+                          progress=False)
+        loader = trainer.loader
+        for epoch in range(2):                            # the first epoch warms up
+            loader.set_epoch(epoch)
+            sync(check.device)
+            t0, n = time.perf_counter(), 0
+            for batch in loader:
+                n += batch.images.shape[0]
+            sync(check.device)
+        out["images_on_gpu" if on_device else "streamed_from_host"] = round(n / (time.perf_counter() - t0), 1)
+    return out
+
+
+def extraction_speed(check: Check) -> dict:
+    name = "osnet_x0_25" if check.args.quick else "osnet_x1_0"
+    model = build_model(name, 10, pretrained="none").eval().to(check.device, memory_format=torch.channels_last)
+    batch = 256 if check.device.type == "cuda" else 16
+    x = torch.randn(batch, 3, 256, 128, device=check.device).contiguous(memory_format=torch.channels_last)
+    out = {"model": name, "batch": batch}
+    for amp in ("off", "bf16"):
+        ctx = torch.autocast(check.device.type, dtype=torch.bfloat16) if amp == "bf16" else torch.no_grad()
+        with torch.no_grad(), ctx:
+            for _ in range(3):
+                model(x)
+            sync(check.device)
+            reps = 20 if check.device.type == "cuda" else 2
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                model(x)
+            sync(check.device)
+        out[f"images_per_s_{amp}"] = round(reps * batch / (time.perf_counter() - t0), 1)
+    return out
+
+
+def clustered(n: int, ids: int, dim: int, gen: torch.Generator, device) -> tuple[torch.Tensor, np.ndarray]:
+    centers = torch.randn(ids, dim, generator=gen)
+    pids = torch.randint(0, ids, (n,), generator=gen)
+    feats = centers[pids] + 0.9 * torch.randn(n, dim, generator=gen)
+    return feats.to(device), pids.numpy()
+
+
+def evaluation_speed(check: Check, size: str, rerank: bool) -> dict:
+    nq, ng, ids = SIZES[size]
+    if check.args.quick:
+        nq, ng, ids = nq // 20, ng // 20, ids // 20
+    gen = torch.Generator().manual_seed(0)
+    qf, qp = clustered(nq, ids, 2048, gen, check.device)
+    gf, gp = clustered(ng, ids, 2048, gen, check.device)
+    qc, gc = np.random.default_rng(0).integers(0, 6, nq), np.random.default_rng(1).integers(0, 6, ng)
+    sync(check.device)
+    t0 = time.perf_counter()
+    result = evaluate_features(qf, gf, qp, gp, qc, gc, metric="euclidean", rerank=rerank)
+    sync(check.device)
+    return {"queries": nq, "gallery": ng, "rerank": rerank, "seconds_eval": round(time.perf_counter() - t0, 2),
+            "mAP": round(100 * result.mAP, 2)}
+
+
+def real_training(check: Check, data: Path, which: str, seconds: float, images_per_s: float | None) -> dict:
+    per_epoch = 7232                                          # CUHK03-labeled train, batches of 64
+    speed = images_per_s or (2000.0 if check.device.type == "cuda" else 30.0)
+    epochs = max(1, min(60, int(seconds * speed / per_epoch)))
+    common = [f"train.device={check.device}", "train.amp=bf16", f"train.epochs={epochs}",
+              f"train.eval_every={epochs}", f"train.output_dir=/tmp/gpu_check/real_{which}"]
+    if which == "bot_r50":
+        recipe = bot_recipe(data, f"/tmp/gpu_check/real_{which}", *common, "schedule.kind=cosine",
+                            "schedule.warmup_epochs=1", *(QUICK if check.args.quick else []))
+    else:
+        recipe = load_recipe(ROOT / "configs" / "osnet_x0_25_cuhk03_amsgrad.yaml",
+                             [f"data.root={data}", *common, *(QUICK[1:] if check.args.quick else [])])
+    trainer = Trainer(recipe, progress=False)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    return {"epochs": epochs, "train_and_eval_s": round(time.perf_counter() - t0, 1),
+            "mAP": round(100 * result.mAP, 2), "rank1": round(100 * result.rank(1), 2),
+            "images_per_s": round(trainer.history["images_per_s"][-1], 1),
+            "recipe": recipe.model.name + f", {recipe.data.height}x{recipe.data.width}, {recipe.optim.name}"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_check_out"))
+    parser.add_argument("--data", default=None, help="CUHK03-labeled (the 128x64 copy is enough)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step (CPU)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    check = Check(args)
+    if check.device.type == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device", **check.summary}))
+        return 2
+    data = find_data(args.data)
+    batches = 3 if args.quick else 60
+    steps = [
+        ("tests", lambda: run_tests(check), 120),
+        ("train_reidkit_fp32", lambda: reidkit_speed(check, data, "off", batches), 40),
+        ("train_reidkit_bf16", lambda: reidkit_speed(check, data, "bf16", batches), 40),
+        ("train_reidkit_fp16", lambda: reidkit_speed(check, data, "fp16", batches), 40),   # (slow on a CPU)
+        ("train_torchreid_fp32", lambda: torchreid_speed(check, data, batches), 60),
+        ("input_pipeline", lambda: pipeline_speed(check, data), 30),
+        ("extract_osnet", lambda: extraction_speed(check), 20),
+        ("eval_market1501", lambda: evaluation_speed(check, "market1501", False), 15),
+        ("eval_msmt17", lambda: evaluation_speed(check, "msmt17", False), 30),
+        ("rerank_market1501", lambda: evaluation_speed(check, "market1501", True), 40),
+    ]
+    if check.device.type == "cpu":
+        args.skip.append("train_reidkit_fp16")            # CPUs emulate fp16 convolutions: minutes for nothing
+    for name, fn, needs in steps:
+        if name not in args.skip:
+            check.step(name, fn, needs)
+    bf16 = check.summary["steps"].get("train_reidkit_bf16", {}).get("images_per_s")
+    real_s = 8 if args.quick else max(45.0, (check.left() - 60) / 2)
+    for which in ("bot_r50", "osnet_x0_25"):
+        if f"real_{which}" not in args.skip:
+            check.step(f"real_{which}", lambda w=which: real_training(check, data, w, real_s, bf16 if w == "bot_r50"
+                                                                         else None), real_s + 20)
+    steps_done = check.summary["steps"]
+    ours, theirs = (steps_done.get(k, {}).get("images_per_s") for k in ("train_reidkit_bf16", "train_torchreid_fp32"))
+    if ours and theirs:
+        check.summary["train_bf16_vs_torchreid"] = round(ours / theirs, 2)
+    check.summary["total_s"] = round(time.perf_counter() - check.t0, 1)
+    text = json.dumps(check.summary, indent=1)
+    (Path(args.out) / "gpu_check.json").write_text(text)
+    print(json.dumps({k: v for k, v in check.summary.items()}, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
