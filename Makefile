@@ -1,9 +1,8 @@
 # reidkit: `make demo` and `make test` set everything up on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench-peers bench clean
+.PHONY: install demo test bench-peers bench gpu-check gpu-carry two-nodes clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +25,15 @@ bench: bench-peers       ## the benchmarks recorded in docs/BENCHMARKS.md
 	$(PY) bench/bench_rerank.py
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_train.py
+
+gpu-check:               ## on a CUDA machine: tests marked gpu + GPU benchmarks -> one JSON summary (bench/gpu_check.py)
+	bash bench/gpu_check.sh
+
+gpu-carry: bench-peers   ## fill .whl/ .gpu_peers/ .gpu_data/ (git-ignored) for an offline GPU machine
+	bash bench/prepare_gpu_carry.sh
+
+two-nodes: install       ## two torchrun launches (--nnodes 2) on this host, gloo: data parallel vs one process
+	bash bench/ddp_two_nodes.sh
 
 clean:
 	rm -rf $(VENV) demo_output runs

@@ -13,7 +13,6 @@ grey: ``erasing_fill="reference_code"`` does that, for runs that must match them
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -146,15 +145,17 @@ def apply_crop(batch: torch.Tensor, draws: AugmentDraws, grow: Callable[[torch.T
     room_y, room_x = grown.shape[-2] - h + 1, grown.shape[-1] - w + 1
     ys = (draws.crop_y[chosen].to(dev) * room_y).long().clamp(max=room_y - 1)
     xs = (draws.crop_x[chosen].to(dev) * room_x).long().clamp(max=room_x - 1)
+    if on_cpu:                                    # the CPU copies windows; a gather would be slower here
+        out = batch.clone()
+        for j, i in enumerate(chosen.tolist()):
+            y, x = int(ys[j]), int(xs[j])
+            out[i] = grown[j, :, y:y + h, x:x + w]
+        return out
     rows = ys.view(-1, 1, 1, 1) + torch.arange(h, device=dev).view(1, 1, h, 1)
     cols = xs.view(-1, 1, 1, 1) + torch.arange(w, device=dev).view(1, 1, 1, w)
     picked = grown[torch.arange(grown.shape[0], device=dev).view(-1, 1, 1, 1),
                    torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
-    if not on_cpu:
-        return torch.where(draws.crop.to(dev).view(-1, 1, 1, 1), picked, batch)
-    out = batch.clone()
-    out[chosen] = picked
-    return out
+    return torch.where(draws.crop.to(dev).view(-1, 1, 1, 1), picked, batch)
 
 
 def _pad(padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -182,16 +183,23 @@ def apply_color_jitter(batch: torch.Tensor, factors: torch.Tensor) -> torch.Tens
 
 
 def apply_erasing(batch: torch.Tensor, erase: torch.Tensor, box: torch.Tensor,
-                  value: float | Sequence[float] = 0.0) -> torch.Tensor:
-    """Fill each drawn rectangle (float batch, in place); ``value``: one fill or one per channel."""
-    if erase.device.type == "cpu" and not bool(erase.any()):
-        return batch
+                  value: float | Sequence[float] = 0.0, per_box: bool | None = None) -> torch.Tensor:
+    """Fill each drawn rectangle (float batch, in place); ``value``: one fill or one per channel.
+
+    With the draws on the CPU each box is filled in turn; on a GPU one mask covers the whole batch, so
+    that no step waits for the device (same result; ``per_box`` overrides the choice).
+    """
     _, c, h, w = batch.shape
+    fill = torch.as_tensor(value, dtype=batch.dtype, device=batch.device).reshape(-1, 1, 1).expand(c, 1, 1)
+    if erase.device.type == "cpu" if per_box is None else per_box:
+        for i in torch.nonzero(erase).flatten().tolist():
+            y, x, eh, ew = box[i].tolist()
+            batch[i, :, y:y + eh, x:x + ew] = fill
+        return batch
     dev = batch.device
     y, x, eh, ew = (v.to(dev).view(-1, 1, 1, 1) for v in box.unbind(1))
     ys, xs = torch.arange(h, device=dev).view(1, 1, h, 1), torch.arange(w, device=dev).view(1, 1, 1, w)
     inside = (ys >= y) & (ys < y + eh) & (xs >= x) & (xs < x + ew) & erase.to(dev).view(-1, 1, 1, 1)
-    fill = torch.as_tensor(value, dtype=batch.dtype, device=dev).reshape(-1, 1, 1).expand(c, 1, 1)
     return batch.copy_(torch.where(inside, fill, batch))
 
 

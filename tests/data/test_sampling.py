@@ -8,7 +8,7 @@ from PIL import Image
 from reidkit.data import ImageRecord
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
-from reidkit.data.samplers import RandomIdentityBatchSampler
+from reidkit.data.samplers import RandomBatchSampler, RandomIdentityBatchSampler, build_sampler, shard_bounds
 from reidkit.data.transforms import (AugmentConfig, BatchAugment, random_erasing, random_flip,
                                      random_enlarge_crop, random_pad_crop,
                                      torchvision_transforms)
@@ -126,3 +126,44 @@ def test_torchvision_pipeline_crop_modes(crop):
     assert always.shape == (3, 32, 16)
     if crop == "enlarge":                              # an enlarged window never equals the original
         assert not torch.equal(always, never)
+
+
+def test_random_batches_cover_every_image_once_and_drop_the_last_partial_batch():
+    sampler = RandomBatchSampler(7239, 64, seed=3)         # CUHK03-labeled train, torchreid's batch
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 113 and all(len(b) == 64 for b in batches)   # 7,232 images
+    seen = [i for b in batches for i in b]
+    assert len(set(seen)) == len(seen) == 7232 and max(seen) < 7239
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        RandomBatchSampler(10, 64)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_shards_split_batches_between_processes_without_cutting_an_identity(seed):
+    rng = np.random.default_rng(seed)
+    k, groups, world = int(rng.integers(1, 5)), int(rng.integers(1, 20)), int(rng.integers(1, 6))
+    if groups < world:
+        with pytest.raises(ValueError, match=f"cannot be shared by {world} processes"):
+            shard_bounds(groups * k, k, 0, world)
+        return
+    bounds = [shard_bounds(groups * k, k, r, world) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == groups * k
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))               # contiguous, in rank order
+    sizes = [e - s for s, e in bounds]
+    assert all(s % k == 0 and s > 0 for s in sizes) and max(sizes) - min(sizes) <= k
+
+
+def test_build_sampler_names_the_recipe_samplers():
+    pids, camids = np.repeat(np.arange(10), 6), np.tile(np.arange(3), 20)
+    assert isinstance(build_sampler("random", pids, camids, 16, 4), RandomBatchSampler)
+    pk = build_sampler("camera_diverse", pids, camids, 16, 4)
+    assert (pk.p, pk.k, pk.camids is not None) == (4, 4, True)
+    assert build_sampler("identity", pids, camids, 16, 4).camids is None
+    with pytest.raises(ValueError, match="not a multiple of K=4"):
+        build_sampler("identity", pids, camids, 18, 4)
+    with pytest.raises(ValueError, match="unknown sampler 'pk'"):
+        build_sampler("pk", pids, camids, 16, 4)

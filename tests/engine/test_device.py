@@ -1,11 +1,11 @@
 """The device code paths as far as a CPU can run them: device choice, autocast dtypes, the fp16 gradient
 scaler and its checkpointed state, threads, device-free checkpoints, the GPU-side augmentation."""
 import pytest
+from conftest import make_tiny_synthetic
 import torch
 
 from reidkit.config import load_recipe
-from reidkit.data.synthetic import generate
-from reidkit.data.transforms import AugmentConfig, BatchAugment, _enlarge, _pad, apply_crop
+from reidkit.data.transforms import AugmentConfig, BatchAugment, _enlarge, _pad, apply_crop, apply_erasing
 from reidkit.engine import DeviceError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, save_checkpoint, to_cpu
 from reidkit.engine.device import THREADS_ENV, autocast, gradient_scaler, resolve_device, set_threads
@@ -13,9 +13,7 @@ from reidkit.engine.device import THREADS_ENV, autocast, gradient_scaler, resolv
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dev") / "synthetic"
-    generate(root, num_ids=12, num_cameras=3, seed=4, images_per_camera=(2, 3), num_distractors=4, quiet=True)
-    return root
+    return make_tiny_synthetic(tmp_path_factory, "dev", num_ids=12, seed=4, num_distractors=4)
 
 
 def recipe(root, out, *extra):
@@ -101,6 +99,16 @@ def test_gpu_side_crop_equals_the_cpu_crop(crop, grow):
     draws = aug.draw(16, (24, 12))
     assert 0 < int(draws.crop.sum()) < 16
     assert torch.equal(apply_crop(batch, draws, grow, grow_all=True), apply_crop(batch, draws, grow, grow_all=False))
+
+
+def test_gpu_side_erasing_equals_the_cpu_erasing():
+    aug = BatchAugment(AugmentConfig(erasing=0.7), seed=2)
+    draws = aug.draw(16, (24, 12))
+    assert 0 < int(draws.erase.sum()) < 16
+    batch = torch.randn(16, 3, 24, 12)
+    masked = apply_erasing(batch.clone(), draws.erase, draws.erase_box, (0.1, 0.2, 0.3), per_box=False)
+    boxes = apply_erasing(batch.clone(), draws.erase, draws.erase_box, (0.1, 0.2, 0.3), per_box=True)
+    assert torch.equal(masked, boxes) and not torch.equal(masked, batch)
 
 
 def test_augment_draws_survive_the_packed_copy_and_shards_match_the_whole_batch():

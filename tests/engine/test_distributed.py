@@ -7,12 +7,12 @@ import socket
 import time
 
 import pytest
+from conftest import make_tiny_synthetic
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from reidkit.config import load_recipe
-from reidkit.data.synthetic import generate
 
 # BoT with center loss, camera-aware mining (camera-diverse P x K batches) and adaptive L2, augmentation on
 METHODS = ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.center_weight=0.0005",
@@ -22,9 +22,7 @@ METHODS = ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.cente
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp") / "synthetic"
-    generate(root, num_ids=12, num_cameras=3, seed=2, images_per_camera=(2, 3), num_distractors=4, quiet=True)
-    return root
+    return make_tiny_synthetic(tmp_path_factory, "ddp", num_ids=12, seed=2, num_distractors=4)
 
 
 def overrides(root, out, epochs=2, extra=()):

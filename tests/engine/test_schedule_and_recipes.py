@@ -100,3 +100,33 @@ def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  options: {scale: 2e-1}\n")
     recipe = load_recipe(path)
     assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["scale"] == 0.2
+
+
+def test_recipes_choose_and_record_their_sampler():
+    assert load_recipe(None).data.sampler == "identity"                              # triplet loss on
+    softmax = load_recipe(None, ["loss.triplet_weight=0"])
+    assert softmax.data.sampler == "random" and softmax.model_dump()["data"]["sampler"] == "random"
+    for path, expected in (("osnet_x0_25_cuhk03.yaml", "random"), ("osnet_x0_25_cuhk03_amsgrad.yaml", "random"),
+                           ("osnet_x1_0_appendix_cuhk03.yaml", "identity"), ("bot_r50_market1501.yaml", "identity"),
+                           ("bot_camaware_r18_cuhk03.yaml", "camera_diverse")):
+        assert load_recipe(CONFIGS / path).data.sampler == expected, path
+    amsgrad = load_recipe(CONFIGS / "osnet_x0_25_cuhk03_amsgrad.yaml")
+    assert (amsgrad.optim.name, amsgrad.optim.lr, amsgrad.optim.betas) == ("amsgrad", 0.0015, (0.9, 0.99))
+    with pytest.raises(RecipeError, match="data.sampler=random gives no positive pairs for the triplet loss"):
+        load_recipe(None, ["data.sampler=random"])
+    with pytest.raises(RecipeError, match="data.batch_size=30 is not a multiple of data.num_instances=4"):
+        load_recipe(None, ["data.batch_size=30"])
+    with pytest.raises(RecipeError, match=r"data.num_identities was replaced by data.batch_size"):
+        load_recipe(None, ["data.num_identities=16"])
+    with pytest.raises(RecipeError, match="data.camera_diverse was replaced by data.sampler=camera_diverse"):
+        load_recipe(None, ["data.camera_diverse=true"])
+
+
+def test_device_and_precision_keys():
+    r = load_recipe(None, ["train.device=cuda:1", "train.amp=fp16", "train.threads=4"])
+    assert (r.train.device, r.train.amp, r.train.threads, r.train.sync_bn) == ("cuda:1", "fp16", 4, True)
+    assert load_recipe(None, ["train.amp=false"]).train.amp == "off"
+    with pytest.raises(RecipeError, match="train.device: must be auto, cpu, cuda or cuda:N"):
+        load_recipe(None, ["train.device=gpu"])
+    with pytest.raises(RecipeError, match="train.amp"):
+        load_recipe(None, ["train.amp=fp8"])

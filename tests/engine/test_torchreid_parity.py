@@ -1,8 +1,9 @@
-"""reidkit's training step for the OSNet from-scratch recipe is torchreid 0.2.5's, step for step.
+"""reidkit's training step for the OSNet from-scratch recipes is torchreid 0.2.5's, step for step.
 
 Same weights and batches: reidkit's objective (label-smoothed CE) and optimiser
-(built from configs/osnet_x0_25_cuhk03.yaml) against torchreid's
-``CrossEntropyLoss(label_smooth=True)`` and ``build_optimizer("sgd")``.
+(built from configs/osnet_x0_25_cuhk03.yaml: SGD; configs/osnet_x0_25_cuhk03_amsgrad.yaml:
+AMSGrad with torchreid's betas) against torchreid's ``CrossEntropyLoss(label_smooth=True)``
+and ``build_optimizer`` with its defaults.
 """
 import copy
 import sys
@@ -21,21 +22,23 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
 
 
-def test_osnet_recipe_sgd_steps_equal_torchreid():
+@pytest.mark.parametrize("recipe_file", ["osnet_x0_25_cuhk03.yaml", "osnet_x0_25_cuhk03_amsgrad.yaml"])
+def test_osnet_recipe_steps_equal_torchreid(recipe_file):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import torchreid.reid as tr
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(ROOT / "configs" / recipe_file)
     classes = 9
     torch.manual_seed(0)
     theirs = tr.models.build_model("osnet_x0_25", num_classes=classes, loss="softmax", pretrained=False)
     ours = build_model("osnet_x0_25", classes)
     ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
-    their_opt = tr.optim.build_optimizer(theirs, optim="sgd", lr=recipe.optim.lr,
-                                         weight_decay=recipe.optim.weight_decay, momentum=recipe.optim.momentum)
+    # torchreid's defaults for everything the recipe does not set (Adam betas 0.9 / 0.99, momentum 0.9)
+    their_opt = tr.optim.build_optimizer(theirs, optim=recipe.optim.name, lr=recipe.optim.lr,
+                                         weight_decay=recipe.optim.weight_decay)
     their_loss = tr.losses.CrossEntropyLoss(classes, use_gpu=False, label_smooth=True)
     our_opt = build_optimizer(ours, recipe.optim)
     objective = ReIDObjective(recipe.loss)

@@ -1,12 +1,12 @@
 import json
 
 import pytest
+from conftest import make_tiny_synthetic
 import torch
 import yaml
 
 from reidkit.cli import main
 from reidkit.config import load_recipe
-from reidkit.data.synthetic import generate
 from reidkit.engine import CheckpointError, NonFiniteLossError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
 from reidkit.models import build_model
@@ -14,10 +14,7 @@ from reidkit.models import build_model
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "synthetic"
-    generate(root, num_ids=16, num_cameras=3, seed=1, images_per_camera=(2, 3), num_distractors=6,
-             quiet=True)
-    return root
+    return make_tiny_synthetic(tmp_path_factory, "tiny", num_ids=16, seed=1, num_distractors=6)
 
 
 def tiny_overrides(root, out, epochs=3):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tiny_synthetic
 import torch
 
 from reidkit.config import LossConfig, load_recipe
-from reidkit.data.synthetic import generate
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from reidkit.engine.objective import ReIDObjective
@@ -34,9 +34,7 @@ def exact_float32():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu") / "synthetic"
-    generate(root, num_ids=16, num_cameras=3, seed=1, images_per_camera=(2, 3), num_distractors=6, quiet=True)
-    return root
+    return make_tiny_synthetic(tmp_path_factory, "gpu", num_ids=16, seed=1, num_distractors=6)
 
 
 def recipe(root, out, *extra):
