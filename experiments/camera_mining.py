@@ -67,7 +67,7 @@ def run(args) -> None:
             row = {"dataset": args.dataset, "variant": variant, "seed": seed, "tag": args.tag,
                    "overrides": overrides, "mAP": result.mAP, "rank1": result.rank(1),
                    "rank5": result.rank(5), "minutes": (time.perf_counter() - t0) / 60,
-                   "history": {k: v for k, v in history.items() if k.startswith(("mining/", "loss/"))}}
+                   "history": {k: v for k, v in history.items() if k.startswith(("camera_mining/", "loss/"))}}
             with RESULTS.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
@@ -90,7 +90,8 @@ def table(args) -> None:
         minutes = statistics.mean(r["minutes"] for r in rs)
 
         def fraction(key: str) -> str:          # mean over seeds of the first / last epoch's mean
-            runs = [r["history"].get(f"mining/{key}") for r in rs]
+            # rows recorded before the training pieces used "mining/<key>"
+            runs = [r["history"].get(f"camera_mining/{key}", r["history"].get(f"mining/{key}")) for r in rs]
             if not all(runs):
                 return "-"
             return f"{statistics.mean(v[0] for v in runs):.2f} / {statistics.mean(v[-1] for v in runs):.2f}"
