@@ -81,8 +81,8 @@ def cmd_extract(args) -> int:
     else:
         arch, options, size = args.arch, {}, tuple(args.size)
     paths = [str(p.resolve()) for p in find_images(args.images)]
-    extractor = FeatureExtractor(arch, args.weights, image_size=size, batch_size=args.batch_size,
-                                 model_options=options)
+    extractor = FeatureExtractor(arch, args.weights, device=_device(args.device), image_size=size,
+                                 batch_size=args.batch_size, model_options=options)
     t0 = time.perf_counter()
     features = extractor(paths, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
@@ -93,6 +93,12 @@ def cmd_extract(args) -> int:
     print(f"{len(paths)} images -> {args.out}: {index.dim}-d {arch} embeddings, {args.metric} "
           f"({len(paths) / seconds:.1f} img/s)")
     return 0
+
+
+def _device(name: str) -> str:
+    """``auto`` -> the first GPU when there is one, else the CPU (ONNX Runtime)."""
+    from .engine.device import resolve_device
+    return str(resolve_device(name))
 
 
 def cmd_search(args) -> int:
@@ -109,8 +115,8 @@ def cmd_search(args) -> int:
                          "(write it with `reidkit extract`)")
     weights = args.weights or meta["weights"]
     queries = [str(p.resolve()) for p in find_images(args.queries)]
-    extractor = FeatureExtractor(meta["arch"], weights, image_size=tuple(meta["image_size"]),
-                                 model_options=meta["model_options"])
+    extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
+                                 image_size=tuple(meta["image_size"]), model_options=meta["model_options"])
     distances, indices = index.search(extractor(queries), args.top_k)
     results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
@@ -225,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivf-lists", type=int, default=None,
                    help="approximate search over this many clusters (large galleries; default exact)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="gallery file to write (.npz)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_extract)
@@ -235,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
     p.add_argument("--nprobe", type=int, default=None, help="clusters searched per query (--ivf-lists galleries)")
+    p.add_argument("--device", default="auto", help="where the queries are embedded (auto, cpu, cuda, cuda:N)")
     p.add_argument("--json", help="also write the ranked lists here")
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")
     p.set_defaults(func=cmd_search)

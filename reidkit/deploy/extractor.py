@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import logging
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -120,7 +122,8 @@ class FeatureExtractor:
             images = [images]
         out = []
         starts = range(0, len(images), self.batch_size)
-        for s in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
-            batch = torch.stack([self._to_uint8(i) for i in images[s:s + self.batch_size]])
-            out.append(self.embed_batch(normalize(batch)))      # embed_batch runs under inference_mode
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:    # PIL releases the GIL
+            for s in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
+                batch = torch.stack(list(decoders.map(self._to_uint8, images[s:s + self.batch_size])))
+                out.append(self.embed_batch(normalize(batch)))      # embed_batch runs under inference_mode
         return torch.cat(out)
