@@ -263,6 +263,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """A failure of the process group rather than of this process's own computation."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
+                                   "broken pipe", "process group"))
+
+
 __all__ = ["DistEnv", "DistributedError", "init_from_env", "shutdown", "gather_rows", "all_mean",
            "broadcast_object", "barrier", "GlobalBatchNorm", "convert_batchnorm", "data_parallel", "unwrap",
-           "launched_by_torchrun"]
+           "launched_by_torchrun", "is_collective_failure"]

@@ -29,15 +29,16 @@ from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..files import write_text_atomic
 from ..models import build_model
-from ..numerics import full_precision
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
-from .distributed import (DistEnv, DistributedError, all_mean, convert_batchnorm, data_parallel, gather_rows)
+from .distributed import (DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows,
+                          is_collective_failure)
 from .evaluate import build_test_caches, evaluate_model
 from .freeze import find_modules, open_all_layers, open_layers
-from .objective import NonFiniteLossError, ReIDObjective
+from .meter import StepMeter
+from .objective import ReIDObjective
 from .optim import build_optimizer
 from .schedulers import WarmupScheduler
 
@@ -48,61 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class StepMeter:
-    """The loss terms of an epoch's steps, summed where they are computed.
-
-    On a CPU every step is checked (and reported) at once; on a GPU the sums stay on the
-    device and are read every ``check_every`` steps, so the host never waits for the
-    GPU inside a step.  The first non-finite step is remembered with its values either
-    way.  With several processes the values read are their mean over the processes.
-    """
-
-    def __init__(self, device: torch.device, check_every: int):
-        self.device, self.check_every = device, (1 if device.type == "cpu" else check_every)
-        self.names: list[str] = []
-        self.sums: torch.Tensor | None = None
-        self.count = 0
-        self.bad: torch.Tensor | None = None           # [found, step, values...] of the first bad step
-
-    def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
-        values = torch.stack([full_precision(v.detach()).reshape(()) for v in terms.values()])
-        values = torch.cat([values, values.sum().reshape(1)])
-        if self.sums is None:
-            self.names = [*terms, "total"]
-            self.sums = torch.zeros_like(values)
-            self.bad = torch.zeros(2 + len(values), device=values.device)
-        elif list(terms) != self.names[:-1]:
-            raise ValueError(f"the loss terms changed between steps: {self.names[:-1]} -> {list(terms)}")
-        self.sums += values
-        self.count += 1
-        new = (~torch.isfinite(values).all()) & (self.bad[0] == 0)
-        record = torch.cat([torch.ones(1, device=values.device), torch.full((1,), float(step), device=values.device),
-                            values])
-        self.bad = torch.where(new, record, self.bad)
-        self.last = values
-
-    def due(self, step: int) -> bool:
-        return step % self.check_every == 0
-
-    def read(self, where: Callable[[int], str]) -> dict[str, float]:
-        """The last step's terms (mean over the processes); raises on a non-finite step since the last read."""
-        packed = all_mean(torch.cat([self.bad[:1], self.last]))
-        if float(packed[0]) > 0:
-            bad = self.bad
-            if float(bad[0]) > 0:                        # this process saw it: name its step and values
-                shown = ", ".join(f"{k}={float(v)}" for k, v in zip(self.names, bad[2:]))
-                step = int(bad[1])
-            else:
-                shown, step = "on another process", int(self.count)
-            raise NonFiniteLossError(f"non-finite loss at {where(step)}: {shown}. Lower the learning rate, "
-                                     "check the data, or resume from the last checkpoint.")
-        return dict(zip(self.names, packed[1:].tolist()))
-
-    def means(self) -> dict[str, float]:
-        sums = all_mean(self.sums) if self.sums is not None else None
-        return {} if sums is None else {k: v / self.count for k, v in zip(self.names, sums.tolist())}
 
 
 class Trainer:
@@ -438,7 +384,7 @@ class Trainer:
         try:
             return self._fit()
         except RuntimeError as e:
-            if self.env.enabled and _is_collective_failure(e):
+            if self.env.enabled and is_collective_failure(e):
                 raise DistributedError(
                     f"process {self.env.rank} of {self.env.world_size} lost the others at step {self.step} "
                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); another process "
@@ -488,13 +434,4 @@ def _postfix(terms: dict[str, float], lr: float, speed: float) -> dict[str, str]
     return shown | {"lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}
 
 
-def _is_collective_failure(error: BaseException) -> bool:
-    """A failure of the process group rather than of this process's own computation."""
-    if isinstance(error, getattr(torch.distributed, "DistError", ())):
-        return True
-    text = str(error).lower()
-    return any(s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
-                                   "broken pipe", "process group"))
-
-
-__all__ = ["Trainer", "StepMeter", "seed_everything"]
+__all__ = ["Trainer", "seed_everything"]
