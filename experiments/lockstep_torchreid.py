@@ -1,10 +1,11 @@
 """reidkit's Trainer and torchreid 0.2.5's engine, from the same weights, trained on the same batches.
 
-    python experiments/lockstep_torchreid.py [--steps 12 --height 128 --width 64 --channels-last false]
+    python experiments/lockstep_torchreid.py [--steps 12 --height 128 --width 64 --channels-last false --recipe amsgrad]
     python experiments/lockstep_torchreid.py --epochs 10 --seed 1 --channels-last true --threads 1
 
-reidkit's ``Trainer`` (configs/osnet_x0_25_cuhk03.yaml on the real CUHK03-labeled
-data) draws each batch; torchreid's ``ImageSoftmaxEngine.forward_backward``
+reidkit's ``Trainer`` (``--recipe paper``: configs/osnet_x0_25_cuhk03.yaml; ``amsgrad``:
+configs/osnet_x0_25_cuhk03_amsgrad.yaml, torchreid's default softmax recipe; on the real
+CUHK03-labeled data) draws each batch; torchreid's ``ImageSoftmaxEngine.forward_backward``
 then trains torchreid's OSNet x0.25 (a copy of reidkit's initial weights) on
 the same batch.  Prints both losses step by step and the largest relative
 weight differences at the end.  With the default memory layout the two runs
@@ -31,7 +32,7 @@ from reidkit.config import load_recipe  # noqa: E402
 from reidkit.engine import Trainer  # noqa: E402
 from reidkit.engine.evaluate import evaluate_model  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "osnet_x0_25_cuhk03.yaml"
+from bench.bench_osnet_cuhk03 import RECIPES  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +44,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="train whole epochs instead of --steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(RECIPE, [f"data.root={CUHK03}", f"data.height={args.height}", f"data.width={args.width}",
+    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={CUHK03}", f"data.height={args.height}", f"data.width={args.width}",
                                   f"train.output_dir=/tmp/reidkit_lockstep_{args.seed}", f"train.seed={args.seed}",
                                   f"train.channels_last={args.channels_last}"])
     trainer = Trainer(recipe, progress=False)
