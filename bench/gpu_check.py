@@ -73,6 +73,7 @@ class Check:
             result = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-1500:]}
         result["seconds"] = round(time.perf_counter() - start, 1)
         self.summary["steps"][name] = result
+        (Path(self.args.out) / "gpu_check.json").write_text(json.dumps(self.summary, indent=1))   # kept if killed
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {json.dumps(result)[:400]}", flush=True)
 
 
@@ -100,8 +101,9 @@ def find_data(explicit: str | None) -> Path:
 
 def run_tests(check: Check) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(60, check.left() - 300))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests"),
+           *(["-k", check.args.tests] if check.args.tests else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(60, check.left() - 150))
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
     out = Path(check.args.out) / "pytest_gpu.log"
     out.write_text(proc.stdout + proc.stderr)
@@ -201,10 +203,10 @@ def extraction_speed(check: Check) -> dict:
     return out
 
 
-def clustered(n: int, ids: int, dim: int, gen: torch.Generator, device) -> tuple[torch.Tensor, np.ndarray]:
-    centers = torch.randn(ids, dim, generator=gen)
-    pids = torch.randint(0, ids, (n,), generator=gen)
-    feats = centers[pids] + 0.9 * torch.randn(n, dim, generator=gen)
+def clustered(centers: torch.Tensor, n: int, gen: torch.Generator, device) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` features around ``centers`` (one per identity), with their identities."""
+    pids = torch.randint(0, len(centers), (n,), generator=gen)
+    feats = centers[pids] + 4.0 * torch.randn(n, centers.shape[1], generator=gen)
     return feats.to(device), pids.numpy()
 
 
@@ -213,8 +215,9 @@ def evaluation_speed(check: Check, size: str, rerank: bool) -> dict:
     if check.args.quick:
         nq, ng, ids = nq // 20, ng // 20, ids // 20
     gen = torch.Generator().manual_seed(0)
-    qf, qp = clustered(nq, ids, 2048, gen, check.device)
-    gf, gp = clustered(ng, ids, 2048, gen, check.device)
+    centers = torch.randn(ids, 2048, generator=gen)          # query and gallery share the identities
+    qf, qp = clustered(centers, nq, gen, check.device)
+    gf, gp = clustered(centers, ng, gen, check.device)
     qc, gc = np.random.default_rng(0).integers(0, 6, nq), np.random.default_rng(1).integers(0, 6, ng)
     sync(check.device)
     t0 = time.perf_counter()
@@ -224,25 +227,33 @@ def evaluation_speed(check: Check, size: str, rerank: bool) -> dict:
             "mAP": round(100 * result.mAP, 2)}
 
 
-def real_training(check: Check, data: Path, which: str, seconds: float, images_per_s: float | None) -> dict:
+def real_training(check: Check, data: Path, which: str, seconds: float) -> dict:
+    """Train from scratch for as many epochs as ``seconds`` allow at the speed measured on 20 batches first."""
     per_epoch = 7232                                          # CUHK03-labeled train, batches of 64
-    speed = images_per_s or (2000.0 if check.device.type == "cuda" else 30.0)
-    epochs = max(1, min(60, int(seconds * speed / per_epoch)))
-    common = [f"train.device={check.device}", "train.amp=bf16", f"train.epochs={epochs}",
-              f"train.eval_every={epochs}", f"train.output_dir=/tmp/gpu_check/real_{which}"]
-    if which == "bot_r50":
-        recipe = bot_recipe(data, f"/tmp/gpu_check/real_{which}", *common, "schedule.kind=cosine",
-                            "schedule.warmup_epochs=1", *(QUICK if check.args.quick else []))
-    else:
-        recipe = load_recipe(ROOT / "configs" / "osnet_x0_25_cuhk03_amsgrad.yaml",
-                             [f"data.root={data}", *common, *(QUICK[1:] if check.args.quick else [])])
-    trainer = Trainer(recipe, progress=False)
+    out = f"/tmp/gpu_check/real_{which}"
+
+    def recipe(epochs: int):
+        common = [f"train.device={check.device}", "train.amp=bf16", f"train.epochs={epochs}",
+                  f"train.eval_every={epochs}", f"train.output_dir={out}_{epochs}"]
+        if which == "bot_r50":
+            return bot_recipe(data, out, *common, "schedule.kind=cosine", "schedule.warmup_epochs=1",
+                              *(QUICK if check.args.quick else []))
+        return load_recipe(ROOT / "configs" / "osnet_x0_25_cuhk03_amsgrad.yaml",
+                           [f"data.root={data}", *common, *(QUICK[1:] if check.args.quick else [])])
+
+    probe = Trainer(recipe(1), progress=False)
+    probe.train_epoch(0, max_batches=5)
+    speed = probe.train_epoch(1, max_batches=3 if check.args.quick else 20)["images_per_s"]
+    del probe
+    epochs = max(1, min(60, int(0.85 * seconds * speed / per_epoch)))   # 15% for evaluation and start-up
+    trainer = Trainer(recipe(epochs), progress=False)
     t0 = time.perf_counter()
     result = trainer.fit()
     return {"epochs": epochs, "train_and_eval_s": round(time.perf_counter() - t0, 1),
             "mAP": round(100 * result.mAP, 2), "rank1": round(100 * result.rank(1), 2),
-            "images_per_s": round(trainer.history["images_per_s"][-1], 1),
-            "recipe": recipe.model.name + f", {recipe.data.height}x{recipe.data.width}, {recipe.optim.name}"}
+            "images_per_s": round(trainer.history["images_per_s"][-1], 1), "probe_images_per_s": round(speed, 1),
+            "recipe": trainer.recipe.model.name + f", {trainer.recipe.data.height}x{trainer.recipe.data.width}, "
+                      + trainer.recipe.optim.name}
 
 
 def main() -> int:
@@ -253,6 +264,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step (CPU)")
     parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    parser.add_argument("--tests", default=None, help="a pytest -k expression: only these GPU tests")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     check = Check(args)
@@ -278,16 +290,16 @@ def main() -> int:
     for name, fn, needs in steps:
         if name not in args.skip:
             check.step(name, fn, needs)
-    bf16 = check.summary["steps"].get("train_reidkit_bf16", {}).get("images_per_s")
-    real_s = 8 if args.quick else max(45.0, (check.left() - 60) / 2)
-    for which in ("bot_r50", "osnet_x0_25"):
-        if f"real_{which}" not in args.skip:
-            check.step(f"real_{which}", lambda w=which: real_training(check, data, w, real_s, bf16 if w == "bot_r50"
-                                                                         else None), real_s + 20)
+    real = [w for w in ("bot_r50", "osnet_x0_25") if f"real_{w}" not in args.skip]
+    for i, which in enumerate(real):
+        real_s = 8 if args.quick else max(45.0, (check.left() - 30) / (len(real) - i))
+        check.step(f"real_{which}", lambda w=which, s=real_s: real_training(check, data, w, s), real_s * 0.7)
     steps_done = check.summary["steps"]
-    ours, theirs = (steps_done.get(k, {}).get("images_per_s") for k in ("train_reidkit_bf16", "train_torchreid_fp32"))
-    if ours and theirs:
-        check.summary["train_bf16_vs_torchreid"] = round(ours / theirs, 2)
+    theirs = steps_done.get("train_torchreid_fp32", {}).get("images_per_s")
+    for amp in ("fp32", "bf16", "fp16"):
+        ours = steps_done.get(f"train_reidkit_{amp}", {}).get("images_per_s")
+        if ours and theirs:
+            check.summary[f"train_{amp}_vs_torchreid_fp32"] = round(ours / theirs, 2)
     check.summary["total_s"] = round(time.perf_counter() - check.t0, 1)
     text = json.dumps(check.summary, indent=1)
     (Path(args.out) / "gpu_check.json").write_text(text)

@@ -13,6 +13,7 @@ import torch
 from reidkit.config import LossConfig, load_recipe
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from reidkit.data.transforms import IMAGENET_STD
 from reidkit.engine.objective import ReIDObjective
 from reidkit.evaluation import evaluate_features
 from reidkit.losses.center import CenterLossPiece
@@ -89,17 +90,29 @@ def test_evaluation_on_the_gpu_equals_the_cpu(rerank):
     np.testing.assert_allclose(gpu.cmc, cpu.cmc, atol=1e-5)
 
 
+@pytest.mark.parametrize("crop", ["pad", "enlarge"])
 @pytest.mark.parametrize("cache_on_device", [True, False])
-def test_gpu_batches_equal_the_cpu_batches(tiny_data, tmp_path, cache_on_device):
-    """The images on the GPU or streamed from pinned memory: the same augmented batches as on the CPU."""
-    extra = ["augment.color_jitter=0.2", "augment.crop=enlarge", "augment.crop_prob=0.5"]
+def test_gpu_batches_equal_the_cpu_batches(tiny_data, tmp_path, cache_on_device, crop):
+    """The images on the GPU or streamed from pinned memory: the CPU's augmented batches.  Padded crops are
+    equal; the enlarge crop rounds a bilinear resize to uint8 like torchvision, and the two devices' resize
+    kernels may land on opposite sides of a .5, so a few pixels may differ by one grey level (times the
+    colour jitter's brightness, contrast and saturation factors, at most 1.2 each) and no more."""
+    extra = ["augment.color_jitter=0.2", f"augment.crop={crop}", "augment.crop_prob=0.5"]
     cpu = Trainer(recipe(tiny_data, tmp_path / "cpu", "train.device=cpu", *extra), progress=False)
     gpu = Trainer(recipe(tiny_data, tmp_path / "gpu", "train.device=cuda", f"data.cache_on_device={cache_on_device}",
                          *extra), progress=False)
     assert (gpu.loader.images.device.type == "cuda") == cache_on_device
+    one_level = 1.2 ** 3 / 255 / min(IMAGENET_STD)        # brightness, contrast, saturation factors <= 1.2
+    batches = 0
     for a, b in zip(cpu.loader, gpu.loader):
-        torch.testing.assert_close(b.images.cpu(), a.images, rtol=0, atol=1e-4)
+        diff = (b.images.cpu() - a.images).abs()
+        if crop == "pad":
+            assert diff.max() <= 1e-4
+        else:
+            assert diff.max() <= one_level + 1e-4 and (diff > 1e-4).float().mean() < 0.01
         assert torch.equal(b.pids.cpu(), a.pids) and torch.equal(b.camids.cpu(), a.camids)
+        batches += 1
+    assert batches == len(cpu.loader) > 0
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
@@ -118,17 +131,25 @@ def test_training_on_the_gpu_and_its_checkpoint_on_the_cpu(tiny_data, tmp_path, 
 
 
 def test_gpu_and_cpu_training_start_alike(tiny_data, tmp_path):
-    """The first steps on the GPU give the CPU's losses (fp32, no TF32, NCHW)."""
-    runs = {}
+    """The first step on the GPU gives the CPU's loss and gradients (fp32, no TF32, NCHW).  The second loss
+    is only close: Adam's first update is about lr * sign(gradient) for every weight, so weights whose
+    gradient is rounding noise move by a full lr in either direction (H100, 2026-11-26: 3.3758 vs 3.3825)."""
+    losses, grads = {}, {}
     for device in ("cpu", "cuda"):
         t = Trainer(recipe(tiny_data, tmp_path / device, f"train.device={device}", "train.channels_last=false",
-                           "loss.center_weight=0"), progress=False)
-        seen = []
-        t.on_check = lambda step, terms, seen=seen: seen.append(terms["total"])
+                           "loss.center_weight=0", "train.log_every=1"), progress=False)
+        seen = losses.setdefault(device, [])
+
+        def check(step, terms, t=t, seen=seen, device=device):
+            seen.append(terms["total"])
+            if len(seen) == 1:          # gradients of the first step (zeroed at the start of the next)
+                grads[device] = torch.cat([p.grad.flatten().cpu() for p in t.model.parameters() if p.grad is not None])
+        t.on_check = check
         t.train_epoch(0, max_batches=2)
-        runs[device] = seen
-    assert runs["cuda"][0] == pytest.approx(runs["cpu"][0], rel=1e-5)
-    assert runs["cuda"][1] == pytest.approx(runs["cpu"][1], rel=1e-3)
+    assert losses["cuda"][0] == pytest.approx(losses["cpu"][0], rel=1e-5)
+    assert grads["cuda"].shape == grads["cpu"].shape
+    assert (grads["cuda"] - grads["cpu"]).norm() <= 1e-3 * grads["cpu"].norm()
+    assert losses["cuda"][1] == pytest.approx(losses["cpu"][1], rel=1e-2)
 
 
 def test_torchrun_on_one_gpu(tiny_data, tmp_path):
