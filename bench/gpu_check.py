@@ -12,6 +12,7 @@ Steps, each timed and guarded (a failing step records its error; the summary sti
    CUHK03-labeled train: reidkit fp32 / bf16 / fp16 and, on the same GPU in the same run, torchreid
    0.2.5's ``ImageTripletEngine`` on its ``ImageDataManager`` (workers = the machine's cores; its ResNet-50
    built with last stride 1 too).
+   Then the host-GPU synchronisations inside a training step (CUDA's sync debug mode), by source line.
 3. The input pipeline alone (decoded images -> P x K batches -> augmentation on the GPU), images/s, with
    the images in GPU memory and streamed from pinned host memory.
 4. OSNet x1.0 feature extraction images/s (fp32 and bf16 autocast).
@@ -125,6 +126,29 @@ def reidkit_speed(check: Check, data: Path, amp: str, batches: int) -> dict:
     sync(check.device)
     stats = trainer.train_epoch(1, max_batches=batches)    # the epoch's clock ends after its last loss is read
     return {"images_per_s": round(stats["images_per_s"], 1), "batches": batches, "loss": round(stats["total"], 3)}
+
+
+def host_syncs(check: Check, data: Path, batches: int = 10) -> dict:
+    """Where the training step makes the host wait for the GPU: CUDA's sync debug mode over ``batches``
+    steps of BoT ResNet-50 in bf16 (after a warm-up), counted by source line."""
+    if check.device.type != "cuda":
+        return {"skipped": "CUDA's sync debug mode needs a GPU"}
+    trainer = Trainer(bot_recipe(data, "/tmp/gpu_check/syncs", f"train.device={check.device}", "train.amp=bf16"),
+                      progress=False)
+    trainer.train_epoch(0, max_batches=3)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train_epoch(1, max_batches=batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    where: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+    return {"steps": batches, "syncs": sum(where.values()), "where": dict(sorted(where.items(), key=lambda kv: -kv[1]))}
 
 
 def torchreid_speed(check: Check, data: Path, batches: int) -> dict:
@@ -279,6 +303,7 @@ def main() -> int:
         ("train_reidkit_bf16", lambda: reidkit_speed(check, data, "bf16", batches), 40),
         ("train_reidkit_fp16", lambda: reidkit_speed(check, data, "fp16", batches), 40),   # (slow on a CPU)
         ("train_torchreid_fp32", lambda: torchreid_speed(check, data, batches), 60),
+        ("host_syncs", lambda: host_syncs(check, data), 20),
         ("input_pipeline", lambda: pipeline_speed(check, data), 30),
         ("extract_osnet", lambda: extraction_speed(check), 20),
         ("eval_market1501", lambda: evaluation_speed(check, "market1501", False), 15),
