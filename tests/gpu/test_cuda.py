@@ -11,9 +11,9 @@ from conftest import make_tiny_synthetic
 import torch
 
 from reidkit.config import LossConfig, load_recipe
+from reidkit.data.transforms import IMAGENET_STD
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from reidkit.data.transforms import IMAGENET_STD
 from reidkit.engine.objective import ReIDObjective
 from reidkit.evaluation import evaluate_features
 from reidkit.losses.center import CenterLossPiece
