@@ -257,13 +257,15 @@ def real_training(check: Check, data: Path, which: str, seconds: float) -> dict:
     out = f"/tmp/gpu_check/real_{which}"
 
     def recipe(epochs: int):
+        run_dir = f"{out}_{epochs}"
         common = [f"train.device={check.device}", "train.amp=bf16", f"train.epochs={epochs}",
-                  f"train.eval_every={epochs}", f"train.output_dir={out}_{epochs}"]
+                  f"train.eval_every={epochs}"]
         if which == "bot_r50":
-            return bot_recipe(data, out, *common, "schedule.kind=cosine", "schedule.warmup_epochs=1",
+            return bot_recipe(data, run_dir, *common, "schedule.kind=cosine", "schedule.warmup_epochs=1",
                               *(QUICK if check.args.quick else []))
         return load_recipe(ROOT / "configs" / "osnet_x0_25_cuhk03_amsgrad.yaml",
-                           [f"data.root={data}", *common, *(QUICK[1:] if check.args.quick else [])])
+                           [f"data.root={data}", f"train.output_dir={run_dir}", *common,
+                            *(QUICK[1:] if check.args.quick else [])])
 
     probe = Trainer(recipe(1), progress=False)
     probe.train_epoch(0, max_batches=5)

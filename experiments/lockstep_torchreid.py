@@ -26,13 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_osnet_cuhk03 import RECIPES  # noqa: E402
 from bench.bench_train import CUHK03  # noqa: E402
 from bench.peers import TorchreidLockstep  # noqa: E402
 from reidkit.config import load_recipe  # noqa: E402
 from reidkit.engine import Trainer  # noqa: E402
 from reidkit.engine.evaluate import evaluate_model  # noqa: E402
-
-from bench.bench_osnet_cuhk03 import RECIPES  # noqa: E402
 
 
 def main() -> None:
