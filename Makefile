@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install            ## built-in synthetic data -> train -> evaluate -> demo_output/report/index.html
-	$(VENV)/bin/reidkit demo --output demo_output --no-progress
+	$(VENV)/bin/reidkit demo --output demo_output --no-progress --overwrite
 
 test: install            ## the test suite (real-data tests skip when ../shared/data is absent)
 	$(PY) -m pytest

@@ -1,4 +1,5 @@
-"""The ``reidkit`` command: train, eval, extract, search, data (synth, summary), import-onnx, export, demo."""
+"""The ``reidkit`` command: train, eval, extract, search, data (synth, summary), import-onnx, export, demo,
+models, datasets."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .engine.distributed import DistributedError
-
 from .config import RecipeError, load_recipe
+from .engine.distributed import DistributedError
+from .files import OutputError, check_output_file, write_text_atomic
 from .logs import setup_logging
 
 log = logging.getLogger("reidkit")
@@ -23,9 +24,12 @@ def cmd_train(args) -> int:
     from .engine import Trainer
     from .engine.device import resolve_device
     from .engine.distributed import init_from_env, shutdown
+    from .engine.run_folder import prepare_run_folder
     recipe = load_recipe(args.recipe, args.overrides)
     env = init_from_env(resolve_device(recipe.train.device).type, recipe.train.dist_timeout)
     try:
+        if env.is_main:              # before the log file is opened there, and before minutes of decoding
+            prepare_run_folder(recipe.train.output_dir, args.resume, args.overwrite)
         setup_logging(recipe.train.output_dir, main_process=env.is_main)
         trainer = Trainer(recipe, progress=not args.no_progress)
         result = trainer.fit(resume=args.resume)
@@ -80,11 +84,13 @@ def cmd_extract(args) -> int:
         raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
     else:
         arch, options, size = args.arch, {}, tuple(args.size)
+    check_output_file(args.out)            # a read-only folder or a path that is a folder: now, not after minutes
     paths = [str(p.resolve()) for p in find_images(args.images)]
     extractor = FeatureExtractor(arch, args.weights, device=_device(args.device), image_size=size,
                                  batch_size=args.batch_size, model_options=options)
     t0 = time.perf_counter()
-    features = extractor(paths, progress=not args.no_progress)
+    features, paths = extractor.embed_files(paths, progress=not args.no_progress,
+                                            skip_bad_images=args.skip_bad_images)
     seconds = time.perf_counter() - t0
     meta = {"arch": arch, "weights": str(Path(args.weights).resolve()), "image_size": list(size),
             "model_options": options}
@@ -114,10 +120,16 @@ def cmd_search(args) -> int:
         raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
                          "(write it with `reidkit extract`)")
     weights = args.weights or meta["weights"]
+    for out in (args.json, args.picture):
+        if out:
+            check_output_file(out)
     queries = [str(p.resolve()) for p in find_images(args.queries)]
+    from .deploy.extractor import check_image_size
+    size = check_image_size(meta.get("image_size", ()), f"{args.gallery}: the metadata's image_size")
     extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
-                                 image_size=tuple(meta["image_size"]), model_options=meta["model_options"])
-    distances, indices = index.search(extractor(queries), args.top_k)
+                                 image_size=size, model_options=meta["model_options"])
+    features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
+    distances, indices = index.search(features, args.top_k)
     results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
@@ -126,7 +138,7 @@ def cmd_search(args) -> int:
         for rank, m in enumerate(r["matches"], 1):
             print(f"  {rank:3d}  {m['distance']:.4f}  {m['path']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_text_atomic(args.json, json.dumps(results, indent=1))
         print(f"results -> {args.json}")
     if args.picture:
         from .reporting.ranked_lists import QUERY, ranked_rows_image
@@ -151,17 +163,21 @@ def cmd_synth(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    """Describe a dataset (and with --check-images decode every image); never writes anything."""
     from .data import build_dataset
-    from .data.images import check_images
-    dataset = build_dataset(args.name, args.root)
+    from .data.datasets.registry import loader_takes
+    from .data.images import check_images, describe_bad_images
+    read_only = {"generate": False} if loader_takes(args.name, "generate") else {}
+    dataset = build_dataset(args.name, args.root, **read_only)
     print(dataset.summary())
     if args.check_images:
-        records = dataset.train + dataset.query + dataset.gallery
-        bad = check_images([r.path for r in records])
-        print(f"decoded {len(records)} images: {len(bad)} bad")
-        for path, reason in bad:
-            print(f"  {path}: {reason}")
-        return 1 if bad else 0
+        splits = {"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}
+        bad = {name: check_images([r.path for r in records]) for name, records in splits.items()}
+        total = sum(len(records) for records in splits.values())
+        print(f"decoded {total} images: {sum(len(b) for b in bad.values())} bad")
+        if any(bad.values()):
+            print(describe_bad_images({k: v for k, v in bad.items() if v}, limit=10**9))
+            return 1
     return 0
 
 
@@ -180,6 +196,7 @@ def cmd_export(args) -> int:
 
     from .deploy.optimize import export_onnx
     recipe = load_recipe(args.recipe, args.overrides)
+    check_output_file(args.out)
     model = load_trained_model(recipe, args.weights)
     size = (recipe.data.height, recipe.data.width)
     path = export_onnx(model, args.out, size)
@@ -195,7 +212,22 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.output, epochs=args.epochs, progress=not args.no_progress, reference=args.reference)
+    run_demo(args.output, epochs=args.epochs, progress=not args.no_progress, reference=args.reference,
+             overwrite=args.overwrite)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import describe_models
+    for name, doc in describe_models():
+        print(f"{name:28s} {doc}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import describe_datasets
+    for name, doc in describe_datasets():
+        print(f"{name:16s} {doc}")
     return 0
 
 
@@ -207,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in train.output_dir (deleted first; refused without this flag)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -232,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="approximate search over this many clusters (large galleries; default exact)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--out", required=True, help="gallery file to write (.npz)")
+    p.add_argument("--out", required=True, help="gallery file to write (.npz; replaced only once complete)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable images out of the gallery (default: list them all and stop)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_extract)
 
@@ -245,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="where the queries are embedded (auto, cpu, cuda, cuda:N)")
     p.add_argument("--json", help="also write the ranked lists here")
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable query images out (default: list them all and stop)")
     p.set_defaults(func=cmd_search)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -280,8 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
     p.add_argument("--reference", default=None, help="OSNet x0.25 ONNX export shown as pretrained reference "
                    "(default: ../shared/data/weights/osnet_x0_25_msmt17.onnx when present)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run of an earlier demo in --output")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the model names a recipe's model.name can take")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("datasets", help="list the dataset names a recipe's data.dataset can take")
+    p.set_defaults(func=cmd_datasets)
     return parser
 
 
@@ -296,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (RecipeError, ValueError, FileNotFoundError, FloatingPointError, DistributedError) as e:
+    except (RecipeError, ValueError, FileNotFoundError, FloatingPointError, DistributedError, OutputError) as e:
         print(f"reidkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

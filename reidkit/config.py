@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .suggest import did_you_mean
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the source."""
@@ -233,12 +235,24 @@ def _format_errors(error: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
+            lines.append(f"  unknown key '{key}'{did_you_mean(str(e['loc'][-1]), _keys_beside(e['loc']))}")
         elif isinstance(e.get("input"), dict):          # a whole section: the message names the keys
             lines.append(f"  {key + ': ' if key else ''}{msg}")
         else:
             lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
+
+
+def _keys_beside(loc: tuple) -> list[str]:
+    """The keys the recipe section holding ``loc`` (e.g. ``("train", "epohcs")``) accepts."""
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        inner = getattr(field, "annotation", None) if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -285,6 +299,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
             tree = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        if not tree:
+            raise RecipeError(f"{path}: the recipe is empty (no sections, only comments or blank lines); "
+                              "it would silently run every default. Start from a recipe in configs/ and "
+                              "change what differs")
         if not isinstance(tree, dict):
             raise RecipeError(f"{path}: a recipe must be a mapping of sections")
         source = str(path)

@@ -21,6 +21,21 @@ def make_tiny_synthetic(tmp_path_factory, name: str, num_ids: int = 16, seed: in
     return root
 
 
+def tiny_overrides(root, out, epochs=3) -> list[str]:
+    """A ResNet-18 BoT run on a tiny synthetic set at 32x16 (seconds per epoch on a CPU)."""
+    return [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32", "data.width=16",
+            "data.batch_size=8", "data.num_instances=2", "data.test_batch_size=64",
+            "model.name=resnet18_bnneck", "model.pretrained=none", "optim.lr=0.001",
+            "schedule.kind=cosine", "schedule.warmup_epochs=0", f"train.epochs={epochs}",
+            "train.eval_every=1", f"train.output_dir={out}", "augment.padding=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny synthetic set of :func:`tiny_overrides` (16 identities, 3 cameras), shared by the session."""
+    return make_tiny_synthetic(tmp_path_factory, "tiny", num_ids=16, seed=1, num_distractors=6)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip, saying why, on a machine without CUDA."""
     if torch.cuda.is_available():

@@ -13,16 +13,30 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..files import write_text_atomic
 from .images import BadImageError, load_rgb
 from .records import ImageRecord
 
 log = logging.getLogger(__name__)
+
+
+def fingerprint_sources(records: Sequence[ImageRecord]) -> str:
+    """A hash of every image's path, size and modification time: it changes when a file is edited,
+    replaced, added or removed (a stat per file; no image is read)."""
+    h = hashlib.sha256()
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            h.update(f"{r.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{r.path}\tmissing\n".encode())
+    return h.hexdigest()
 
 
 class ImageCache:
@@ -33,7 +47,8 @@ class ImageCache:
         size: ``(height, width)`` to resize to.
         mmap_path: if given, the array lives in this file (for data that does
             not fit in RAM); it is reused when its manifest (``FILE.json``:
-            the image paths and size) matches, and rebuilt otherwise.
+            the image size and every source file's path, size and modification
+            time, written last as the completion marker) matches, and rebuilt otherwise.
         skip_bad_images: drop undecodable images (counted in the log) instead
             of raising :class:`BadImageError` listing them.
         workers: decoding threads (None: one per core).
@@ -48,17 +63,22 @@ class ImageCache:
         if mmap_path is not None:
             mmap_path = Path(mmap_path)
             manifest_path = mmap_path.with_name(mmap_path.name + ".json")
-            manifest = json.dumps({"size": self.size, "paths_sha256": hashlib.sha256(
-                "\n".join(r.path for r in records).encode()).hexdigest()})
+            manifest = json.dumps({"size": self.size, "sources_sha256": fingerprint_sources(records),
+                                   "complete": True})
             reuse = (mmap_path.is_file() and mmap_path.stat().st_size == int(np.prod(shape))
                      and manifest_path.is_file() and manifest_path.read_text() == manifest)
+            if not reuse:
+                if manifest_path.exists():
+                    log.info("rebuilding %s: the images, their size or their files changed since it was written "
+                             "(or its last build did not finish)", mmap_path)
+                manifest_path.unlink(missing_ok=True)     # written again only once every image is in place
             array = np.memmap(mmap_path, dtype=np.uint8, mode="r+" if reuse else "w+", shape=shape)
         else:
             array = np.empty(shape, dtype=np.uint8)
         bad = [] if reuse else self._decode_all(records, array, workers, progress, desc)
         if mmap_path is not None and not reuse and not bad:
             array.flush()
-            manifest_path.write_text(manifest)
+            write_text_atomic(manifest_path, manifest)   # the completion marker, last
         if bad and not skip_bad_images:
             raise BadImageError(bad)
         keep = np.ones(len(records), dtype=bool)
@@ -94,3 +114,17 @@ class ImageCache:
 
     def camids(self) -> np.ndarray:
         return np.array([r.camid for r in self.records], dtype=np.int64)
+
+
+def decode_each(jobs: dict[str, Callable[[], ImageCache]]) -> dict[str, ImageCache]:
+    """Run every split's decoding (``{"train": make_cache, ...}``) even after one finds bad files, then raise
+    one :class:`BadImageError` listing the bad files of all splits, grouped by split and folder."""
+    caches, bad = {}, {}
+    for split, make in jobs.items():
+        try:
+            caches[split] = make()
+        except BadImageError as e:
+            bad[split] = e.bad
+    if bad:
+        raise BadImageError([b for found in bad.values() for b in found], splits=bad)
+    return caches

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 64 * 1024 * 1024  # far above any person crop; larger files are refused as bombs
@@ -14,12 +15,48 @@ MAX_PIXELS = 64 * 1024 * 1024  # far above any person crop; larger files are ref
 class BadImageError(ValueError):
     """One or more images could not be decoded; ``bad`` lists ``(path, reason)``."""
 
-    def __init__(self, bad: list[tuple[str, str]]):
-        self.bad = bad
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        super().__init__(f"{len(bad)} image(s) could not be decoded:\n{lines}{more}\n"
-                         "(pass skip_bad_images=True to skip them and continue)")
+    def __init__(self, bad: list[tuple[str, str]], hint: str = "set data.skip_bad_images=true to skip them",
+                 splits: dict[str, list[tuple[str, str]]] | None = None):
+        self.bad, self.splits = bad, splits
+        super().__init__(describe_bad_images(splits or {"": bad}) + f"\n({hint})")
+
+
+def describe_bad_images(splits: dict[str, list[tuple[str, str]]], limit: int = 20) -> str:
+    """The bad files of each split (``{"train": [(path, reason), ...], ...}``), grouped by folder."""
+    total = sum(len(b) for b in splits.values())
+    lines = [f"{total} image(s) could not be decoded" + (":" if len(splits) == 1 and "" in splits else
+             " (" + ", ".join(f"{s}: {len(b)}" for s, b in splits.items() if b) + "):")]
+    listed = 0
+    for split, bad in splits.items():
+        folders: dict[str, list[tuple[str, str]]] = {}
+        for path, reason in bad:
+            folders.setdefault(str(Path(path).parent), []).append((path, reason))
+        for folder, items in folders.items():
+            lines.append(f"  {split + ' ' if split else ''}{folder}/ ({len(items)} bad):")
+            for path, reason in items[:max(0, limit - listed)]:
+                lines.append(f"    {Path(path).name}: {reason}")
+                listed += 1
+    if total > listed:
+        lines.append(f"  ... {total - listed} more not listed")
+    return "\n".join(lines)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB.  16- and 32-bit greyscale (PNG ``I;16``, ``I``) are scaled to 0..255 by their bit
+    depth (PIL's own ``convert("RGB")`` clips them, turning a 16-bit image almost white); float images are
+    read as 0..1 when they lie there, else clipped to 0..255."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if values.max(initial=0) > 65535:
+            top = float(values.max())
+        grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if values.size and 0 <= values.min() and values.max() <= 1 else 1.0
+        return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
 
 
 def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
@@ -39,7 +76,7 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
                     raise BadImageError([(str(path), f"{img.width}x{img.height} pixels: "
                                                      "refused as a decompression bomb")])
                 img.load()
-                rgb = img.convert("RGB")
+                rgb = to_rgb(img)
     except BadImageError:
         raise
     except FileNotFoundError:

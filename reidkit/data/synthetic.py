@@ -18,6 +18,9 @@ methods address rather than to be separable by colour alone:
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +214,24 @@ def generate(out: str | Path, num_ids: int = 200, num_cameras: int = 6, seed: in
     if num_ids < 4 or num_cameras < 2:
         raise ValueError(f"need at least 4 identities and 2 cameras, got {num_ids} and {num_cameras}")
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty: the synthetic dataset is written only into a new or "
+                         "empty folder (nothing of yours is overwritten); choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        count = _write_images(staging, num_ids, num_cameras, seed, images_per_camera, num_distractors)
+        os.replace(staging, out)                  # all or nothing: a killed generation leaves no half dataset
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not quiet:
+        print(f"synthetic dataset: {count} images of {num_ids} identities + {num_distractors} "
+              f"distractors, {num_cameras} cameras -> {out}")
+    return out
+
+
+def _write_images(out: Path, num_ids: int, num_cameras: int, seed: int, images_per_camera: tuple[int, int],
+                  num_distractors: int) -> int:
     folders = {s: out / s for s in ("bounding_box_train", "query", "bounding_box_test")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +263,4 @@ def generate(out: str | Path, num_ids: int = 200, num_cameras: int = 6, seed: in
         Image.fromarray(image).save(folders["bounding_box_test"] / f"0000_c{cam + 1}s1_{frame:06d}_00.jpg",
                                     quality=90)
         count += 1
-    if not quiet:
-        print(f"synthetic dataset: {count} images of {num_ids} identities + {num_distractors} "
-              f"distractors, {num_cameras} cameras -> {out}")
-    return out
+    return count

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import load_rgb
+from ..data.images import BadImageError, load_rgb
 from ..data.transforms import normalize
 from ..engine.checkpoint import model_from_checkpoint
 from ..models import build_model
@@ -40,6 +40,22 @@ from .optimize import export_onnx, fuse_for_inference
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+#: the largest input a model is built for (far above any person crop: 256x128, 384x192)
+MAX_INPUT_SIDE = 2048
+MAX_INPUT_PIXELS = 2048 * 1024
+
+
+def check_image_size(size: Sequence[int], source: str = "image_size") -> tuple[int, int]:
+    """``(height, width)`` as ints, or a ``ValueError`` naming ``source`` for a size no ReID model takes."""
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: expected (height, width), got {size!r}") from None
+    if not (8 <= h <= MAX_INPUT_SIDE and 8 <= w <= MAX_INPUT_SIDE and h * w <= MAX_INPUT_PIXELS):
+        raise ValueError(f"{source}: input size {h}x{w} is outside 8..{MAX_INPUT_SIDE} per side / "
+                         f"{MAX_INPUT_PIXELS} pixels (person crops are e.g. 256x128)")
+    return h, w
 
 
 class FeatureExtractor:
@@ -61,6 +77,7 @@ class FeatureExtractor:
             backend = "onnxruntime" if device == "cpu" else "torch"
         if backend == "onnxruntime" and device != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
+        image_size = check_image_size(image_size)
         if weights is not None:
             self.model = model_from_checkpoint(model_name, weights, **(model_options or {}))
         else:
@@ -115,6 +132,39 @@ class FeatureExtractor:
         else:
             raise TypeError(f"expected a path, PIL image or uint8 array, got {type(image).__name__}")
         return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+
+    def embed_files(self, paths: Sequence[str | Path], progress: bool = False,
+                    skip_bad_images: bool = False) -> tuple[torch.Tensor, list[str]]:
+        """Embeddings of image files and the paths they belong to.
+
+        Every file is tried: the undecodable ones are all listed in one :class:`BadImageError` after the pass,
+        or with ``skip_bad_images`` left out (logged) and absent from the returned paths.
+        """
+        bad: list[tuple[str, str]] = []
+
+        def decode(path):
+            try:
+                return self._to_uint8(path)
+            except BadImageError as e:
+                bad.extend(e.bad)
+                return None
+
+        out, kept = [], []
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:
+            for s in tqdm(range(0, len(paths), self.batch_size), desc="embedding", unit="batch", disable=not progress):
+                chunk = list(paths[s:s + self.batch_size])
+                images = list(decoders.map(decode, chunk))
+                good = [(p, x) for p, x in zip(chunk, images) if x is not None]
+                if good and not (bad and not skip_bad_images):     # stop embedding once the run must fail
+                    out.append(self.embed_batch(normalize(torch.stack([x for _, x in good]))))
+                    kept += [str(p) for p, _ in good]
+        if bad and not skip_bad_images:
+            raise BadImageError(bad, hint="pass --skip-bad-images to leave them out")
+        if bad:
+            log.warning("left out %d undecodable image(s): %s", len(bad), ", ".join(p for p, _ in bad[:5]))
+        if not kept:
+            raise ValueError(f"none of the {len(paths)} image(s) could be decoded")
+        return torch.cat(out), kept
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], progress: bool = False) -> torch.Tensor:
         """Embeddings of one image or a list, ``batch_size`` at a time (``progress``: a bar over the batches)."""

@@ -15,6 +15,7 @@ the ``nprobe`` lists nearest to each query: approximate, and exact again when
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..evaluation.distance import check_metric
+from ..files import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -148,7 +150,6 @@ class GalleryIndex:
         stored trained, so that loading it does not cluster the gallery again.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_VERSION, "metric": self.metric, "ivf_lists": self.ivf_lists,
                   "nprobe": self.nprobe, "meta": self.meta}
         arrays = {"features": self.features, "paths": np.array(self.paths, dtype=str),
@@ -157,9 +158,10 @@ class GalleryIndex:
             if self._index is None:
                 self._index = self._build()
             arrays["faiss_index"] = _import_faiss().serialize_index(self._index)
-        with open(path, "wb") as f:                  # a file object: numpy would otherwise append ".npz"
-            np.savez(f, **arrays)
-        return path
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:               # a file object: numpy would otherwise append ".npz"
+                np.savez(f, **arrays)
+        return write_atomic(path, write)             # a failed write leaves the previous gallery intact
 
     @classmethod
     def load(cls, path: str | Path) -> "GalleryIndex":
@@ -169,8 +171,11 @@ class GalleryIndex:
                 header = json.loads(str(z["header"]))
                 features, paths = z["features"], z["paths"].tolist()
                 trained = z["faiss_index"] if "faiss_index" in z.files else None
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a reidkit gallery file ({e})") from e
+        except FileNotFoundError:
+            raise FileNotFoundError(f"gallery file not found: {path}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a reidkit gallery file, or a truncated one ({type(e).__name__}: "
+                             f"{str(e)[:200]}); write it again with `reidkit extract`") from None
         if header.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: gallery format {header.get('format')!r}, this reidkit reads {FORMAT_VERSION}")
         gallery = cls(features, paths, header["metric"], header["ivf_lists"], header["nprobe"], header["meta"])

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 
+from ..files import write_atomic
+
 log = logging.getLogger("reidkit")
 
 
@@ -38,13 +40,13 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
 def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] = (256, 128),
                 opset: int = 17) -> Path:
     """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = fuse_for_inference(model, channels_last=False)
     example = torch.zeros(2, 3, *image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
-    return path
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (example,), tmp, input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    return write_atomic(path, write)        # an interrupted export never replaces a working model

@@ -21,6 +21,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used with this model or recipe."""
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """Model weights or buffers hold NaN or infinity; such a checkpoint is never written."""
+
+
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state_dict`` that hold NaN or infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def describe_tensors(names: list[str], limit: int = 4) -> str:
+    return f"{len(names)} tensor(s): {', '.join(names[:limit])}{' ...' if len(names) > limit else ''}"
+
+
 def to_cpu(value: Any) -> Any:
     """``value`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
     if isinstance(value, torch.Tensor):
@@ -33,7 +47,15 @@ def to_cpu(value: Any) -> Any:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write ``state`` (tensors moved to the CPU) atomically to ``path``."""
+    """Write ``state`` (tensors moved to the CPU) atomically to ``path``.
+
+    Raises :class:`NonFiniteWeightsError` (and writes nothing) when ``state["state_dict"]`` holds a
+    NaN or infinite value: a checkpoint that poisons whatever loads it is never written.
+    """
+    bad = non_finite_tensors(state.get("state_dict", {}))
+    if bad:
+        raise NonFiniteWeightsError(f"not writing {path}: the model's {describe_tensors(bad)} hold NaN or "
+                                    "infinite values")
     cpu_state = to_cpu(state)
     return write_atomic(path, lambda tmp: torch.save(cpu_state, tmp))
 

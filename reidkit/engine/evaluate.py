@@ -1,24 +1,36 @@
 """Evaluate a model on the query and gallery of a dataset, alone or across data-parallel processes."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from ..config import EvalConfig, Recipe
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, decode_each
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult, evaluate_features
 from .distributed import DistEnv, broadcast_object, gather_rows
 from .features import extract_features
 
 
-def build_test_caches(recipe: Recipe, dataset, progress: bool = True,
-                      env: DistEnv = DistEnv()) -> tuple[ImageCache, ImageCache]:
-    """The decoded query and gallery images (with several processes, this process's share of each)."""
+def test_cache_jobs(recipe: Recipe, dataset, progress: bool = True,
+                    env: DistEnv = DistEnv()) -> dict[str, Callable[[], ImageCache]]:
+    """``{"query": ..., "gallery": ...}``: what decodes each split (this process's share of it), for
+    :func:`~reidkit.data.cache.decode_each`."""
     d = recipe.data
     kw = dict(skip_bad_images=d.skip_bad_images, workers=d.decode_workers, progress=progress and env.is_main)
-    return tuple(ImageCache(_share(records, env), (d.height, d.width), desc=desc, **kw)
-                 for records, desc in ((dataset.query, "query"), (dataset.gallery, "gallery")))
+    return {split: (lambda records=records, split=split: ImageCache(_share(records, env), (d.height, d.width),
+                                                                     desc=split, **kw))
+            for split, records in (("query", dataset.query), ("gallery", dataset.gallery))}
+
+
+def build_test_caches(recipe: Recipe, dataset, progress: bool = True,
+                      env: DistEnv = DistEnv()) -> tuple[ImageCache, ImageCache]:
+    """The decoded query and gallery images (with several processes, this process's share of each); the bad
+    files of both are listed in one error."""
+    caches = decode_each(test_cache_jobs(recipe, dataset, progress, env))
+    return caches["query"], caches["gallery"]
 
 
 def _share(records: list, env: DistEnv) -> list:

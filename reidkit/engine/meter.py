@@ -56,8 +56,8 @@ class StepMeter:
                 step = int(bad[1])
             else:
                 shown, step = "on another process", int(self.count)
-            raise NonFiniteLossError(f"non-finite loss at {where(step)}: {shown}. Lower the learning rate, "
-                                     "check the data, or resume from the last checkpoint.")
+            raise NonFiniteLossError(f"non-finite loss at {where(step)}: {shown}. Lower the learning rate or "
+                                     "check the data.")
         return dict(zip(self.names, packed[1:].tolist()))
 
     def means(self) -> dict[str, float]:

@@ -58,12 +58,3 @@ class ReIDObjective(nn.Module):
         if self.triplet is not None:
             terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids) for f in features)
         return terms
-
-
-def check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
-    """Raise :class:`NonFiniteLossError` naming ``where`` and every term's value if one is NaN or infinite."""
-    values = {k: float(v.detach()) for k, v in terms.items()}
-    if not all(torch.isfinite(torch.tensor(list(values.values())))):
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        raise NonFiniteLossError(f"non-finite loss at {where}: {shown}. Lower the learning rate, "
-                                 "check the data, or resume from the last checkpoint.")

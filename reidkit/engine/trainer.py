@@ -22,27 +22,36 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, decode_each
 from ..data.loader import Batch, TrainLoader
 from ..data.samplers import build_sampler, shard_bounds
 from ..data.transforms import AugmentConfig, BatchAugment
 from ..evaluation import RankResult
 from ..files import write_text_atomic
-from ..models import build_model
+from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, NonFiniteWeightsError, describe_tensors, load_checkpoint, load_model_weights,
+                         model_from_checkpoint, non_finite_tensors, save_checkpoint)
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import (DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows,
                           is_collective_failure)
-from .evaluate import build_test_caches, evaluate_model
+from .evaluate import evaluate_model, test_cache_jobs
 from .freeze import find_modules, open_all_layers, open_layers
 from .meter import StepMeter
-from .objective import ReIDObjective
+from .objective import NonFiniteLossError, ReIDObjective
+from .run_folder import prepare_run_folder
 from .optim import build_optimizer
 from .schedulers import WarmupScheduler
 
 log = logging.getLogger("reidkit")
+
+#: an epoch whose mean loss exceeds this multiple of the first epoch's, or weights above this size, are
+#: reported loudly: training is diverging even while every value is still finite
+EXPLODING_LOSS_FACTOR = 100.0
+EXPLODING_WEIGHT = 1e6
+#: a mean loss above this is diverging whatever the first epoch's was (cross-entropy over 100,000 identities: 11.5)
+EXPLODING_LOSS = 1e4
 
 
 def seed_everything(seed: int) -> None:
@@ -73,15 +82,20 @@ class Trainer:
         self.is_main = self.env.is_main
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         seed_everything(t.seed)
+        check_model(recipe.model.name, pretrained=recipe.model.pretrained or "none", **recipe.model.options())
         self.dataset = build_dataset(d.dataset, d.root, **d.options)
         if self.is_main:
             log.info("\n%s", self.dataset.summary())
             log.info("training on %s, amp %s%s", describe(self.device), t.amp,
                      f"; data parallel: {self.env.describe()}" if self.env.enabled else "")
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
-        self.train_cache = ImageCache(self.dataset.train, (d.height, d.width), mmap_path=d.cache_file,
-                                      skip_bad_images=d.skip_bad_images, workers=workers,
-                                      progress=progress and self.is_main, desc="train")
+        # every split decoded now, so that bad files anywhere are all named before epoch 1
+        caches = decode_each({"train": lambda: ImageCache(self.dataset.train, (d.height, d.width),
+                                                          mmap_path=d.cache_file, skip_bad_images=d.skip_bad_images,
+                                                          workers=workers, progress=progress and self.is_main,
+                                                          desc="train")}
+                             | test_cache_jobs(recipe, self.dataset, progress, self.env))
+        self.train_cache = caches["train"]
         self.num_classes = self.dataset.num_train_pids
         self._build_model()
         self._build_optimisation()
@@ -99,8 +113,10 @@ class Trainer:
                               "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
         self.writer = None
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
-        self._test_caches: tuple[ImageCache, ImageCache] | None = None
+        self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self._step_diagnostics: dict[str, dict[str, float]] = {}
+        self.last_checkpoint: tuple[Path, int] | None = None     # the newest last.pth written, and its epoch
+        self.first_loss: float | None = None
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -134,9 +150,7 @@ class Trainer:
 
     @property
     def test_caches(self) -> tuple[ImageCache, ImageCache]:
-        """Query and gallery images, decoded on first use (this process's share under DDP)."""
-        if self._test_caches is None:
-            self._test_caches = build_test_caches(self.recipe, self.dataset, self.progress, self.env)
+        """Query and gallery images, decoded with the train images (this process's share under DDP)."""
         return self._test_caches
 
     @property
@@ -151,6 +165,7 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         state = {
             "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "optimizer_name": self.recipe.optim.name,
             "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
             "step": self.step, "history": self.history, "num_classes": self.num_classes,
             "recipe": recipe_to_dict(self.recipe), "reidkit_version": __version__,
@@ -177,6 +192,7 @@ class Trainer:
         if with_state != saved:
             raise CheckpointError(f"{path} was trained with the pieces {sorted(saved) or 'none'}; this recipe uses "
                                   f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
+        self._check_optimizer_fits(state, path)
         load_model_weights(self.model, state, str(path))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -190,6 +206,7 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
+        self.last_checkpoint = (Path(path), self.start_epoch)
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         self.augment.gen.set_state(state["rng"]["augment"])
@@ -198,6 +215,20 @@ class Trainer:
         if self.is_main:
             log.info("resumed from %s at epoch %d (saved by %d process(es))", path, self.start_epoch,
                      int(state.get("world_size", 1)))
+
+    def _check_optimizer_fits(self, state: dict, path: str | Path) -> None:
+        """Refuse a checkpoint whose optimiser differs from the recipe's (its state would not fit: an SGD step
+        on Adam's state fails on a missing 'momentum' only later, mid-step)."""
+        saved = state.get("optimizer_name") or state.get("recipe", {}).get("optim", {}).get("name")
+        ours = self.recipe.optim.name
+        groups, own = state["optimizer"].get("param_groups", []), self.optimizer.state_dict()["param_groups"]
+        if (saved is not None and saved != ours) or (groups and set(groups[0]) != set(own[0])) \
+                or len(groups) != len(own):
+            raise CheckpointError(
+                f"{path} was trained with the optimiser {saved or 'of another recipe'} "
+                f"({len(groups)} parameter group(s)); this recipe uses {ours} ({len(own)} group(s)). Resume with "
+                f"the recipe it was trained with (optim.name={saved}), or start a new run from its weights with "
+                f"model.pretrained={path}")
 
     def _piece_states(self, state: dict) -> dict[str, dict]:
         """``state["pieces"]``, or for older checkpoints the pieces' top-level keys (``legacy_keys``)."""
@@ -234,7 +265,7 @@ class Trainer:
         total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
                    disable=not (self.progress and self.is_main), leave=False)
-        where = lambda step: f"epoch {epoch + 1}, iteration {step - first_step + 1}"  # noqa: E731
+        where = lambda step: f"epoch {epoch + 1}, iteration {step - first_step + 1} (lr {lr:.2e})"  # noqa: E731
         first_step = self.step + 1
         shown: dict[str, float] = {}
         for i, batch in enumerate(self.loader):
@@ -363,22 +394,56 @@ class Trainer:
                 self.writer.add_scalar(f"metrics/{k}", float(v), epoch + 1)
         self.scheduler.observe(result.mAP)
 
-    def _open_outputs(self) -> None:
+    def _open_outputs(self, resume: str | Path | None, overwrite: bool) -> None:
         """The run folder, its recipe and TensorBoard (the first process only)."""
         if not self.is_main:
             return
         from torch.utils.tensorboard import SummaryWriter
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_run_folder(self.out, resume, overwrite)
         write_text_atomic(self.out / "recipe.json", json.dumps(recipe_to_dict(self.recipe), indent=2))
         self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:
             save_checkpoint(self.state(epoch), self.out / name)
+            if name == "last.pth":
+                self.last_checkpoint = (self.out / name, epoch)
 
-    def fit(self, resume: str | Path | None = None) -> RankResult | None:
-        """Train for ``train.epochs`` epochs; returns the last evaluation."""
-        self._open_outputs()
+    def _last_finite(self) -> str:
+        if self.last_checkpoint is None:
+            return "No checkpoint of this run was written yet."
+        path, epoch = self.last_checkpoint
+        return f"The last finite checkpoint is {path} (epoch {epoch}): --resume from it with a lower learning rate."
+
+    def _check_weights(self, epoch: int, means: dict[str, float]) -> None:
+        """After each epoch: weights and buffers all finite (else stop, writing nothing), and a loud warning when
+        the loss or the weights explode while still finite."""
+        where = f"epoch {epoch + 1} (iteration {self.step}, lr {means['lr']:.2e})"
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"after {where} the model's {describe_tensors(bad)} hold NaN or infinite values although every "
+                f"loss was finite (BatchNorm statistics of exploding activations); nothing was saved. "
+                f"{self._last_finite()}")
+        total = means.get("total")
+        if total is None:
+            return
+        if self.first_loss is None:
+            self.first_loss = total
+        largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
+        if total > EXPLODING_LOSS_FACTOR * max(self.first_loss, 1e-3) or total > EXPLODING_LOSS \
+                or largest > EXPLODING_WEIGHT:
+            log.warning("WARNING: training is diverging at %s: mean loss %.3g (first epoch %.3g), largest weight "
+                        "%.3g. Lower the learning rate. %s", where, total, self.first_loss, largest,
+                        self._last_finite())
+
+    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> RankResult | None:
+        """Train for ``train.epochs`` epochs; returns the last evaluation.
+
+        A run already in ``train.output_dir`` is continued only with ``resume`` (its ``last.pth``) and
+        replaced only with ``overwrite``; otherwise :class:`~reidkit.engine.run_folder.RunFolderError`.
+        """
+        self._open_outputs(resume, overwrite)
         if resume:
             self.resume(resume)
         try:
@@ -399,7 +464,11 @@ class Trainer:
         t = self.recipe.train
         result = None
         for epoch in range(self.start_epoch, t.epochs):
-            means = self.train_epoch(epoch)
+            try:
+                means = self.train_epoch(epoch)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e} {self._last_finite()}") from None
+            self._check_weights(epoch, means)
             self._record_epoch(epoch, means)
             if self.is_main:
                 line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))

@@ -11,6 +11,21 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 
 
+def read_weights(path: Path, name: str) -> dict:
+    """The tensors of a weights file (a state_dict, or a dict holding one under ``state_dict``), read with
+    ``weights_only`` (no code runs); a ``ValueError`` naming the file when it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickles that would run code, truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{name}: {path} is not a readable weights file ({type(e).__name__}: {first[:200]}); "
+                         "only plain tensors are loaded (weights_only), nothing in the file was run") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{name}: {path} holds no state_dict of tensors")
+    return state
+
+
 def hub_cache_file(url: str) -> Path:
     """Where torch.hub would have cached the file behind ``url``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
@@ -50,8 +65,7 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
                         "random initialisation (nothing is downloaded)", name, path)
             return False
         raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_weights(path, name)
     state = key_map(state) if key_map is not None else state
     state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -77,8 +91,7 @@ def load_matching_weights(model: nn.Module, path: str | Path, name: str, prefix:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_weights(path, name)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     loaded = {}

@@ -8,6 +8,7 @@ from typing import Sequence
 from PIL import Image
 
 from ..data.records import ImageRecord
+from ..files import save_image_atomic
 
 
 def sample_grid(records: Sequence[ImageRecord], out: str | Path, rows: int = 6, cols: int = 8,
@@ -30,6 +31,5 @@ def sample_grid(records: Sequence[ImageRecord], out: str | Path, rows: int = 6, 
             img = Image.open(r.path).convert("RGB").resize((w, h))
             grid.paste(img, (col * (w + 2), row * (h + 2)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    save_image_atomic(out, grid)
     return out

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from ..files import save_figure_atomic  # noqa: E402
 
 RESERVED = ("loss", "trace", "panels")
 
@@ -52,7 +53,7 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     for ax, group in zip(axes[2:], groups):
         _plot_group(ax, history, group, history.get("panels", {}).get(group, {}))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure_atomic(out, fig, dpi=110)
     plt.close(fig)
     return out
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from ..data.records import ImageRecord
+from ..files import save_image_atomic
 
 QUERY, RIGHT, WRONG = (128, 128, 128), (20, 170, 40), (220, 30, 30)
 
@@ -51,9 +52,7 @@ def ranked_rows_image(rows: Sequence[tuple[str, Sequence[tuple[str, tuple[int, i
     for row in pictures:
         canvas.paste(row, (0, y))
         y += row.height + 4
-    out = Path(out)
-    canvas.save(out)
-    return out
+    return save_image_atomic(out, canvas)
 
 
 def _framed(path: str, size: tuple[int, int], border: int, colour) -> Image.Image:

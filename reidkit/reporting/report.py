@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation import RankResult
+from ..files import write_text_atomic
 from .plots import plot_curves
 from .ranked_lists import ranked_lists_image
 
@@ -29,15 +30,15 @@ def write_report(out: str | Path, title: str, results: dict[str, RankResult], hi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(results)
-    (out / "metrics.md").write_text(f"# {title}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    (out / "metrics.json").write_text(json.dumps({k: v.as_dict() for k, v in results.items()}, indent=2))
+    write_text_atomic(out / "metrics.md", f"# {title}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps({k: v.as_dict() for k, v in results.items()}, indent=2))
     plot_curves(history, out / "curves.png")
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(query), size=min(num_queries, len(query)), replace=False).tolist())
     ranked_lists_image(query, gallery, distmat, picks, out / "ranked_lists.png")
     rows = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     table_html = _table_html(results)
-    (out / "index.html").write_text(f"""<!doctype html>
+    write_text_atomic(out / "index.html", f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}

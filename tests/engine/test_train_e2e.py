@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import make_tiny_synthetic
+from conftest import tiny_overrides
 import torch
 import yaml
 
@@ -10,19 +10,6 @@ from reidkit.config import load_recipe
 from reidkit.engine import CheckpointError, NonFiniteLossError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
 from reidkit.models import build_model
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_tiny_synthetic(tmp_path_factory, "tiny", num_ids=16, seed=1, num_distractors=6)
-
-
-def tiny_overrides(root, out, epochs=3):
-    return [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32", "data.width=16",
-            "data.batch_size=8", "data.num_instances=2", "data.test_batch_size=64",
-            "model.name=resnet18_bnneck", "model.pretrained=none", "optim.lr=0.001",
-            "schedule.kind=cosine", "schedule.warmup_epochs=0", f"train.epochs={epochs}",
-            "train.eval_every=1", f"train.output_dir={out}", "augment.padding=2"]
 
 
 def test_training_lowers_loss_and_checkpoint_round_trips(tiny_data, tmp_path, capsys):
@@ -72,7 +59,8 @@ def test_nan_loss_is_reported(tiny_data, tmp_path, monkeypatch):
         return terms
 
     monkeypatch.setattr(trainer.objective, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 1: .*triplet=nan"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 1 \(lr 1.00e-03\): .*triplet=nan.*"
+                                                 r"No checkpoint of this run was written yet"):
         trainer.fit()
 
 

@@ -39,11 +39,19 @@ def _rows_from_csv(root: Path, split: str) -> list[tuple[str, str, str]]:
                                      "expected header path,identity,camera")
         rows = []
         for number, row in enumerate(reader, 2):
+            if None in row or any(row[k] is None or not row[k].strip() for k in ("path", "identity", "camera")):
+                raise DatasetLayoutError(f"{path}:{number}: malformed row {_raw(row, reader.fieldnames)}: expected "
+                                         f"3 non-empty fields path,identity,camera")
             image = root / row["path"]
             if not image.is_file():
                 raise DatasetLayoutError(f"{path}:{number}: image not found: {image}")
             rows.append((str(image), row["identity"], row["camera"]))
     return rows
+
+
+def _raw(row: dict, fields) -> str:
+    values = [row.get(k) for k in fields or []] + list(row.get(None) or [])
+    return repr(",".join("" if v is None else str(v) for v in values))
 
 
 @register_dataset("custom")
