@@ -62,7 +62,7 @@ def run(args) -> None:
             overrides = VARIANTS[variant] + [f"loss.camera_bias.early_epochs={args.early_epochs}",f"train.seed={seed}", f"train.output_dir={out_dir}"] + args.overrides
             recipe = load_recipe(str(RECIPES[args.dataset]), overrides)
             t0 = time.perf_counter()
-            result = Trainer(recipe, progress=False).fit()
+            result = Trainer(recipe, progress=False).fit(overwrite=True)    # not recorded: an interrupted run
             history = json.loads((out_dir / "history.json").read_text())
             row = {"dataset": args.dataset, "variant": variant, "seed": seed, "tag": args.tag,
                    "overrides": overrides, "mAP": result.mAP, "rank1": result.rank(1),

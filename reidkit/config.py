@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .suggest import did_you_mean
+from .names import did_you_mean
 
 
 class RecipeError(ValueError):

@@ -1,12 +1,11 @@
 """Model registry: a recipe name -> constructor ``(num_classes, **kwargs) -> nn.Module``."""
 from __future__ import annotations
 
-import inspect
 from typing import Callable
 
 import torch.nn as nn
 
-from ..suggest import did_you_mean
+from ..names import check_keywords, describe, look_up
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,21 +25,12 @@ def model_names() -> list[str]:
 
 def describe_models() -> list[tuple[str, str]]:
     """``(name, the first line of its builder's docstring)`` for every registered model."""
-    return [(n, (inspect.getdoc(_MODELS[n]) or "").splitlines()[0] if inspect.getdoc(_MODELS[n]) else "")
-            for n in model_names()]
+    return describe(_MODELS)
 
 
 def check_model(name: str, **kwargs) -> None:
     """Raise ``ValueError`` now (before data is decoded) if ``name`` is not registered or takes not ``kwargs``."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}{did_you_mean(name, model_names())}; registered: "
-                         f"{', '.join(model_names())} (`reidkit models` lists them)")
-    params = inspect.signature(_MODELS[name]).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in kwargs if k not in params]
-        if unknown:
-            takes = ", ".join(k for k in params if k != "num_classes")
-            raise ValueError(f"model {name!r} does not take {', '.join(unknown)} (it takes: {takes})")
+    check_keywords(look_up(_MODELS, name, "model", "reidkit models"), kwargs, f"model {name!r}", "num_classes")
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:

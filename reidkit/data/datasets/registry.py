@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from ...suggest import did_you_mean
+from ...names import check_keywords, describe, look_up
 from ..records import ReIDDataset
 
 DatasetFactory = Callable[..., ReIDDataset]
@@ -27,8 +27,7 @@ def dataset_names() -> list[str]:
 
 def describe_datasets() -> list[tuple[str, str]]:
     """``(name, the first line of its loader's docstring)`` for every registered dataset."""
-    return [(n, (inspect.getdoc(_DATASETS[n]) or "").splitlines()[0] if inspect.getdoc(_DATASETS[n]) else "")
-            for n in dataset_names()]
+    return describe(_DATASETS)
 
 
 def loader_takes(name: str, option: str) -> bool:
@@ -38,15 +37,8 @@ def loader_takes(name: str, option: str) -> bool:
 
 def check_dataset(name: str, **options) -> None:
     """Raise ``ValueError`` now if ``name`` is not registered or its loader takes not ``options``."""
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, dataset_names())}; registered: "
-                         f"{', '.join(dataset_names())} (`reidkit datasets` lists them)")
-    params = inspect.signature(_DATASETS[name]).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in options if k not in params or k == "root"]
-        if unknown:
-            takes = ", ".join(k for k in params if k != "root") or "no options"
-            raise ValueError(f"dataset {name!r} does not take data.options {', '.join(unknown)} (it takes: {takes})")
+    loader = look_up(_DATASETS, name, "dataset", "reidkit datasets")
+    check_keywords(loader, options, f"dataset {name!r} (data.options)", "root")
 
 
 def build_dataset(name: str, root: str, **options) -> ReIDDataset:

@@ -1,0 +1,38 @@
+"""Names the user typed (models, datasets, recipe keys): lookups with spelling suggestions, checked options."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def look_up(registry: Mapping[str, Callable], name: str, kind: str, lister: str) -> Callable:
+    """``registry[name]``, or a ``ValueError`` with suggestions and every registered name."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, registry)}; registered: "
+                         f"{', '.join(sorted(registry))} (`{lister}` lists them)")
+    return registry[name]
+
+
+def describe(registry: Mapping[str, Callable]) -> list[tuple[str, str]]:
+    """``(name, the first line of its factory's docstring)`` for every registered name, sorted."""
+    return [(n, (inspect.getdoc(registry[n]) or "").splitlines()[0] if inspect.getdoc(registry[n]) else "")
+            for n in sorted(registry)]
+
+
+def check_keywords(factory: Callable, given: Iterable[str], what: str, positional: str) -> None:
+    """A ``ValueError`` naming the keywords of ``given`` that ``factory`` does not take (``positional``, the
+    argument the caller passes itself, does not count); a factory with ``**kwargs`` takes all."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in given if k not in params or k == positional]
+    if unknown:
+        takes = ", ".join(k for k in params if k != positional) or "nothing"
+        raise ValueError(f"{what} does not take {', '.join(unknown)} (it takes: {takes})")
