@@ -31,27 +31,20 @@ from ..files import write_text_atomic
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
-from .checkpoint import (CheckpointError, NonFiniteWeightsError, describe_tensors, load_checkpoint, load_model_weights,
-                         model_from_checkpoint, non_finite_tensors, save_checkpoint)
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import (DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows,
                           is_collective_failure)
 from .evaluate import evaluate_model, test_cache_jobs
 from .freeze import find_modules, open_all_layers, open_layers
+from .guards import DivergenceGuard, check_optimizer_fits
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
-from .run_folder import prepare_run_folder
 from .optim import build_optimizer
+from .run_folder import prepare_run_folder
 from .schedulers import WarmupScheduler
 
 log = logging.getLogger("reidkit")
-
-#: an epoch whose mean loss exceeds this multiple of the first epoch's, or weights above this size, are
-#: reported loudly: training is diverging even while every value is still finite
-EXPLODING_LOSS_FACTOR = 100.0
-EXPLODING_WEIGHT = 1e6
-#: a mean loss above this is diverging whatever the first epoch's was (cross-entropy over 100,000 identities: 11.5)
-EXPLODING_LOSS = 1e4
 
 
 def seed_everything(seed: int) -> None:
@@ -115,8 +108,7 @@ class Trainer:
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self._step_diagnostics: dict[str, dict[str, float]] = {}
-        self.last_checkpoint: tuple[Path, int] | None = None     # the newest last.pth written, and its epoch
-        self.first_loss: float | None = None
+        self.guard = DivergenceGuard()
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -192,7 +184,7 @@ class Trainer:
         if with_state != saved:
             raise CheckpointError(f"{path} was trained with the pieces {sorted(saved) or 'none'}; this recipe uses "
                                   f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
-        self._check_optimizer_fits(state, path)
+        check_optimizer_fits(state, self.optimizer, self.recipe.optim.name, path)
         load_model_weights(self.model, state, str(path))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -206,7 +198,7 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
-        self.last_checkpoint = (Path(path), self.start_epoch)
+        self.guard.saved(path, self.start_epoch)
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         self.augment.gen.set_state(state["rng"]["augment"])
@@ -215,20 +207,6 @@ class Trainer:
         if self.is_main:
             log.info("resumed from %s at epoch %d (saved by %d process(es))", path, self.start_epoch,
                      int(state.get("world_size", 1)))
-
-    def _check_optimizer_fits(self, state: dict, path: str | Path) -> None:
-        """Refuse a checkpoint whose optimiser differs from the recipe's (its state would not fit: an SGD step
-        on Adam's state fails on a missing 'momentum' only later, mid-step)."""
-        saved = state.get("optimizer_name") or state.get("recipe", {}).get("optim", {}).get("name")
-        ours = self.recipe.optim.name
-        groups, own = state["optimizer"].get("param_groups", []), self.optimizer.state_dict()["param_groups"]
-        if (saved is not None and saved != ours) or (groups and set(groups[0]) != set(own[0])) \
-                or len(groups) != len(own):
-            raise CheckpointError(
-                f"{path} was trained with the optimiser {saved or 'of another recipe'} "
-                f"({len(groups)} parameter group(s)); this recipe uses {ours} ({len(own)} group(s)). Resume with "
-                f"the recipe it was trained with (optim.name={saved}), or start a new run from its weights with "
-                f"model.pretrained={path}")
 
     def _piece_states(self, state: dict) -> dict[str, dict]:
         """``state["pieces"]``, or for older checkpoints the pieces' top-level keys (``legacy_keys``)."""
@@ -407,35 +385,7 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.state(epoch), self.out / name)
             if name == "last.pth":
-                self.last_checkpoint = (self.out / name, epoch)
-
-    def _last_finite(self) -> str:
-        if self.last_checkpoint is None:
-            return "No checkpoint of this run was written yet."
-        path, epoch = self.last_checkpoint
-        return f"The last finite checkpoint is {path} (epoch {epoch}): --resume from it with a lower learning rate."
-
-    def _check_weights(self, epoch: int, means: dict[str, float]) -> None:
-        """After each epoch: weights and buffers all finite (else stop, writing nothing), and a loud warning when
-        the loss or the weights explode while still finite."""
-        where = f"epoch {epoch + 1} (iteration {self.step}, lr {means['lr']:.2e})"
-        bad = non_finite_tensors(self.model.state_dict())
-        if bad:
-            raise NonFiniteWeightsError(
-                f"after {where} the model's {describe_tensors(bad)} hold NaN or infinite values although every "
-                f"loss was finite (BatchNorm statistics of exploding activations); nothing was saved. "
-                f"{self._last_finite()}")
-        total = means.get("total")
-        if total is None:
-            return
-        if self.first_loss is None:
-            self.first_loss = total
-        largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
-        if total > EXPLODING_LOSS_FACTOR * max(self.first_loss, 1e-3) or total > EXPLODING_LOSS \
-                or largest > EXPLODING_WEIGHT:
-            log.warning("WARNING: training is diverging at %s: mean loss %.3g (first epoch %.3g), largest weight "
-                        "%.3g. Lower the learning rate. %s", where, total, self.first_loss, largest,
-                        self._last_finite())
+                self.guard.saved(self.out / name, epoch)
 
     def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> RankResult | None:
         """Train for ``train.epochs`` epochs; returns the last evaluation.
@@ -467,8 +417,8 @@ class Trainer:
             try:
                 means = self.train_epoch(epoch)
             except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"{e} {self._last_finite()}") from None
-            self._check_weights(epoch, means)
+                raise NonFiniteLossError(f"{e} {self.guard.last_finite()}") from None
+            self.guard.check_epoch(self.model, epoch, self.step, means)
             self._record_epoch(epoch, means)
             if self.is_main:
                 line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))

@@ -110,9 +110,9 @@ def test_a_non_finite_checkpoint_is_never_written(tmp_path):
 
 def test_an_exploding_loss_is_reported_loudly(tiny_data, tmp_path, caplog):
     trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run", epochs=1)), progress=False)
-    trainer._check_weights(0, {"total": 6.0, "lr": 1.0})
+    trainer.guard.check_epoch(trainer.model, 0, 6, {"total": 6.0, "lr": 1.0})
     with caplog.at_level("WARNING", logger="reidkit"):
-        trainer._check_weights(1, {"total": 1e14, "lr": 1.0})
+        trainer.guard.check_epoch(trainer.model, 1, 12, {"total": 1e14, "lr": 1.0})
     assert "training is diverging at epoch 2" in caplog.text and "1e+14" in caplog.text
 
 
@@ -174,7 +174,12 @@ def test_a_checkpoint_write_that_fails_names_the_file(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 512 vs 448: basic_ios::clear")
 
     monkeypatch.setattr(torch, "save", failing)
-    with pytest.raises(OutputError, match=r"could not write .*last.pth \(the disk is full"):
+    with pytest.raises(OutputError, match=r"could not write .*last.pth \(RuntimeError: .*unexpected pos.* MiB free"):
+        save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.pth")
+    # torch says only "unexpected pos": with the disk (nearly) full, that is what the message says
+    from reidkit import files
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OutputError, match=r"could not write .*last.pth \(the disk is full; 0 MiB free"):
         save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.pth")
     assert list(tmp_path.iterdir()) == []
 

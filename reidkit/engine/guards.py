@@ -1,0 +1,73 @@
+"""Guards of a training run: weights that stay finite, training that does not silently diverge, a checkpoint
+whose optimiser fits the recipe's."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, NonFiniteWeightsError, describe_tensors, non_finite_tensors
+
+log = logging.getLogger("reidkit")
+
+#: an epoch whose mean loss exceeds this multiple of the first epoch's, or weights above this size, are
+#: reported loudly: training is diverging even while every value is still finite
+EXPLODING_LOSS_FACTOR = 100.0
+EXPLODING_WEIGHT = 1e6
+#: a mean loss above this is diverging whatever the first epoch's was (cross-entropy over 100,000 identities: 11.5)
+EXPLODING_LOSS = 1e4
+
+
+class DivergenceGuard:
+    """Checks the model after every epoch and remembers the newest checkpoint written, to point at it."""
+
+    def __init__(self) -> None:
+        self.last_checkpoint: tuple[Path, int] | None = None     # the newest last.pth, and its epoch
+        self.first_loss: float | None = None
+
+    def saved(self, path: str | Path, epoch: int) -> None:
+        self.last_checkpoint = (Path(path), epoch)
+
+    def last_finite(self) -> str:
+        """Where to resume from, for an error message."""
+        if self.last_checkpoint is None:
+            return "No checkpoint of this run was written yet."
+        path, epoch = self.last_checkpoint
+        return f"The last finite checkpoint is {path} (epoch {epoch}): --resume from it with a lower learning rate."
+
+    def check_epoch(self, model: nn.Module, epoch: int, step: int, means: dict[str, float]) -> None:
+        """Raise :class:`NonFiniteWeightsError` (before anything is saved) when a parameter or buffer holds NaN or
+        infinity; warn loudly when the loss or the weights explode while still finite."""
+        where = f"epoch {epoch + 1} (iteration {step}, lr {means['lr']:.2e})"
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"after {where} the model's {describe_tensors(bad)} hold NaN or infinite values although every "
+                f"loss was finite (BatchNorm statistics of exploding activations); nothing was saved. "
+                f"{self.last_finite()}")
+        total = means.get("total")
+        if total is None:
+            return
+        if self.first_loss is None:
+            self.first_loss = total
+        with torch.no_grad():                         # one read of the device, not one per tensor
+            largest = float(torch.stack([p.detach().abs().max().float() for p in model.parameters()]).max())
+        if total > EXPLODING_LOSS_FACTOR * max(self.first_loss, 1e-3) or total > EXPLODING_LOSS \
+                or largest > EXPLODING_WEIGHT:
+            log.warning("WARNING: training is diverging at %s: mean loss %.3g (first epoch %.3g), largest weight "
+                        "%.3g. Lower the learning rate. %s", where, total, self.first_loss, largest,
+                        self.last_finite())
+
+
+def check_optimizer_fits(state: dict, optimizer: torch.optim.Optimizer, name: str, path: str | Path) -> None:
+    """Refuse a checkpoint whose optimiser differs from ``optimizer`` (the recipe's ``name``): its state would not
+    fit, and an SGD step on Adam's state fails on a missing 'momentum' only later, mid-step."""
+    saved = state.get("optimizer_name") or state.get("recipe", {}).get("optim", {}).get("name")
+    groups, own = state["optimizer"].get("param_groups", []), optimizer.state_dict()["param_groups"]
+    if (saved is not None and saved != name) or (groups and set(groups[0]) != set(own[0])) or len(groups) != len(own):
+        raise CheckpointError(
+            f"{path} was trained with the optimiser {saved or 'of another recipe'} ({len(groups)} parameter "
+            f"group(s)); this recipe uses {name} ({len(own)} group(s)). Resume with the recipe it was trained with "
+            f"(optim.name={saved}), or start a new run from its weights with model.pretrained={path}")
