@@ -1,6 +1,6 @@
 """Input pipeline: images/s delivered to the training loop, reidkit vs torchreid 0.2.5.
 
-    python bench/bench_data.py [--height 256 --width 128]
+    python -m bench.bench_data [--height 256 --width 128]
 
 One epoch of CUHK03-labeled train with the BoT augmentation (flip, pad/crop or
 torchreid's random translation, random erasing), P=16 x K=4, no model.  The
@@ -11,18 +11,15 @@ ImageDataManager with 2 workers, as it would train here.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
-from bench.measure import set_threads  # noqa: E402
-from reidkit.data import build_dataset  # noqa: E402
-from reidkit.data.cache import ImageCache  # noqa: E402
-from reidkit.data.loader import TrainLoader  # noqa: E402
-from reidkit.data.samplers import RandomIdentityBatchSampler  # noqa: E402
-from reidkit.data.transforms import AugmentConfig, BatchAugment  # noqa: E402
+from bench import peers
+from bench.measure import set_threads
+from reidkit.config import load_recipe
+from reidkit.data import build_dataset
+from reidkit.data.cache import ImageCache
+from reidkit.engine.pipeline import build_train_loader
 
 CUHK03 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk03" / "labeled")
 
@@ -47,8 +44,8 @@ def main() -> None:
     ds = build_dataset("cuhk03_labeled", CUHK03)
     cache = ImageCache(ds.train, size, workers=4, progress=False)
     decode_s = time.perf_counter() - t0
-    loader = TrainLoader(cache, RandomIdentityBatchSampler(cache.pids(), 16, 4, seed=0),
-                         BatchAugment(AugmentConfig(), seed=1))
+    recipe = load_recipe(None, ["data.batch_size=64", "data.num_instances=4"])   # BoT: P=16 x K=4, its augmentation
+    loader = build_train_loader(recipe, cache)
     n, s = epoch_rate(loader)
     rows.append(("reidkit", "cold (decode + epoch)", n, decode_s + s))
     loader.set_epoch(1)

@@ -1,6 +1,6 @@
 """evaluate_rank at Market-1501 size: reidkit vs fast-reid's Cython vs torchreid.
 
-    python bench/bench_evaluation.py [--repeats 5] [--torchreid-python]
+    python -m bench.bench_evaluation [--repeats 5] [--torchreid-python]
 
 Same distance matrix for everyone (float32, 3,368 x 15,913, 751 ids +
 distractors, 6 cameras), 2 threads, medians; prints times and ratios and checks
@@ -10,16 +10,13 @@ evaluator, so its Python fallback (about a minute) runs only with the flag.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
-from bench.market_like import market_like  # noqa: E402
-from bench.measure import median_time, set_threads  # noqa: E402
-from reidkit.evaluation import compute_distance, evaluate_rank  # noqa: E402
+from bench import peers
+from bench.market_like import market_like
+from bench.measure import median_time, set_threads
+from reidkit.evaluation import compute_distance, evaluate_rank
 
 
 def main() -> None:

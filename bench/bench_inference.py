@@ -1,6 +1,6 @@
 """Feature-extraction speed of OSNet: reidkit vs torchreid 0.2.5's model with the same weights.
 
-    python bench/bench_inference.py [--batches 3 --archs osnet_x1_0 osnet_x0_25]
+    python -m bench.bench_inference [--batches 3 --archs osnet_x1_0 osnet_x0_25]
 
 256x128 input, batch 64, 2 threads, eval mode, no gradients.  torchreid's model
 runs as it ships (NCHW) and switched to channels_last (its best setting);
@@ -15,7 +15,6 @@ backend's features are compared with torchreid's.  Image decoding is left out
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -23,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.measure import set_threads  # noqa: E402
-from reidkit.deploy import FeatureExtractor  # noqa: E402
-from reidkit.engine.checkpoint import save_checkpoint  # noqa: E402
+from bench.measure import set_threads
+from reidkit.deploy import FeatureExtractor
+from reidkit.engine.checkpoint import save_checkpoint
 
 
 def images_per_s(fn, batch: torch.Tensor, batches: int) -> tuple[float, torch.Tensor]:

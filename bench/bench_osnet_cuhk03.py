@@ -1,6 +1,6 @@
 """OSNet trained from scratch on CUHK03-labeled by reidkit and by torchreid 0.2.5, same recipe.
 
-    python bench/bench_osnet_cuhk03.py --epochs 10 [--recipe paper|amsgrad --arch osnet_x0_25 --seed 0]
+    python -m bench.bench_osnet_cuhk03 --epochs 10 [--recipe paper|amsgrad --arch osnet_x0_25 --seed 0]
 
 Recipes, cut to ``--epochs``:
 
@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
-from bench.bench_train import CUHK03  # noqa: E402
-from bench.measure import set_threads  # noqa: E402
-from reidkit.config import load_recipe  # noqa: E402
-from reidkit.data.loader import Batch  # noqa: E402
-from reidkit.engine import Trainer  # noqa: E402
-from reidkit.engine.trainer import seed_everything  # noqa: E402
-from reidkit.engine.evaluate import evaluate_model  # noqa: E402
+from bench import peers
+from bench.bench_train import CUHK03
+from bench.measure import set_threads
+from reidkit.config import load_recipe
+from reidkit.data.loader import Batch
+from reidkit.engine import Trainer
+from reidkit.engine.evaluate import evaluate_model
+from reidkit.engine.trainer import seed_everything
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = {"paper": CONFIGS / "osnet_x0_25_cuhk03.yaml", "amsgrad": CONFIGS / "osnet_x0_25_cuhk03_amsgrad.yaml"}
@@ -95,7 +93,8 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
             result = trainer.evaluate()
             eval_s += time.perf_counter() - e0
             curve.append((epoch + 1, result.mAP, result.rank(1)))
-            print(f"reidkit epoch {epoch + 1}: mAP {100 * result.mAP:.2f} rank-1 {100 * result.rank(1):.2f}", flush=True)
+            print(f"reidkit epoch {epoch + 1}: mAP {100 * result.mAP:.2f} rank-1 {100 * result.rank(1):.2f}",
+                  flush=True)
     wall = time.perf_counter() - t0 - eval_s
     result = trainer.evaluate()
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,

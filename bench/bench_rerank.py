@@ -1,6 +1,6 @@
 """k-reciprocal re-ranking at Market-1501 size: reidkit vs torchreid, time and memory.
 
-    python bench/bench_rerank.py
+    python -m bench.bench_rerank
 
 Each implementation runs in its own process on the same features (so peak RSS
 is its own); the extra memory is the peak minus the RSS just before the call.
@@ -8,16 +8,19 @@ Prints time and memory ratios and the largest difference in final distances.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.measure import run_child  # noqa: E402
+from bench.measure import run_child
 
-CHILD = str(Path(__file__).with_name("rerank_child.py"))
+CHILD = "bench.rerank_child"
+
+
+def extra(row: dict) -> float:
+    """Memory the re-ranking added above what the process held before it (GiB)."""
+    return row["peak_rss_gib"] - row["rss_before_gib"]
 
 
 def main() -> None:
@@ -36,7 +39,7 @@ def main() -> None:
     for impl in ("reidkit", "reidkit_features"):
         r = rows[impl]
         print(f"{impl}: {base['seconds'] / r['seconds']:.1f}x faster than torchreid, "
-              f"extra memory {(r['peak_rss_gib'] - r['rss_before_gib']) / (base['peak_rss_gib'] - base['rss_before_gib']):.2f}x"
+              f"extra memory {extra(r) / extra(base):.2f}x"
               f" of torchreid's, peak {r['peak_rss_gib'] / base['peak_rss_gib']:.2f}x, "
               f"|dmAP| {abs(r['mAP'] - base['mAP']):.1e}")
 

@@ -1,6 +1,6 @@
 """Training throughput (data loading included): reidkit vs torchreid 0.2.5's triplet engine.
 
-    python bench/bench_train.py [--batches 30 --height 128 --width 64 --arch resnet18]
+    python -m bench.bench_train [--batches 30 --height 128 --width 64 --arch resnet18]
 
 reidkit runs twice: fp32 (its default, channels_last) and with ``train.amp=true``
 (bfloat16 autocast; fast on CPUs with AVX512-BF16/AMX).  Same data (CUHK03-labeled
@@ -14,18 +14,16 @@ one-off decode into its cache is reported separately.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
-from bench.measure import set_threads  # noqa: E402
-from reidkit.config import load_recipe  # noqa: E402
-from reidkit.engine import Trainer  # noqa: E402
+from bench import peers
+from bench.measure import set_threads
+from reidkit.config import load_recipe
+from reidkit.engine import Trainer
 
 REIDKIT_NAMES = {"resnet18": "resnet18_bnneck", "resnet50": "resnet50_bnneck",
                  "osnet_x0_25": "osnet_x0_25", "osnet_x1_0": "osnet_x1_0"}

@@ -1,8 +1,8 @@
 """reidkit's GPU check: one prepared run on a machine with a CUDA GPU, one JSON summary printed last.
 
     bash bench/gpu_check.sh                 # on the GPU machine (installs carried wheels, then runs this)
-    python bench/gpu_check.py --out DIR [--data DIR] [--budget 450]
-    python bench/gpu_check.py --device cpu --quick --out /tmp/x    # a dry run of every step on a CPU
+    python -m bench.gpu_check --out DIR [--data DIR] [--budget 450]
+    python -m bench.gpu_check --device cpu --quick --out /tmp/x    # a dry run of every step on a CPU
 
 Steps, each timed and guarded (a failing step records its error; the summary still prints):
 
@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reidkit.config import load_recipe
+from reidkit.engine import Trainer
+from reidkit.evaluation import evaluate_features
+from reidkit.models import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from reidkit.config import load_recipe  # noqa: E402
-from reidkit.engine import Trainer  # noqa: E402
-from reidkit.evaluation import evaluate_features  # noqa: E402
-from reidkit.models import build_model  # noqa: E402
 
 DATA_CANDIDATES = [ROOT / ".gpu_data" / "cuhk03" / "labeled_128x64",
                    ROOT.parent / "shared" / "data" / "cuhk03" / "labeled_128x64"]
@@ -157,7 +157,6 @@ def torchreid_speed(check: Check, data: Path, batches: int) -> dict:
         import torchreid.reid as tr
         from torchreid.reid.engine import ImageTripletEngine
         from torchreid.reid.models.resnet import Bottleneck, ResNet
-    sys.path.insert(0, str(ROOT))
     from bench import peers
     workers = os.cpu_count() or 2
     height, width = (64, 32) if check.args.quick else (256, 128)

@@ -8,7 +8,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 
 def set_threads(n: int = 2) -> None:
@@ -37,10 +38,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_child(script: str, *args: str) -> dict:
-    """Run ``python script args`` in a fresh process; it prints one JSON line last."""
+def run_child(module: str, *args: str) -> dict:
+    """Run ``python -m module args`` (from the repository root) in a fresh process; it prints one JSON line last."""
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=root)
     if out.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

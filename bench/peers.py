@@ -33,7 +33,7 @@ def torchreid_rank():
     """torchreid's evaluate_rank (PyPI 0.2.5 ships no Cython: the Python fallback)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torchreid.reid.metrics.rank import evaluate_rank, IS_CYTHON_AVAI
+        from torchreid.reid.metrics.rank import IS_CYTHON_AVAI, evaluate_rank
     return evaluate_rank, IS_CYTHON_AVAI
 
 

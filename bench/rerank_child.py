@@ -1,6 +1,6 @@
 """One re-ranking (or streamed evaluation) run in a fresh process; prints a JSON line.
 
-    python bench/rerank_child.py IMPL SIZE OUT.npy
+    python -m bench.rerank_child IMPL SIZE OUT.npy
 IMPL: torchreid | reidkit | reidkit_features | eval_features | eval_features_rerank
 SIZE: market | msmt17
 """
@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import peers  # noqa: E402
-from bench.market_like import market_like  # noqa: E402
-from bench.measure import peak_rss_gib, rss_gib, set_threads  # noqa: E402
-from reidkit.evaluation import (compute_distance, evaluate_features,  # noqa: E402
-                                evaluate_rank, re_ranking, re_ranking_features)
+from bench import peers
+from bench.market_like import market_like
+from bench.measure import peak_rss_gib, rss_gib, set_threads
+from reidkit.evaluation import compute_distance, evaluate_features, evaluate_rank, re_ranking, re_ranking_features
 
 SIZES = {"market": dict(), "msmt17": dict(num_query=11659, num_gallery=82161, num_ids=3060,
                                          num_cams=15)}

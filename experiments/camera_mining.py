@@ -1,8 +1,8 @@
 """The camera-aware mining experiments of docs/RESULTS.md: baseline vs three bias schedules, several seeds.
 
-    python experiments/camera_mining.py run synthetic --seeds 0 1 2 [--set train.epochs=8 ...]
-    python experiments/camera_mining.py run cuhk03 --seeds 0 1 2 [--set ...]
-    python experiments/camera_mining.py table            # mean +- std per dataset and variant
+    python -m experiments.camera_mining run synthetic --seeds 0 1 2 [--set train.epochs=8 ...]
+    python -m experiments.camera_mining run cuhk03 --seeds 0 1 2 [--set ...]
+    python -m experiments.camera_mining table            # mean +- std per dataset and variant
 
 Every variant trains the dataset's recipe (configs/bot_camaware_*.yaml) with the
 same sampler (camera-diverse P x K), data, budget and seed; only the miner and
@@ -59,7 +59,8 @@ def run(args) -> None:
             if (args.dataset, variant, seed, args.tag) in done:
                 continue
             out_dir = OUT / args.dataset / f"{args.tag}{variant}_seed{seed}"
-            overrides = VARIANTS[variant] + [f"loss.camera_bias.early_epochs={args.early_epochs}",f"train.seed={seed}", f"train.output_dir={out_dir}"] + args.overrides
+            overrides = VARIANTS[variant] + [f"loss.camera_bias.early_epochs={args.early_epochs}",
+                                             f"train.seed={seed}", f"train.output_dir={out_dir}"] + args.overrides
             recipe = load_recipe(str(RECIPES[args.dataset]), overrides)
             t0 = time.perf_counter()
             result = Trainer(recipe, progress=False).fit(overwrite=True)    # not recorded: an interrupted run
@@ -86,10 +87,11 @@ def table(args) -> None:
                                                                         order.index(kv[0][2]))):
         m = [100 * r["mAP"] for r in rs]
         r1 = [100 * r["rank1"] for r in rs]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        def sd(v):
+            return statistics.stdev(v) if len(v) > 1 else 0.0
         minutes = statistics.mean(r["minutes"] for r in rs)
 
-        def fraction(key: str) -> str:          # mean over seeds of the first / last epoch's mean
+        def fraction(key: str, rs=rs) -> str:          # mean over seeds of the first / last epoch's mean
             # rows recorded before the training pieces used "mining/<key>"
             runs = [r["history"].get(f"camera_mining/{key}", r["history"].get(f"mining/{key}")) for r in rs]
             if not all(runs):

@@ -1,6 +1,6 @@
 """How exact are fp32 gradients on the CPU in channels_last vs the default layout?
 
-    python experiments/channels_last_precision.py [--arch osnet_x0_25 --batch 16 --height 128 --width 64]
+    python -m experiments.channels_last_precision [--arch osnet_x0_25 --batch 16 --height 128 --width 64]
 
 reidkit trains in channels_last on the CPU (``train.channels_last``, the default)
 because depthwise convolutions run much faster that way.  This compares one
@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reidkit.models import build_model  # noqa: E402
+from reidkit.models import build_model
 
 
 def step_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype,

@@ -1,7 +1,7 @@
 """reidkit's Trainer and torchreid 0.2.5's engine, from the same weights, trained on the same batches.
 
-    python experiments/lockstep_torchreid.py [--steps 12 --height 128 --width 64 --channels-last false --recipe amsgrad]
-    python experiments/lockstep_torchreid.py --epochs 10 --seed 1 --channels-last true --threads 1
+    python -m experiments.lockstep_torchreid [--steps 12 --height 128 --width 64 --channels-last false --recipe amsgrad]
+    python -m experiments.lockstep_torchreid --epochs 10 --seed 1 --channels-last true --threads 1
 
 reidkit's ``Trainer`` (``--recipe paper``: configs/osnet_x0_25_cuhk03.yaml; ``amsgrad``:
 configs/osnet_x0_25_cuhk03_amsgrad.yaml, torchreid's default softmax recipe; on the real
@@ -19,19 +19,16 @@ equal (weights, batches, schedule), whether reidkit's layout learns slower.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_osnet_cuhk03 import RECIPES  # noqa: E402
-from bench.bench_train import CUHK03  # noqa: E402
-from bench.peers import TorchreidLockstep  # noqa: E402
-from reidkit.config import load_recipe  # noqa: E402
-from reidkit.engine import Trainer  # noqa: E402
-from reidkit.engine.evaluate import evaluate_model  # noqa: E402
+from bench.bench_osnet_cuhk03 import RECIPES
+from bench.bench_train import CUHK03
+from bench.peers import TorchreidLockstep
+from reidkit.config import load_recipe
+from reidkit.engine import Trainer
+from reidkit.engine.evaluate import evaluate_model
 
 
 def main() -> None:
@@ -46,7 +43,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={CUHK03}", f"data.height={args.height}", f"data.width={args.width}",
+    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={CUHK03}", f"data.height={args.height}",
+                                                f"data.width={args.width}",
                                   f"train.output_dir=/tmp/reidkit_lockstep_{args.seed}", f"train.seed={args.seed}",
                                   f"train.channels_last={args.channels_last}"])
     trainer = Trainer(recipe, progress=False)

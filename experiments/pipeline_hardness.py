@@ -1,6 +1,6 @@
 """Are reidkit's OSNet training batches as hard as torchreid's?  One fixed classifier scores both.
 
-    python experiments/pipeline_hardness.py [--epochs 2]
+    python -m experiments.pipeline_hardness [--epochs 2]
 
 A CUHK03 identity classifier that does not change: the imported MSMT17 OSNet
 x0.25 (frozen, eval mode) with a linear layer fitted to its features of the
@@ -15,23 +15,20 @@ less noise than two training runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_osnet_cuhk03 import torchreid_datamanager  # noqa: E402
-from bench.bench_train import CUHK03  # noqa: E402
-from reidkit.config import load_recipe  # noqa: E402
-from reidkit.data import build_dataset  # noqa: E402
-from reidkit.data.cache import ImageCache  # noqa: E402
-from reidkit.data.loader import TrainLoader, iter_test_batches  # noqa: E402
-from reidkit.data.samplers import RandomIdentityBatchSampler  # noqa: E402
-from reidkit.data.transforms import AugmentConfig, BatchAugment  # noqa: E402
-from reidkit.engine.checkpoint import model_from_checkpoint  # noqa: E402
-from reidkit.engine.trainer import seed_everything  # noqa: E402
+from bench.bench_osnet_cuhk03 import torchreid_datamanager
+from bench.bench_train import CUHK03
+from reidkit.config import load_recipe
+from reidkit.data import build_dataset
+from reidkit.data.cache import ImageCache
+from reidkit.data.loader import iter_test_batches
+from reidkit.engine.checkpoint import model_from_checkpoint
+from reidkit.engine.pipeline import build_train_loader
+from reidkit.engine.trainer import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
@@ -72,7 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(RECIPE, [f"data.root={CUHK03}"])
+    recipe = load_recipe(RECIPE, [f"data.root={CUHK03}", "data.sampler=identity"])   # P x K, as torchreid's side
     d = recipe.data
     dataset = build_dataset(d.dataset, CUHK03)
     cache = ImageCache(dataset.train, (d.height, d.width), progress=False)
@@ -85,8 +82,7 @@ def main() -> None:
                                                                              iter_test_batches(cache, 256)))))
     datamanager = torchreid_datamanager(recipe)      # built once; each pass draws a new epoch
     for epoch in range(args.epochs):
-        sampler = RandomIdentityBatchSampler(cache.pids(), d.num_identities, d.num_instances, seed=epoch)
-        loader = TrainLoader(cache, sampler, BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=epoch))
+        loader = build_train_loader(recipe, cache, seed=epoch)
         print(f"reidkit   epoch {epoch}:", score(model, head, ((b.images, b.pids) for b in loader)), flush=True)
         seed_everything(epoch)
         print(f"torchreid epoch {epoch}:",

@@ -1,5 +1,5 @@
 """reidkit: person re-identification toolkit."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"          # the one version source (pyproject.toml reads it); see CHANGELOG.md
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from .config import RecipeError, load_recipe
 from .engine.distributed import DistributedError
 from .files import OutputError, check_output_file, write_text_atomic
 from .logs import setup_logging
+from .names import counted
 
 log = logging.getLogger("reidkit")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -68,8 +70,8 @@ def cmd_eval(args) -> int:
         model.to(memory_format=torch.channels_last)
     result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
                             amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device)
-    print(f"{dataset.name}: {len(query)} queries, {len(gallery)} gallery images, metric "
-          f"{recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
+    print(f"{dataset.name}: {counted(len(query), 'query', 'queries')}, {counted(len(gallery), 'gallery image')}, "
+          f"metric {recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
     print(result.summary())
     return 0
 
@@ -130,7 +132,7 @@ def cmd_search(args) -> int:
                                  image_size=size, model_options=meta["model_options"])
     features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
     distances, indices = index.search(features, args.top_k)
-    results = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
+    results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
     for r in results:
@@ -149,7 +151,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data.synthetic import generate
+    from .data.synthesis import generate
     t0 = time.perf_counter()
     generate(args.out, num_ids=args.ids, num_cameras=args.cameras, seed=args.seed,
              num_distractors=args.distractors)

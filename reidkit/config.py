@@ -6,12 +6,14 @@ naming the key path (``train.epochs``) and the file it came from.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.transforms import AugmentConfig
 from .names import did_you_mean
 
 
@@ -44,10 +46,10 @@ class DataConfig(Strict):
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
-    cache_file: Optional[str] = None          # memory-mapped cache for the train split
+    cache_file: str | None = None          # memory-mapped cache for the train split
     # the decoded uint8 train images on the GPU (auto: when they take under a quarter of its free memory)
-    cache_on_device: Union[bool, Literal["auto"]] = "auto"
-    decode_workers: Optional[int] = Field(None, gt=0)   # decoding threads (None: every core)
+    cache_on_device: bool | Literal["auto"] = "auto"
+    decode_workers: int | None = Field(None, gt=0)   # decoding threads (None: every core)
 
     @model_validator(mode="before")
     @classmethod
@@ -64,26 +66,14 @@ class DataConfig(Strict):
         return self.batch_size // self.num_instances
 
 
-class AugmentSection(Strict):
-    flip: float = Field(0.5, ge=0, le=1)
-    crop: Literal["pad", "enlarge"] = "pad"    # pad: zero-pad + crop (BoT); enlarge: x1.125 + crop (OSNet)
-    crop_prob: float = Field(1.0, ge=0, le=1)  # probability an image is cropped (OSNet/torchreid: 0.5)
-    padding: int = Field(10, ge=0)
-    erasing: float = Field(0.5, ge=0, le=1)
-    # mean_pixel: erased pixels = the mean pixel (0 after normalisation); reference_code: the mean's values
-    # written into the normalised tensor, as Zhong et al.'s, BoT's and torchreid's code do
-    erasing_fill: Literal["mean_pixel", "reference_code"] = "mean_pixel"
-    color_jitter: float = Field(0.0, ge=0, le=1)
-
-
 class ModelConfig(Strict):
     name: str = "resnet50_bnneck"
     last_stride: Literal[1, 2] = 1
-    pretrained: Optional[str] = "auto"        # auto (torch hub cache), none, or a path
+    pretrained: str | None = "auto"        # auto (torch hub cache), none, or a path
     pooling: Literal["avg", "gem"] = "avg"
     bnneck: bool = True
     test_feature: Literal["after_bn", "before_bn"] = "after_bn"
-    feature_clip: Optional[tuple[float, float]] = None   # clip pooled features (adaptive L2's objective module: [0, 1])
+    feature_clip: tuple[float, float] | None = None   # clip pooled features (adaptive L2's objective module: [0, 1])
     bn_bias: Literal["frozen", "trained"] = "frozen"     # the BNNeck's bias (BoT: frozen; adaptive L2: trained)
     regions: int = Field(2, gt=0)             # *_regional models: horizontal stripes
     region_dim: int = Field(256, gt=0)        # *_regional models: channels each stripe is reduced to
@@ -103,7 +93,8 @@ class ModelConfig(Strict):
 
 
 class CameraBiasConfig(Strict):
-    """Camera-label based batch-hard mining (seed 001), used when ``loss.miner=camera_aware``."""
+    """Camera-label based batch-hard mining (C. Jeong 2017; docs/CAMERA_MINING.md), used when
+    ``loss.miner=camera_aware``."""
 
     k: float = Field(5.0, ge=0)
     m: float = Field(0.1, ge=0)
@@ -114,7 +105,8 @@ class CameraBiasConfig(Strict):
 
 
 class AdaptiveL2Config(Strict):
-    """Adaptive L2 regularisation (seed 000): lambda_n = amplitude * hard_sigmoid(theta_n), learned."""
+    """Adaptive L2 regularisation (Ni, Fang and Huttunen, ICPR 2020; docs/ADAPTIVE_L2.md):
+    lambda_n = amplitude * hard_sigmoid(theta_n), learned."""
 
     amplitude: float = Field(0.0, ge=0)       # A; 0 switches it off (the paper: 0.005)
     c: float = Field(2.5, gt=0)               # hard sigmoid half-width
@@ -122,10 +114,11 @@ class AdaptiveL2Config(Strict):
 
 
 class DistillConfig(Strict):
-    """Student-Teacher Distillation (seed 003): ``weight * L1(student, teacher)`` beside the ID loss."""
+    """Student-Teacher Distillation (Yu et al., "Progressive Transfer Learning", Eq. 4):
+    ``weight * L1(student, teacher)`` beside the ID loss."""
 
-    teacher: Optional[str] = None             # a reidkit checkpoint (or state_dict) of the teacher; None = off
-    arch: Optional[str] = None                # the teacher's registered model name
+    teacher: str | None = None             # a reidkit checkpoint (or state_dict) of the teacher; None = off
+    arch: str | None = None                # the teacher's registered model name
     weight: float = Field(0.8, ge=0)          # lambda (the paper: 0.8, with loss.ce_weight = 1 - lambda)
 
 
@@ -133,7 +126,7 @@ class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
-    triplet_margin: Optional[float] = 0.3     # null = soft margin
+    triplet_margin: float | None = 0.3     # null = soft margin
     miner: Literal["batch_hard", "camera_aware"] = "batch_hard"
     camera_bias: CameraBiasConfig = Field(default_factory=CameraBiasConfig)
     center_weight: float = Field(5e-4, ge=0)
@@ -174,7 +167,7 @@ class TrainConfig(Strict):
     # true / false are read as bf16 / off
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = True                # NHWC memory format for model and batches
-    threads: Optional[int] = Field(None, gt=0)   # torch CPU threads (None: torch's default or $REIDKIT_THREADS)
+    threads: int | None = Field(None, gt=0)   # torch CPU threads (None: torch's default or $REIDKIT_THREADS)
     sync_bn: bool = True                      # under DDP: BatchNorm statistics over the global batch
     dist_timeout: float = Field(1800.0, gt=0)    # seconds a collective waits for the other processes
     fixbase_epochs: int = Field(0, ge=0)      # fine-tuning: only open_layers train for this many epochs
@@ -204,7 +197,7 @@ class EvalConfig(Strict):
 
 class Recipe(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
-    augment: AugmentSection = Field(default_factory=AugmentSection)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -213,7 +206,7 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _batches_fit_the_losses(self) -> "Recipe":
+    def _batches_fit_the_losses(self) -> Recipe:
         d, loss = self.data, self.loss
         if d.sampler == "auto":                     # recorded resolved, so the run says which it used
             object.__setattr__(d, "sampler", "identity" if loss.triplet_weight > 0 else "random")
@@ -234,7 +227,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
     for e in error.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):   # models / dataclass sections
             lines.append(f"  unknown key '{key}'{did_you_mean(str(e['loc'][-1]), _keys_beside(e['loc']))}")
         elif isinstance(e.get("input"), dict):          # a whole section: the message names the keys
             lines.append(f"  {key + ': ' if key else ''}{msg}")
@@ -245,14 +238,21 @@ def _format_errors(error: ValidationError, source: str) -> str:
 
 def _keys_beside(loc: tuple) -> list[str]:
     """The keys the recipe section holding ``loc`` (e.g. ``("train", "epohcs")``) accepts."""
-    model: type[BaseModel] = Recipe
+    fields = section_fields(Recipe)
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+        field = fields.get(str(part))
         inner = getattr(field, "annotation", None) if field is not None else None
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+        if not section_fields(inner):
             return []
-        model = inner
-    return list(model.model_fields)
+        fields = section_fields(inner)
+    return list(fields)
+
+
+def section_fields(section: Any) -> dict:
+    """The fields of a recipe section (a pydantic model or pydantic dataclass); empty for a plain value."""
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return dict(section.model_fields)
+    return dict(getattr(section, "__pydantic_fields__", {}) or {})
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -287,7 +287,7 @@ def apply_override(tree: dict, override: str) -> None:
     node[parts[-1]] = parse_yaml(raw)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Recipe:
     """Read a YAML recipe (or the defaults) and apply dotted overrides."""
     tree: dict = {}
     source = "defaults"

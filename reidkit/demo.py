@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from .config import load_recipe
-from .evaluation import compute_distance, evaluate_rank
+from .evaluation import RankResult, compute_distance, evaluate_rank
 from .logs import setup_logging
+from .names import counted
 from .reporting import metrics_table, write_report
 
 log = logging.getLogger("reidkit")
@@ -71,6 +72,8 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
     result = trainer.fit()
     train_s = time.perf_counter() - t0
 
+    if result is None or trainer.last_features is None:
+        raise RuntimeError("the demo recipe trained no epoch")
     qf, gf = trainer.last_features            # from the final evaluation of the last epoch
     distmat = compute_distance(qf, gf, recipe.eval.metric).numpy()
     q, g = trainer.query_cache, trainer.gallery_cache
@@ -78,7 +81,7 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
     chance = evaluate_rank(compute_distance(torch.randn(qf.shape, generator=gen),
                                             torch.randn(gf.shape, generator=gen)).numpy(),
                            q.pids(), g.pids(), q.camids(), g.camids())
-    results = {f"{recipe.model.name}, {recipe.train.epochs} epochs": result}
+    results: dict[str, RankResult] = {f"{recipe.model.name}, {recipe.train.epochs} epochs": result}
     notes = []
     reference_file = find_reference(reference)
     if reference_file is not None:
@@ -90,8 +93,8 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
         log.info("no pretrained reference (%s not found beside the checkout); pass --reference", REFERENCE_ONNX)
     results["chance (random embeddings)"] = chance
     notes += [f"dataset: built-in synthetic, {trainer.num_classes} train identities, "
-             f"{len(q)} queries, {len(g)} gallery images (with distractors), 6 cameras",
-             f"training + evaluation: {train_s:.0f} s on {torch.get_num_threads()} CPU threads",
+             f"{counted(len(q), 'query', 'queries')}, {len(g)} gallery images (with distractors), 6 cameras",
+             f"training + evaluation: {train_s:.0f} s on {counted(torch.get_num_threads(), 'CPU thread')}",
              "the model starts from random initialisation (no ImageNet weights are downloaded)"]
     index = write_report(output / "report", "reidkit demo: Bag-of-Tricks baseline on synthetic data",
                          results, trainer.history, q.records, g.records, distmat, notes)

@@ -11,8 +11,8 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 #: what :func:`write_atomic` appends to its temporary files
 TEMPORARY_SUFFIX = ".tmp"
@@ -32,7 +32,8 @@ def _describe_failure(path: Path, error: BaseException) -> str:
         free = f"{free_bytes / 2**20:.0f} MiB free on that disk"
     except OSError:
         free_bytes, free = None, "free space unknown"
-    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(error) \
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) \
+        or "No space left" in str(error) \
         or (any(m in str(error) for m in _TORCH_WRITE_FAILURES) and free_bytes is not None and free_bytes < 2**26)
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     reason = "the disk is full" if full else f"{type(error).__name__}: {first}"
@@ -49,7 +50,7 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(temporary_path)``, then move the result to ``path`` in one step.
 
     Raises :class:`OutputError` (naming ``path``) when the folder cannot be created or written,

@@ -36,3 +36,8 @@ def check_keywords(factory: Callable, given: Iterable[str], what: str, positiona
     if unknown:
         takes = ", ".join(k for k in params if k != positional) or "nothing"
         raise ValueError(f"{what} does not take {', '.join(unknown)} (it takes: {takes})")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 query"``, ``"2 queries"``: ``n`` and the noun in the right number (``plural``: when not noun + s)."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

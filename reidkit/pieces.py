@@ -22,9 +22,10 @@ Conventions the loop keeps for every piece named ``name``:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,7 @@ class TrainingPiece:
         """The piece's own optimisers: zeroed and stepped (through the gradient scaler) with the main one."""
         return []
 
-    def to(self, device: torch.device) -> "TrainingPiece":
+    def to(self, device: torch.device) -> TrainingPiece:
         return self
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
@@ -118,13 +119,13 @@ class PieceContext:
     num_classes: int
     feature_dim: int
     device: torch.device
-    objective: Optional[nn.Module] = None
+    objective: nn.Module | None = None
     memory_format: torch.memory_format = torch.contiguous_format
-    load_model: Optional[Callable[..., nn.Module]] = None     # (arch, checkpoint, **options) -> eval model
+    load_model: Callable[..., nn.Module] | None = None     # (arch, checkpoint, **options) -> eval model
     extras: dict = field(default_factory=dict)
 
 
-PieceBuilder = Callable[[PieceContext], Optional[TrainingPiece]]
+PieceBuilder = Callable[[PieceContext], TrainingPiece | None]
 _BUILDERS: dict[str, PieceBuilder] = {}
 
 

@@ -1,12 +1,10 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -14,7 +12,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def make_tiny_synthetic(tmp_path_factory, name: str, num_ids: int = 16, seed: int = 1,
                         num_distractors: int = 6) -> Path:
     """A tiny built-in synthetic dataset (3 cameras, 2-3 images per camera) for end-to-end tests."""
-    from reidkit.data.synthetic import generate
+    from reidkit.data.synthesis import generate
     root = tmp_path_factory.mktemp(name) / "synthetic"
     generate(root, num_ids=num_ids, num_cameras=3, seed=seed, images_per_camera=(2, 3),
              num_distractors=num_distractors, quiet=True)
@@ -36,11 +34,23 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_synthetic(tmp_path_factory, "tiny", num_ids=16, seed=1, num_distractors=6)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """One epoch of the :func:`tiny_overrides` run, trained once per session: its folder (last.pth, best.pth,
+    history.json, recipe.json).  Tests must not write into it."""
+    from reidkit.config import load_recipe
+    from reidkit.engine import Trainer
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    Trainer(load_recipe(None, tiny_overrides(tiny_data, out, epochs=1)), progress=False).fit()
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip, saying why, on a machine without CUDA."""
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason=f"no CUDA device (torch {torch.__version__}); bench/gpu_check.sh runs these on a GPU")
+    skip = pytest.mark.skip(reason=f"no CUDA device (torch {torch.__version__}); bench/gpu_check.sh runs these "
+                                   "on a GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -2,4 +2,5 @@
 from .datasets import build_dataset, check_dataset, dataset_names, describe_datasets
 from .records import DatasetLayoutError, ImageRecord, ReIDDataset
 
-__all__ = ["build_dataset", "check_dataset", "dataset_names", "describe_datasets", "DatasetLayoutError", "ImageRecord", "ReIDDataset"]
+__all__ = ["build_dataset", "check_dataset", "dataset_names", "describe_datasets", "DatasetLayoutError", "ImageRecord",
+           "ReIDDataset"]

@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -72,12 +73,13 @@ class ImageCache:
                     log.info("rebuilding %s: the images, their size or their files changed since it was written "
                              "(or its last build did not finish)", mmap_path)
                 manifest_path.unlink(missing_ok=True)     # written again only once every image is in place
-            array = np.memmap(mmap_path, dtype=np.uint8, mode="r+" if reuse else "w+", shape=shape)
+            array: np.ndarray | np.memmap = np.memmap(mmap_path, dtype=np.uint8, mode="r+" if reuse else "w+",
+                                                      shape=shape)
         else:
             array = np.empty(shape, dtype=np.uint8)
         bad = [] if reuse else self._decode_all(records, array, workers, progress, desc)
         if mmap_path is not None and not reuse and not bad:
-            array.flush()
+            cast(np.memmap, array).flush()
             write_text_atomic(manifest_path, manifest)   # the completion marker, last
         if bad and not skip_bad_images:
             raise BadImageError(bad)
@@ -101,7 +103,7 @@ class ImageCache:
             return None
 
         with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
-            results = pool.map(decode, range(len(records)))
+            results: Iterable = pool.map(decode, range(len(records)))
             if progress:
                 results = tqdm(results, total=len(records), desc=desc, unit="img", leave=False)
             return [r for r in results if r is not None]

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -88,7 +88,7 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError([(str(path), f"corrupt or truncated: {e}")]) from None
     if size is not None:
-        rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return rgb
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal, Union
+from typing import Literal
 
 import torch
 
@@ -68,7 +69,7 @@ class TrainLoader:
 
     def __init__(self, cache: ImageCache, sampler: BatchSampler, augment: BatchAugment,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 cache_on_device: Union[bool, Literal["auto"]] = "auto"):
+                 cache_on_device: bool | Literal["auto"] = "auto"):
         self.cache, self.sampler, self.augment = cache, sampler, augment
         self.device = torch.device(device)
         self.start, self.end = shard_bounds(sampler.batch_size, sampler.group_size, rank, world_size)
@@ -91,7 +92,7 @@ class TrainLoader:
         return len(self.sampler)
 
     def _finish(self, images: torch.Tensor, indices: list[int], share: torch.Tensor) -> Batch:
-        draws = self.augment.draw(len(indices), self.size).rows(self.start, self.end)
+        draws = self.augment.draw(len(indices), (self.size[0], self.size[1])).rows(self.start, self.end)
         whole = torch.as_tensor(indices)
         labels = to_device(torch.stack([self.pids[whole], self.camids[whole]]), self.device)
         a, b = self.start, self.end
@@ -121,8 +122,9 @@ class TrainLoader:
             try:
                 for i, indices in enumerate(self.sampler):
                     k = i % 3
-                    if copied[k] is not None:
-                        copied[k].synchronize()
+                    event = copied[k]
+                    if event is not None:
+                        event.synchronize()
                     share = torch.as_tensor(indices[self.start:self.end])
                     torch.index_select(self.images, 0, share, out=buffers[k])
                     while not stop.is_set():

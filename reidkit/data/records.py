@@ -1,9 +1,9 @@
 """Dataset records: one image with its identity and camera, grouped into splits."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 
 class DatasetLayoutError(ValueError):

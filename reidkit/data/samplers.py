@@ -9,7 +9,8 @@ process would.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -67,8 +68,8 @@ class RandomIdentityBatchSampler:
     (camera-aware mining needs cross-camera positives in the batch).
     """
 
-    def __init__(self, pids: Sequence[int], num_identities: int, num_instances: int, seed: int = 0,
-                 camids: Sequence[int] | None = None, camera_diverse: bool = False):
+    def __init__(self, pids: Sequence[int] | np.ndarray, num_identities: int, num_instances: int, seed: int = 0,
+                 camids: Sequence[int] | np.ndarray | None = None, camera_diverse: bool = False):
         if num_identities < 1 or num_instances < 1:
             raise ValueError(f"P and K must be positive, got P={num_identities}, K={num_instances}")
         self.pids = np.asarray(pids)
@@ -118,7 +119,7 @@ class RandomIdentityBatchSampler:
         return self._length[1]
 
 
-def build_sampler(name: str, pids: Sequence[int], camids: Sequence[int], batch_size: int,
+def build_sampler(name: str, pids: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray, batch_size: int,
                   num_instances: int, seed: int = 0) -> BatchSampler:
     """The sampler a recipe names (``data.sampler``) over the training images' identities and cameras."""
     if name == "random":

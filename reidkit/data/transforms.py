@@ -13,31 +13,44 @@ grey: ``erasing_fill="reference_code"`` does that, for runs that must match them
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Annotated, Literal, cast
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENLARGE_SCALE = 1.125        # the OSNet authors' Random2DTranslation
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
 class AugmentConfig:
-    flip: float = 0.5
-    crop: Literal["pad", "enlarge"] = "pad"
-    crop_prob: float = 1.0
-    padding: int = 10
-    erasing: float = 0.5
-    erasing_area: tuple[float, float] = (0.02, 0.4)
-    erasing_ratio: float = 0.3
+    """The training augmentation: the recipe's ``augment`` section (validated there) and what
+    :class:`BatchAugment` applies."""
+
+    flip: Annotated[float, Field(ge=0, le=1)] = 0.5
+    crop: Literal["pad", "enlarge"] = "pad"      # pad: zero-pad + crop (BoT); enlarge: x1.125 + crop (OSNet)
+    crop_prob: Annotated[float, Field(ge=0, le=1)] = 1.0    # probability an image is cropped (OSNet/torchreid: 0.5)
+    padding: Annotated[int, Field(ge=0)] = 10
+    erasing: Annotated[float, Field(ge=0, le=1)] = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.4)   # erased fraction of the image, drawn in this range
+    erasing_ratio: Annotated[float, Field(gt=0, le=1)] = 0.3     # aspect ratio in [r, 1/r]
+    # mean_pixel: erased pixels = the mean pixel (0 after normalisation); reference_code: the mean's values
+    # written into the normalised tensor, as Zhong et al.'s, BoT's and torchreid's code do
     erasing_fill: Literal["mean_pixel", "reference_code"] = "mean_pixel"
-    color_jitter: float = 0.0     # strength of brightness/contrast/saturation jitter (0 = off)
+    color_jitter: Annotated[float, Field(ge=0, le=1)] = 0.0   # brightness/contrast/saturation jitter (0 = off)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+
+def image_size(batch: torch.Tensor) -> tuple[int, int]:
+    """``(height, width)`` of an ``N x C x H x W`` batch."""
+    return int(batch.shape[-2]), int(batch.shape[-1])
 
 
 def normalize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -64,10 +77,10 @@ class AugmentDraws:
     erase: torch.Tensor           # bool (B,): an erasing rectangle was found
     erase_box: torch.Tensor       # (B, 4) int64: y, x, height, width
 
-    def rows(self, start: int, end: int) -> "AugmentDraws":
+    def rows(self, start: int, end: int) -> AugmentDraws:
         return AugmentDraws(**{k: v[start:end] for k, v in vars(self).items()})
 
-    def to(self, device: torch.device | str) -> "AugmentDraws":
+    def to(self, device: torch.device | str) -> AugmentDraws:
         """On ``device``, in one non-blocking copy from pinned memory (CPU: unchanged)."""
         if torch.device(device).type == "cpu":
             return self
@@ -80,7 +93,7 @@ class AugmentDraws:
         """Every field as float32 columns of one ``B x 12`` tensor (exact: offsets and sizes are small)."""
         return torch.cat([v.float().reshape(len(v), -1) for v in vars(self).values()], dim=1)
 
-    def unpack(self, packed: torch.Tensor) -> "AugmentDraws":
+    def unpack(self, packed: torch.Tensor) -> AugmentDraws:
         """The draws in ``packed`` (made by :meth:`pack` of draws shaped like these), with their dtypes."""
         out, col = {}, 0
         for name, v in vars(self).items():
@@ -91,7 +104,7 @@ class AugmentDraws:
         return AugmentDraws(**out)
 
 
-def draw_augment(config: "AugmentConfig", n: int, size: tuple[int, int], gen: torch.Generator) -> AugmentDraws:
+def draw_augment(config: AugmentConfig, n: int, size: tuple[int, int], gen: torch.Generator) -> AugmentDraws:
     """Every random choice of :class:`BatchAugment` for ``n`` images of ``size`` (height, width)."""
     c = config
     flip = torch.rand(n, generator=gen) < c.flip
@@ -147,7 +160,7 @@ def apply_crop(batch: torch.Tensor, draws: AugmentDraws, grow: Callable[[torch.T
     xs = (draws.crop_x[chosen].to(dev) * room_x).long().clamp(max=room_x - 1)
     if on_cpu:                                    # the CPU copies windows; a gather would be slower here
         out = batch.clone()
-        for j, i in enumerate(chosen.tolist()):
+        for j, i in enumerate(cast(torch.Tensor, chosen).tolist()):
             y, x = int(ys[j]), int(xs[j])
             out[i] = grown[j, :, y:y + h, x:x + w]
         return out
@@ -211,7 +224,7 @@ def random_pad_crop(batch: torch.Tensor, padding: int, gen: torch.Generator, p: 
     """Zero-pad by ``padding`` and crop back to the original size at a random offset (probability ``p``)."""
     if padding <= 0:
         return batch
-    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], batch.shape[-2:], gen)
+    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], image_size(batch), gen)
     return apply_crop(batch, draws, _pad(padding))
 
 
@@ -221,14 +234,14 @@ def random_enlarge_crop(batch: torch.Tensor, p: float, gen: torch.Generator,
 
     The OSNet authors' ``Random2DTranslation`` (torchreid), on the cached image.
     """
-    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], batch.shape[-2:], gen)
+    draws = draw_augment(AugmentConfig(crop_prob=p), batch.shape[0], image_size(batch), gen)
     return apply_crop(batch, draws, _enlarge(scale))
 
 
 def random_erasing(batch: torch.Tensor, p: float, area: tuple[float, float], ratio: float,
                    gen: torch.Generator, value: float | Sequence[float] = 0.0) -> torch.Tensor:
     """Zhong et al.'s random erasing, in place on a float batch; ``value``: one fill or one per channel."""
-    erase, box = _draw_erasing(batch.shape[0], batch.shape[-2:], p, area, ratio, gen)
+    erase, box = _draw_erasing(batch.shape[0], image_size(batch), p, area, ratio, gen)
     return apply_erasing(batch, erase, box, value)
 
 
@@ -269,7 +282,7 @@ class BatchAugment:
         return out
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.apply(batch, self.draw(batch.shape[0], tuple(batch.shape[-2:])))
+        return self.apply(batch, self.draw(batch.shape[0], image_size(batch)))
 
 
 def torchvision_transforms(size: tuple[int, int], config: AugmentConfig | None = None) -> T.Compose:

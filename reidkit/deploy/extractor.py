@@ -18,13 +18,12 @@ Preprocessing is the recipes': RGB, resized to ``image_size`` (bilinear),
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence, Union
-
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from .optimize import export_onnx, fuse_for_inference
 
 log = logging.getLogger(__name__)
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = str | Path | Image.Image | np.ndarray
 
 #: the largest input a model is built for (far above any person crop: 256x128, 384x192)
 MAX_INPUT_SIDE = 2048
@@ -124,11 +123,11 @@ class FeatureExtractor:
         if isinstance(image, (str, Path)):
             pil = load_rgb(image, self.image_size)
         elif isinstance(image, Image.Image):
-            pil = image.convert("RGB").resize((w, h), Image.BILINEAR)
+            pil = image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"array images must be H x W x 3 uint8 RGB, got {image.shape} {image.dtype}")
-            pil = Image.fromarray(image).resize((w, h), Image.BILINEAR)
+            pil = Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)
         else:
             raise TypeError(f"expected a path, PIL image or uint8 array, got {type(image).__name__}")
         return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class GalleryIndex:
         self.meta = dict(meta or {})
         self.features = np.zeros((0, 0), dtype=np.float32)
         self.paths: list[str] = []
-        self._index = None
+        self._index: Any = None                     # a faiss index, built on first use
         self.nprobe = nprobe
         self.add(features, paths)
 
@@ -152,7 +153,7 @@ class GalleryIndex:
         path = Path(path)
         header = {"format": FORMAT_VERSION, "metric": self.metric, "ivf_lists": self.ivf_lists,
                   "nprobe": self.nprobe, "meta": self.meta}
-        arrays = {"features": self.features, "paths": np.array(self.paths, dtype=str),
+        arrays: dict[str, Any] = {"features": self.features, "paths": np.array(self.paths, dtype=str),
                   "header": np.array(json.dumps(header))}
         if self.ivf_lists is not None:
             if self._index is None:
@@ -164,7 +165,7 @@ class GalleryIndex:
         return write_atomic(path, write)             # a failed write leaves the previous gallery intact
 
     @classmethod
-    def load(cls, path: str | Path) -> "GalleryIndex":
+    def load(cls, path: str | Path) -> GalleryIndex:
         """Read a gallery written by :meth:`save` (or ``reidkit extract``)."""
         try:
             with np.load(path, allow_pickle=False) as z:

@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from ..names import counted
+
 log = logging.getLogger("reidkit")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,5 +81,4 @@ def describe(device: torch.device) -> str:
     """``cpu (16 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``, for logs and reports."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+    return f"cpu ({counted(torch.get_num_threads(), 'thread')})"

@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,12 +63,16 @@ class DistEnv:
         return f"{self.world_size} processes ({backend}), {self.local_world_size} on this machine"
 
     @classmethod
-    def current(cls) -> "DistEnv":
+    def current(cls) -> DistEnv:
         """The initialised process group's view, or a lone process."""
         if not (dist.is_available() and dist.is_initialized()):
             return cls()
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())),
                    int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+
+
+#: the environment of a process that is not one of several (the default of functions that take a ``DistEnv``)
+ONE_PROCESS = DistEnv()
 
 
 def launched_by_torchrun() -> bool:
@@ -110,12 +115,12 @@ class _GatherRows(torch.autograd.Function):
     processes (every process computed the same global loss terms)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, counts: tuple[int, ...], rank: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, counts: tuple[int, ...], rank: int) -> torch.Tensor:
         ctx.counts, ctx.rank = counts, rank
         return _all_gather_rows(x, counts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         start = sum(ctx.counts[:ctx.rank])
@@ -165,13 +170,13 @@ class _AllReduceSum(torch.autograd.Function):
     depends on the sum)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         out = x.detach().clone()
         dist.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out = grad.detach().clone()
         dist.all_reduce(out)
         return out
@@ -211,6 +216,8 @@ class GlobalBatchNorm(_BatchNorm):
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
             with torch.no_grad():
+                assert self.num_batches_tracked is not None and self.running_mean is not None \
+                    and self.running_var is not None
                 self.num_batches_tracked.add_(1)
                 m = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
@@ -251,7 +258,7 @@ def data_parallel(model: nn.Module, device: torch.device, find_unused_parameters
         return model
     ddp = nn.parallel.DistributedDataParallel
     # torch >= 2.14 renames broadcast_buffers (buffers are synchronised at start either way)
-    buffers = ({"forward_sync_buffers": broadcast_buffers}
+    buffers: dict[str, Any] = ({"forward_sync_buffers": broadcast_buffers}
                if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
                else {"broadcast_buffers": broadcast_buffers})
     return ddp(model, device_ids=[device.index] if device.type == "cuda" else None,

@@ -1,8 +1,9 @@
 """Evaluate a model on the query and gallery of a dataset, alone or across data-parallel processes."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -10,23 +11,23 @@ from ..config import EvalConfig, Recipe
 from ..data.cache import ImageCache, decode_each
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult, evaluate_features
-from .distributed import DistEnv, broadcast_object, gather_rows
+from .distributed import ONE_PROCESS, DistEnv, broadcast_object, gather_rows
 from .features import extract_features
 
 
 def test_cache_jobs(recipe: Recipe, dataset, progress: bool = True,
-                    env: DistEnv = DistEnv()) -> dict[str, Callable[[], ImageCache]]:
+                    env: DistEnv = ONE_PROCESS) -> dict[str, Callable[[], ImageCache]]:
     """``{"query": ..., "gallery": ...}``: what decodes each split (this process's share of it), for
     :func:`~reidkit.data.cache.decode_each`."""
     d = recipe.data
-    kw = dict(skip_bad_images=d.skip_bad_images, workers=d.decode_workers, progress=progress and env.is_main)
-    return {split: (lambda records=records, split=split: ImageCache(_share(records, env), (d.height, d.width),
-                                                                     desc=split, **kw))
-            for split, records in (("query", dataset.query), ("gallery", dataset.gallery))}
+    def job(records: list, split: str) -> Callable[[], ImageCache]:
+        return lambda: ImageCache(_share(records, env), (d.height, d.width), skip_bad_images=d.skip_bad_images,
+                                  workers=d.decode_workers, progress=progress and env.is_main, desc=split)
+    return {"query": job(dataset.query, "query"), "gallery": job(dataset.gallery, "gallery")}
 
 
 def build_test_caches(recipe: Recipe, dataset, progress: bool = True,
-                      env: DistEnv = DistEnv()) -> tuple[ImageCache, ImageCache]:
+                      env: DistEnv = ONE_PROCESS) -> tuple[ImageCache, ImageCache]:
     """The decoded query and gallery images (with several processes, this process's share of each); the bad
     files of both are listed in one error."""
     caches = decode_each(test_cache_jobs(recipe, dataset, progress, env))
@@ -47,7 +48,7 @@ def _counts(n: int, env: DistEnv) -> tuple[int, ...]:
 def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg: EvalConfig,
                    batch_size: int = 128, amp: str | bool = "off", return_features: bool = False,
                    channels_last: bool = False, device: torch.device | str | None = None,
-                   env: DistEnv = DistEnv(), dataset=None):
+                   env: DistEnv = ONE_PROCESS, dataset=None):
     """Extract query/gallery embeddings and compute mAP / CMC / mINP (optionally re-ranked).
 
     Distances and ranking run where the features are (on a GPU when the model is on one).
@@ -63,13 +64,13 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
             raise ValueError("evaluating across processes needs the dataset's identities and cameras")
         qf = gather_rows(qf, _counts(len(dataset.query), env))
         gf = gather_rows(gf, _counts(len(dataset.gallery), env))
-        ids = [[r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-               [r.camid for r in dataset.query], [r.camid for r in dataset.gallery]]
+        q_pids, g_pids = np.array([r.pid for r in dataset.query]), np.array([r.pid for r in dataset.gallery])
+        q_cams, g_cams = np.array([r.camid for r in dataset.query]), np.array([r.camid for r in dataset.gallery])
     else:
-        ids = [query.pids(), gallery.pids(), query.camids(), gallery.camids()]
+        q_pids, g_pids, q_cams, g_cams = query.pids(), gallery.pids(), query.camids(), gallery.camids()
     result: RankResult | None = None
     if env.is_main:
-        result = evaluate_features(qf, gf, *ids, metric=cfg.metric, max_rank=min(cfg.max_rank, gf.shape[0]),
-                                   rerank=cfg.rerank)
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
+                                   max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
     result = broadcast_object(result)
     return (result, qf, gf) if return_features else result

@@ -18,7 +18,7 @@ def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128,
     ``device``: where the model runs (default: where its parameters are); ``amp``: ``bf16`` / ``fp16``
     autocast (``True`` means bf16); ``channels_last`` feeds NHWC batches.
     """
-    amp = {True: "bf16", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp
+    amp = ("bf16" if amp else "off") if isinstance(amp, bool) else amp
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     device = torch.device(device)

@@ -1,7 +1,7 @@
 """The loss terms of an epoch's steps, summed where they are computed, and the check that they are finite."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,14 +22,14 @@ class StepMeter:
     def __init__(self, device: torch.device, check_every: int):
         self.device, self.check_every = device, (1 if device.type == "cpu" else check_every)
         self.names: list[str] = []
-        self.sums: torch.Tensor | None = None
+        self.sums = torch.zeros(0)                     # per term, then the total (sized at the first step)
         self.count = 0
-        self.bad: torch.Tensor | None = None           # [found, step, values...] of the first bad step
+        self.bad = torch.zeros(0)                      # [found, step, values...] of the first bad step
 
     def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
         values = torch.stack([full_precision(v.detach()).reshape(()) for v in terms.values()])
         values = torch.cat([values, values.sum().reshape(1)])
-        if self.sums is None:
+        if self.count == 0:
             self.names = [*terms, "total"]
             self.sums = torch.zeros_like(values)
             self.bad = torch.zeros(2 + len(values), device=values.device)
@@ -61,5 +61,7 @@ class StepMeter:
         return dict(zip(self.names, packed[1:].tolist()))
 
     def means(self) -> dict[str, float]:
-        sums = all_mean(self.sums) if self.sums is not None else None
-        return {} if sums is None else {k: v / self.count for k, v in zip(self.names, sums.tolist())}
+        if self.count == 0:
+            return {}
+        sums = all_mean(self.sums)
+        return {k: v / self.count for k, v in zip(self.names, sums.tolist())}

@@ -6,6 +6,7 @@ is a training piece (:mod:`reidkit.pieces`) beside its method's module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -50,11 +51,12 @@ class ReIDObjective(nn.Module):
         share of the batch times the number of processes).
         """
         if isinstance(logits, torch.Tensor):
-            logits, features = [logits], [features]
+            logits, features = [logits], [cast(torch.Tensor, features)]
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
         logit_pids = pids if logit_pids is None else logit_pids
         terms = {"id": self.cfg.ce_weight * id_scale * sum(self.id_loss(full_precision(x), logit_pids) for x in logits)}
         if self.triplet is not None:
-            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids) for f in features)
+            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids)
+                                                             for f in features)
         return terms

@@ -14,7 +14,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
     ``extra_groups``: more parameter groups (the training pieces' own, e.g. adaptive L2's
     factors without weight decay); a group without ``lr`` trains at the base lr.
     """
-    weights, biases = [], []
+    weights: list[torch.nn.Parameter] = []
+    biases: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (biases if name.endswith("bias") else weights).append(p)
@@ -26,4 +27,4 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
         groups.append({"lr": cfg.lr, **group})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), amsgrad=cfg.name == "amsgrad")
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), amsgrad=cfg.name == "amsgrad")

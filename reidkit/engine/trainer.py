@@ -12,8 +12,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -23,9 +24,8 @@ from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
-from ..data.loader import Batch, TrainLoader
-from ..data.samplers import build_sampler, shard_bounds
-from ..data.transforms import AugmentConfig, BatchAugment
+from ..data.loader import Batch
+from ..data.samplers import shard_bounds
 from ..evaluation import RankResult
 from ..files import write_text_atomic
 from ..models import build_model, check_model
@@ -33,16 +33,19 @@ from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
-from .distributed import (DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows,
-                          is_collective_failure)
+from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, test_cache_jobs
 from .freeze import find_modules, open_all_layers, open_layers
 from .guards import DivergenceGuard, check_optimizer_fits
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
+from .pipeline import build_train_loader
 from .run_folder import prepare_run_folder
 from .schedulers import WarmupScheduler
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("reidkit")
 
@@ -92,11 +95,9 @@ class Trainer:
         self.num_classes = self.dataset.num_train_pids
         self._build_model()
         self._build_optimisation()
-        sampler = build_sampler(d.sampler, self.train_cache.pids(), self.train_cache.camids(), d.batch_size,
-                                d.num_instances, seed=t.seed)
-        self.augment = BatchAugment(AugmentConfig(**recipe.augment.model_dump()), seed=t.seed + 1)
-        self.loader = TrainLoader(self.train_cache, sampler, self.augment, self.device, self.env.rank,
-                                  self.env.world_size, d.cache_on_device)
+        self.loader = build_train_loader(recipe, self.train_cache, self.device, self.env)
+        self.augment = self.loader.augment
+        sampler = self.loader.sampler
         self.shard_counts = tuple(b - a for a, b in (shard_bounds(sampler.batch_size, sampler.group_size, r,
                                                                   self.env.world_size)
                                                      for r in range(self.env.world_size)))
@@ -104,7 +105,7 @@ class Trainer:
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
         self.history: dict = {"epoch": [], "lr": [], "images_per_s": [],
                               "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
-        self.writer = None
+        self.writer: SummaryWriter | None = None
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self._step_diagnostics: dict[str, dict[str, float]] = {}
@@ -117,13 +118,13 @@ class Trainer:
         model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
         if self.env.enabled and t.sync_bn:
             model = convert_batchnorm(model, self.device)
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = model.to(self.device).to(memory_format=self.memory_format)
         if t.fixbase_epochs:
             find_modules(self.model, t.open_layers)      # fail now on a wrong name, not at epoch 1
         self.trainable = {p for p in self.model.parameters() if p.requires_grad}
         self.objective = ReIDObjective(r.loss).to(self.device)
-        ctx = PieceContext(r, self.model, self.num_classes, self.model.feature_dim, self.device, self.objective,
-                           self.memory_format, load_model=model_from_checkpoint)
+        ctx = PieceContext(r, self.model, self.num_classes, cast(int, self.model.feature_dim), self.device,
+                           self.objective, self.memory_format, load_model=model_from_checkpoint)
         self.pieces: list[TrainingPiece] = build_pieces(ctx)
         self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
                                          broadcast_buffers=not t.sync_bn)
@@ -155,7 +156,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
-        state = {
+        state: dict[str, Any] = {
             "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "optimizer_name": self.recipe.optim.name,
             "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
@@ -238,13 +239,15 @@ class Trainer:
             piece.on_epoch_start(self.model, epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         meter = StepMeter(self.device, self.recipe.train.log_every)
-        diagnostics: dict[str, dict[str, float]] = {}
+        diagnostics: dict[str, dict[str, dict[str, float]]] = {}
         images, t0 = 0, time.perf_counter()
         total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
                    disable=not (self.progress and self.is_main), leave=False)
-        where = lambda step: f"epoch {epoch + 1}, iteration {step - first_step + 1} (lr {lr:.2e})"  # noqa: E731
         first_step = self.step + 1
+
+        def where(step: int) -> str:
+            return f"epoch {epoch + 1}, iteration {step - first_step + 1} (lr {lr:.2e})"
         shown: dict[str, float] = {}
         for i, batch in enumerate(self.loader):
             if max_batches is not None and i >= max_batches:
@@ -320,7 +323,7 @@ class Trainer:
         return terms
 
     def _record_diagnostics(self, piece: TrainingPiece, values: dict[str, float],
-                            sums: dict[str, dict[str, float]]) -> None:
+                            sums: dict[str, dict[str, dict[str, float]]]) -> None:
         acc = sums.setdefault(piece.name, {})
         for k, v in values.items():
             slot = acc.setdefault(k, {"sum": 0.0, "count": 0})
@@ -368,8 +371,8 @@ class Trainer:
         self.history["eval_epoch"].append(epoch + 1)
         for k, v in values.items():
             self.history[k].append(float(v))
-            if self.writer is not None:
-                self.writer.add_scalar(f"metrics/{k}", float(v), epoch + 1)
+            if self.writer is not None:               # percent, as the console shows them (history: fractions)
+                self.writer.add_scalar(f"metrics/{k}", 100 * float(v), epoch + 1)
         self.scheduler.observe(result.mAP)
 
     def _open_outputs(self, resume: str | Path | None, overwrite: bool) -> None:

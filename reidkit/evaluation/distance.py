@@ -7,7 +7,7 @@ by ``chunk_size`` rows.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -9,15 +9,16 @@ ordered by gallery index.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch
 
+from ..names import counted
 from .checks import ArrayLike, as_feature_pair, as_float_matrix, as_id_vector, check_metric
 from .distance import iter_distance_blocks
-from .ranking import BlockStats, GalleryIndex, rank_block, rank_block_sorted
+from .ranking import BlockStats, IdentityLookup, rank_block, rank_block_sorted
 
 DEFAULT_QUERY_CHUNK = 512
 DEVICE_QUERY_CHUNK = 256          # on a GPU: a block's sort indices and masks stay a few hundred MB at MSMT17 size
@@ -55,7 +56,7 @@ class RankResult:
             if k <= len(self.cmc):
                 lines.append(f"Rank-{k:<3d}: {100 * self.rank(k):.2f}%")
         if self.num_invalid_queries:
-            lines.append(f"({self.num_invalid_queries} queries without a valid match skipped)")
+            lines.append(f"({counted(self.num_invalid_queries, 'query', 'queries')} without a valid match skipped)")
         return "\n".join(lines)
 
 
@@ -63,7 +64,7 @@ def _cut_max_rank(max_rank: int, num_gallery: int) -> int:
     if max_rank < 1:
         raise ValueError(f"max_rank must be at least 1, got {max_rank}")
     if num_gallery < max_rank:
-        warnings.warn(f"gallery has only {num_gallery} items: max_rank cut to {num_gallery}")
+        warnings.warn(f"gallery has only {num_gallery} items: max_rank cut to {num_gallery}", stacklevel=3)
         return num_gallery
     return max_rank
 
@@ -158,7 +159,7 @@ def _evaluate_blocks(source: Iterable[tuple[int, torch.Tensor]], nq: int, ng: in
                 e = s + dist.shape[0]
                 blocks.append(rank_block_sorted(dist.to(sort_on), qp_t[s:e], qc_t[s:e], gp_t, gc_t))
         else:
-            index = GalleryIndex(gp, gc)
+            index = IdentityLookup(gp, gc)
             for s, dist in source:
                 e = s + dist.shape[0]
                 blocks.append(rank_block(dist.cpu(), qp[s:e], qc[s:e], index))

@@ -29,7 +29,7 @@ import torch
 from .checks import check_finite
 
 
-class GalleryIndex:
+class IdentityLookup:
     """Gallery items grouped by identity, for quick same-identity look-ups."""
 
     def __init__(self, g_pids: np.ndarray, g_camids: np.ndarray):
@@ -63,7 +63,7 @@ DENSE_FRACTION = 0.02  # above this fraction of candidates, sort the block inste
 
 
 def rank_block(dist: torch.Tensor, q_pids: np.ndarray, q_camids: np.ndarray,
-               index: GalleryIndex, method: str = "auto") -> BlockStats:
+               index: IdentityLookup, method: str = "auto") -> BlockStats:
     """Ranking statistics of the queries whose distance rows are ``dist``.
 
     ``method``: ``"candidates"``, ``"sort"`` or ``"auto"`` (chosen per block by

@@ -15,7 +15,7 @@ distance is ``O[i, j] = D2[j, i] / max_a D2[a, i]`` (column maxima, transposed).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp

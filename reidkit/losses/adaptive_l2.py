@@ -23,12 +23,13 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn as nn
 
-from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 from ..files import write_text_atomic
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 
 log = logging.getLogger("reidkit")
 
@@ -99,7 +100,8 @@ class AdaptiveL2Regularizer(nn.Module):
 
     def factors(self) -> torch.Tensor:
         """``lambda_n = A_n hard_sigmoid(theta_n)``, differentiable in ``theta``."""
-        return self.amplitude * hard_sigmoid(self.theta, self.c)
+        amplitude = cast(torch.Tensor, self.amplitude)         # a buffer
+        return amplitude * hard_sigmoid(self.theta, self.c)
 
     def forward(self) -> torch.Tensor:
         squared_norms = torch.stack([p.pow(2).sum() for p in self._tensors]).to(self.theta.dtype)

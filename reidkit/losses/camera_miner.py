@@ -1,5 +1,5 @@
-"""Camera-label based batch-hard mining (seed 001: "Deep Person Re-Identification with
-Camera-Label Based Batch Hard Mining"; ../shared/docs/METHODS.md section 2).
+"""Camera-label based batch-hard mining (C. Jeong, "Deep Person Re-Identification with Camera-Label Based
+Batch Hard Mining", 2017; docs/CAMERA_MINING.md).
 
 Early in training the embedding cannot tell which pairs are hard, but camera
 labels can: a positive seen by a *different* camera is probably harder (other

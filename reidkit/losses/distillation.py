@@ -1,4 +1,4 @@
-"""Student-Teacher Distillation (STD) of the Progressive Transfer Learning paper (seed 003, Eq. 4).
+"""Student-Teacher Distillation (STD) of the Progressive Transfer Learning paper (Yu et al., Eq. 4).
 
     L_distill = (1 - lambda) * L_CE + lambda * L_l1(student feature, teacher feature),  lambda = 0.8
 
@@ -63,6 +63,8 @@ def _distillation(ctx: PieceContext) -> DistillationPiece | None:
     if not cfg.arch:
         raise ValueError(f"loss.distill.teacher={cfg.teacher}: name its model with loss.distill.arch")
     # the student is matched on its training embedding (before any BNNeck), so the teacher gives the same kind
+    if ctx.load_model is None:
+        raise ValueError("distillation needs the trainer's model loader (PieceContext.load_model)")
     teacher = ctx.load_model(cfg.arch, cfg.teacher, test_feature="before_bn").to(memory_format=ctx.memory_format)
     log.info("distilling from %s (%s, frozen)", cfg.teacher, cfg.arch)
     return DistillationPiece(teacher, cfg.weight)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .miners import BatchHardMiner, pairwise_euclidean
+from .miners import BatchHardMiner, Triplets, pairwise_euclidean
 
 
 class TripletLoss(nn.Module):
@@ -19,7 +19,7 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
         self.miner = miner if miner is not None else BatchHardMiner()
-        self.last_triplets = None
+        self.last_triplets: Triplets | None = None
 
     def forward(self, features: torch.Tensor, pids: torch.Tensor,
                 camids: torch.Tensor | None = None) -> torch.Tensor:

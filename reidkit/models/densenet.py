@@ -1,7 +1,7 @@
 """DenseNet backbones from torchvision (Huang, Liu, van der Maaten and Weinberger, CVPR 2017).
 
 The backbone of Progressive Transfer Learning's strongest results (Yu et al.,
-DenseNet-161; ``../shared/docs/METHODS.md`` sec. 4).  torchvision's ``features``
+DenseNet-161; docs/TRAINING.md, "Progressive Transfer Learning").  torchvision's ``features``
 module is kept under the same name, so ImageNet checkpoints load key for key,
 including the torch hub files of the older layout (``norm.1`` for ``norm1``).
 ``last_stride=1`` removes the average pooling of the last transition, the

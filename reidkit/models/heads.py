@@ -10,6 +10,8 @@ before BatchNorm), ``bn_bias="trained"`` and ``test_feature="before_bn"``.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,8 +60,9 @@ class BNNeckHead(nn.Module):
         self.bottleneck = nn.BatchNorm1d(in_features) if bnneck else nn.Identity()
         if bnneck:
             self.bottleneck.bias.requires_grad_(bn_bias == "trained")
-            nn.init.ones_(self.bottleneck.weight)
-            nn.init.zeros_(self.bottleneck.bias)
+            bn = cast(nn.BatchNorm1d, self.bottleneck)
+            nn.init.ones_(bn.weight)
+            nn.init.zeros_(bn.bias)
         self.classifier = nn.Linear(in_features, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 

@@ -18,6 +18,7 @@ with ``model.load_state_dict`` as they are (tested against torchreid 0.2.5).
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -199,7 +200,10 @@ def _init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _init_from(model: nn.Module, pretrained: str | None, name: str, prefix: str = "") -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def _init_from(model: M, pretrained: str | None, name: str, prefix: str = "") -> M:
     """``pretrained``: a checkpoint path (ImageNet or ReID; the head is kept new), or none/auto/None.
 
     OSNet's ImageNet weights are not on the torch hub, so "auto" means random

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ def hub_cache_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def torchvision_network(family: str, table: dict, name: str, last_stride: int) -> tuple[nn.Module, str]:
+def torchvision_network(family: str, table: dict, name: str, last_stride: int) -> tuple[Any, str]:
     """A randomly initialised torchvision network ``table[name] = (builder, weights)`` and its ImageNet URL."""
     if name not in table:
         raise ValueError(f"unknown {family} {name!r}; choose from {', '.join(table)}")

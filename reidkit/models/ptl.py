@@ -1,5 +1,5 @@
 """Progressive Transfer Learning networks (Yu, Shen, Jin, Huang, Cai and Hua, "Progressive Transfer
-Learning", extending their IJCAI 2019 ReID paper; seed 003, ``../shared/docs/METHODS.md`` sec. 4).
+Learning", extending their IJCAI 2019 ReID paper; docs/TRAINING.md, "Progressive Transfer Learning").
 
 BConv-Cell (Eq. 1): a convolutional LSTM-like cell whose latent state ``C`` is
 carried from one mini-batch to the next instead of from one time step to the next:

@@ -13,6 +13,7 @@ mode the branches' test embeddings concatenated.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -37,7 +38,8 @@ class RegionalReIDModel(nn.Module):
             nn.Sequential(nn.Conv2d(channels, region_dim, 1, bias=False), nn.BatchNorm2d(region_dim),
                           nn.ReLU(inplace=True)) for _ in range(regions))
         for block in self.reduce:
-            nn.init.kaiming_normal_(block[0].weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(cast(nn.Conv2d, cast(nn.Sequential, block)[0]).weight, mode="fan_out",
+                                    nonlinearity="relu")
         self.pool = build_pooling(pooling)
         self.head = BNNeckHead(channels, num_classes, bnneck, test_feature, **head_options)
         self.region_heads = nn.ModuleList(BNNeckHead(region_dim, num_classes, bnneck, test_feature, **head_options)

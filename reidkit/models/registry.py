@@ -1,7 +1,7 @@
 """Model registry: a recipe name -> constructor ``(num_classes, **kwargs) -> nn.Module``."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -13,7 +13,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 def register_model(name: str):
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
-            raise ValueError(f"model name {name!r} is registered twice ({_MODELS[name].__module__} and {fn.__module__})")
+            raise ValueError(f"model name {name!r} is registered twice ({_MODELS[name].__module__} and "
+                             f"{fn.__module__})")
         _MODELS[name] = fn
         return fn
     return add

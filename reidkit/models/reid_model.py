@@ -1,6 +1,8 @@
 """A ReID network: backbone -> pooling -> BNNeck head."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -18,7 +20,7 @@ class ReIDModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.pool = build_pooling(pooling)
-        self.head = BNNeckHead(backbone.out_channels, num_classes, bnneck, test_feature, **head_options)
+        self.head = BNNeckHead(cast(int, backbone.out_channels), num_classes, bnneck, test_feature, **head_options)
         self.feature_dim = backbone.out_channels
 
     def forward(self, images: torch.Tensor):

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
 from ..files import save_figure_atomic  # noqa: E402
 
 RESERVED = ("loss", "trace", "panels")
@@ -70,7 +71,7 @@ def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
     right_keys = set(spec.get("right", []))
     right_ax = ax.twinx() if right_keys & set(series) else None
     for i, (key, values) in enumerate(sorted(series.items())):
-        target = right_ax if key in right_keys else ax
+        target = right_ax if right_ax is not None and key in right_keys else ax
         style = {"lw": 0.8, "linestyle": "--"} if key in right_keys else {"lw": 0.8 if unit == "iteration" else 1.5}
         target.plot(x[:len(values)], values, label=key, marker="." if unit == "epoch" else None,
                     color=f"C{i}", **style)

@@ -1,8 +1,8 @@
 """Ranked-list pictures: a query and its top-k gallery matches, green = right, red = wrong."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -56,5 +56,5 @@ def ranked_rows_image(rows: Sequence[tuple[str, Sequence[tuple[str, tuple[int, i
 
 
 def _framed(path: str, size: tuple[int, int], border: int, colour) -> Image.Image:
-    img = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    img = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return ImageOps.expand(img, border=border, fill=colour)

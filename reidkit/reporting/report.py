@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def metrics_table(rows: dict[str, RankResult]) -> str:
 
 
 def write_report(out: str | Path, title: str, results: dict[str, RankResult], history: dict,
-                 query, gallery, distmat: np.ndarray, notes: list[str] = (), num_queries: int = 8,
+                 query, gallery, distmat: np.ndarray, notes: Sequence[str] = (), num_queries: int = 8,
                  seed: int = 0) -> Path:
     """Write ``metrics.md``, ``metrics.json``, ``curves.png``, ``ranked_lists.png`` and ``index.html``."""
     out = Path(out)

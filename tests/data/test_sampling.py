@@ -9,9 +9,15 @@ from reidkit.data import ImageRecord
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
 from reidkit.data.samplers import RandomBatchSampler, RandomIdentityBatchSampler, build_sampler, shard_bounds
-from reidkit.data.transforms import (AugmentConfig, BatchAugment, random_erasing, random_flip,
-                                     random_enlarge_crop, random_pad_crop,
-                                     torchvision_transforms)
+from reidkit.data.transforms import (
+    AugmentConfig,
+    BatchAugment,
+    random_enlarge_crop,
+    random_erasing,
+    random_flip,
+    random_pad_crop,
+    torchvision_transforms,
+)
 
 
 def test_pk_batches():

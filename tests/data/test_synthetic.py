@@ -1,7 +1,7 @@
 import hashlib
 
 from reidkit.data import build_dataset
-from reidkit.data.synthetic import generate
+from reidkit.data.synthesis import generate
 
 
 def digest(folder):

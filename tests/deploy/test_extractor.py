@@ -23,6 +23,7 @@ def checkpoint(tmp_path):
     return tmp_path / "w.pth", model.eval()
 
 
+@pytest.mark.slow
 def test_paths_pil_and_arrays_give_the_model_features(tmp_path, checkpoint):
     path, model = checkpoint
     rng = np.random.default_rng(0)
@@ -41,6 +42,7 @@ def test_paths_pil_and_arrays_give_the_model_features(tmp_path, checkpoint):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named(checkpoint):
     path, _ = checkpoint
     extractor = reidkit.FeatureExtractor("osnet_x0_25", path, image_size=(64, 32))
@@ -50,6 +52,7 @@ def test_bad_inputs_are_named(checkpoint):
         extractor([42])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, optimize", [("torch", False), ("torch", True), ("onnxruntime", True)])
 def test_backends_give_the_model_features(tmp_path, checkpoint, backend, optimize):
     path, model = checkpoint

@@ -104,6 +104,7 @@ def test_find_images(tmp_path):
         find_images([tmp_path / "empty"])
 
 
+@pytest.mark.slow
 def test_extract_then_search_from_the_command_line(tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"

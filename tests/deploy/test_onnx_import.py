@@ -44,7 +44,7 @@ def test_demo_pretrained_reference_equals_the_onnx_model(shared_data, tmp_path):
     from reidkit.data import build_dataset
     from reidkit.data.cache import ImageCache
     from reidkit.data.loader import iter_test_batches
-    from reidkit.data.synthetic import generate
+    from reidkit.data.synthesis import generate
     from reidkit.demo import evaluate_reference, find_reference
     from reidkit.evaluation import compute_distance, evaluate_rank
 

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from reidkit.cli import main
 
 
@@ -30,6 +32,7 @@ def test_eval_with_missing_weights(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_writes_an_onnx_model_with_the_same_features(tmp_path, capsys):
     import numpy as np
     import onnxruntime as ort
@@ -42,7 +45,8 @@ def test_export_writes_an_onnx_model_with_the_same_features(tmp_path, capsys):
     model.train()(torch.randn(8, 3, 64, 32))          # non-trivial BN running statistics
     save_checkpoint({"state_dict": model.state_dict()}, tmp_path / "w.pth")
     out = tmp_path / "m.onnx"
-    rc = main(["export", str(Path(__file__).resolve().parents[2] / "configs" / "bot_r18_cuhk03.yaml"), "data.height=64", "data.width=32",
+    rc = main(["export", str(Path(__file__).resolve().parents[2] / "configs" / "bot_r18_cuhk03.yaml"),
+               "data.height=64", "data.width=32",
                "--weights", str(tmp_path / "w.pth"), "--out", str(out)])
     assert rc == 0 and "max |diff|" in capsys.readouterr().out
     x = torch.randn(3, 3, 64, 32)

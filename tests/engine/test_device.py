@@ -1,9 +1,9 @@
 """The device code paths as far as a CPU can run them: device choice, autocast dtypes, the fp16 gradient
 scaler and its checkpointed state, threads, device-free checkpoints, the GPU-side augmentation."""
 import pytest
-from conftest import make_tiny_synthetic
 import torch
 
+from conftest import make_tiny_synthetic
 from reidkit.config import load_recipe
 from reidkit.data.transforms import AugmentConfig, BatchAugment, _enlarge, _pad, apply_crop, apply_erasing
 from reidkit.engine import DeviceError, Trainer
@@ -18,7 +18,8 @@ def tiny_data(tmp_path_factory):
 
 def recipe(root, out, *extra):
     return load_recipe(None, [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32",
-                              "data.width=16", "data.batch_size=8", "data.num_instances=2", "model.name=resnet18_bnneck",
+                              "data.width=16", "data.batch_size=8", "data.num_instances=2",
+                              "model.name=resnet18_bnneck",
                               "model.pretrained=none", "optim.lr=0.001", "schedule.warmup_epochs=0",
                               "train.epochs=2", "train.eval_every=1", f"train.output_dir={out}", *extra])
 
@@ -57,6 +58,7 @@ def test_threads_follow_the_recipe_then_the_environment(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_fp16_training_keeps_the_scaler_in_checkpoints_and_resumes_exactly(tiny_data, tmp_path):
     """fp16 autocast with a gradient scaler runs on a CPU too: the same code path as on a GPU."""
     fp16 = ["train.amp=fp16", "train.channels_last=false"]

@@ -7,11 +7,11 @@ import socket
 import time
 
 import pytest
-from conftest import make_tiny_synthetic
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import make_tiny_synthetic
 from reidkit.config import load_recipe
 
 # BoT with center loss, camera-aware mining (camera-diverse P x K batches) and adaptive L2, augmentation on
@@ -108,6 +108,7 @@ def totals(report: dict) -> list[float]:
     return [step["total"] for step in report["losses"]]
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_model_one_process_trains(tiny_data, tmp_path):
     """Two epochs in float64, where rounding cannot hide a difference.
 
@@ -134,10 +135,11 @@ def test_two_processes_train_the_model_one_process_trains(tiny_data, tmp_path):
         if w1[name].is_floating_point():
             update1, update2 = w1[name] - w0[name], w2[name] - w0[name]
             torch.testing.assert_close(update2, update1, rtol=1e-7, atol=1e-12 * (1 + float(update1.abs().max())),
-                                       msg=lambda m: f"{name}: {m}")
+                                       msg=lambda m, name=name: f"{name}: {m}")
     assert two[0]["mAP"] == pytest.approx(one["mAP"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_under_ddp_continues_exactly_and_checkpoints_cross_world_sizes(tiny_data, tmp_path):
     plan = lambda name, **kw: {"overrides": overrides(tiny_data, tmp_path / name, epochs=kw.pop("epochs", 2)),  # noqa: E731
                                "weights": str(tmp_path / f"{name}.pt"), "float64": True, **kw}
@@ -157,6 +159,7 @@ def test_resume_under_ddp_continues_exactly_and_checkpoints_cross_world_sizes(ti
     assert totals(alone) == pytest.approx(totals(straight[0])[-n:], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_with_a_clear_message(tiny_data, tmp_path):
     t0 = time.monotonic()
     reports = run(2, {"overrides": overrides(tiny_data, tmp_path / "k", epochs=3), "weights": str(tmp_path / "k.pt"),
@@ -167,6 +170,7 @@ def test_a_killed_process_ends_the_run_with_a_clear_message(tiny_data, tmp_path)
     assert "--resume" in error and time.monotonic() - t0 < 120
 
 
+@pytest.mark.slow
 def test_torchrun_launches_data_parallel_training_from_the_command_line(tiny_data, tmp_path):
     """``torchrun --nproc-per-node 2 -m reidkit train RECIPE``: gloo on the CPU, the first process writes."""
     import subprocess

@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
 from PIL import Image
 
+from conftest import tiny_overrides
 from reidkit.cli import main
 from reidkit.config import RecipeError, load_recipe
 from reidkit.data import build_dataset
@@ -79,6 +79,7 @@ def test_orphan_temporaries_of_killed_writes_are_removed(tmp_path):
 
 
 # 2. non-finite weights are never saved ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_infinite_batchnorm_statistics_stop_training_before_any_save(tiny_data, tmp_path):
     trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run", epochs=2)), progress=False)
     original = trainer.train_epoch
@@ -238,12 +239,12 @@ def test_sixteen_bit_greyscale_decodes_to_its_eight_bit_values(tmp_path, mode, s
 
 
 # 7. clear errors instead of tracebacks --------------------------------------------------------------------------
-def test_resuming_with_another_optimiser_is_named(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    Trainer(load_recipe(None, tiny_overrides(tiny_data, run, epochs=1)), progress=False).fit()
-    sgd = Trainer(load_recipe(None, tiny_overrides(tiny_data, run, epochs=2) + ["optim.name=sgd"]), progress=False)
+@pytest.mark.slow
+def test_resuming_with_another_optimiser_is_named(tiny_data, tiny_run, tmp_path):
+    sgd = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run", epochs=2) + ["optim.name=sgd"]),
+                  progress=False)
     with pytest.raises(CheckpointError, match=r"trained with the optimiser adam .*this recipe uses sgd"):
-        sgd.fit(resume=run / "last.pth")
+        sgd.fit(resume=tiny_run / "last.pth")
 
 
 class _RunsCode:
@@ -305,6 +306,7 @@ def test_bad_files_of_all_splits_are_listed_together(tiny_data, tmp_path):
     assert bad_train.name in message and f"{bad_query.name}: empty file" in message
 
 
+@pytest.mark.slow
 def test_extract_lists_or_skips_bad_images(tiny_data, tmp_path, capsys):
     images = tmp_path / "imgs"
     shutil.copytree(tiny_data / "query", images)

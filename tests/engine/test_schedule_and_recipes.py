@@ -48,7 +48,8 @@ def test_every_shipped_recipe_loads():
     bot = load_recipe(CONFIGS / "bot_r50_market1501.yaml")
     assert (bot.optim.lr, bot.schedule.milestones, bot.train.epochs) == (3.5e-4, [40, 70], 120)
     assert (bot.loss.triplet_margin, bot.loss.center_weight, bot.loss.label_smoothing) == (0.3, 5e-4, 0.1)
-    assert (bot.data.sampler, bot.data.num_identities, bot.data.num_instances, bot.data.height) == ("identity", 16, 4, 256)
+    assert (bot.data.sampler, bot.data.num_identities, bot.data.num_instances, bot.data.height) == \
+        ("identity", 16, 4, 256)
     ft = load_recipe(CONFIGS / "osnet_x1_0_finetune_cuhk03.yaml")      # OSNet paper, sec. 4.1
     assert (ft.optim.name, ft.optim.lr, ft.train.epochs, ft.schedule.milestones) == ("amsgrad", 0.0015, 150, [60, 120])
     assert (ft.train.fixbase_epochs, ft.train.open_layers, ft.schedule.gamma) == (10, ["classifier"], 0.1)

@@ -6,7 +6,6 @@ AMSGrad with torchreid's betas) against torchreid's ``CrossEntropyLoss(label_smo
 and ``build_optimizer`` with its defaults.
 """
 import copy
-import sys
 import warnings
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def test_osnet_recipe_steps_equal_torchreid(recipe_file):
     before = copy.deepcopy(ours.state_dict())
     theirs.train(), ours.train()
     gen = torch.Generator().manual_seed(1)
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(8, 3, 64, 32, generator=gen)
         y = torch.randint(0, classes, (8,), generator=gen)
         their_opt.zero_grad()
@@ -65,9 +64,10 @@ def test_osnet_recipe_steps_equal_torchreid(recipe_file):
             ours_delta, theirs_delta = p - before[name], theirs_after[name] - before[name]
             assert theirs_delta.abs().max() > 0, name
             torch.testing.assert_close(ours_delta, theirs_delta, atol=1e-3 * float(theirs_delta.abs().max()),
-                                       rtol=1e-3, msg=lambda m: f"{name}: {m}")
+                                       rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.slow
 def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_path):
     """reidkit's whole training loop (``Trainer.train_epoch``: loader, objective, optimiser, schedule, BN
     statistics) against torchreid's ``ImageSoftmaxEngine.forward_backward``, same weights, same batches.
@@ -84,9 +84,8 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
             import torchreid.reid  # noqa: F401
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
-    sys.path.insert(0, str(ROOT))
     from bench.peers import TorchreidLockstep
-    from reidkit.data.synthetic import generate
+    from reidkit.data.synthesis import generate
     from reidkit.engine import Trainer
 
     root = tmp_path / "synthetic"
@@ -118,4 +117,4 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
     assert update_error(["classifier.weight", "classifier.bias"]) < 1e-3         # seen: 0.008%
     for name in (n for n in theirs_state if "running" in n):
         torch.testing.assert_close(ours_state[name], theirs_state[name], atol=1e-6, rtol=1e-3,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")

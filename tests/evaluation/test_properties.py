@@ -2,14 +2,15 @@
 problems, and recipe overrides that either apply or fail naming their key."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel
 
-from reference import literal_evaluate, literal_rerank
-from reidkit.config import Recipe, RecipeError, load_recipe, parse_yaml
-from reidkit.evaluation import compute_distance, evaluate_rank
-from reidkit.evaluation.rerank import re_ranking
+pytest.importorskip("hypothesis", reason="hypothesis is in the test extra (pip install -e '.[test]')")
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from reference import literal_evaluate, literal_rerank  # noqa: E402
+from reidkit.config import Recipe, RecipeError, load_recipe, parse_yaml, section_fields  # noqa: E402
+from reidkit.evaluation import compute_distance, evaluate_rank  # noqa: E402
+from reidkit.evaluation.rerank import re_ranking  # noqa: E402
 
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,12 +76,11 @@ def test_re_ranking_equals_the_dense_reference(problem):
                                atol=1e-5)
 
 
-def _leaf_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+def _leaf_keys(section=Recipe, prefix: str = "") -> list[str]:
     keys = []
-    for name, field in model.model_fields.items():
-        inner = field.annotation
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            keys += _leaf_keys(inner, f"{prefix}{name}.")
+    for name, field in section_fields(section).items():
+        if section_fields(field.annotation):
+            keys += _leaf_keys(field.annotation, f"{prefix}{name}.")
         else:
             keys.append(prefix + name)
     return keys

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_synthetic
 import torch
 
 from reidkit.config import LossConfig, load_recipe
@@ -31,11 +30,6 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_tiny_synthetic(tmp_path_factory, "gpu", num_ids=16, seed=1, num_distractors=6)
 
 
 def recipe(root, out, *extra):
@@ -154,7 +148,8 @@ def test_gpu_and_cpu_training_start_alike(tiny_data, tmp_path):
 
 def test_torchrun_on_one_gpu(tiny_data, tmp_path):
     out = tmp_path / "ddp"
-    overrides = ["data.dataset=synthetic", f"data.root={tiny_data}", "data.options={num_cameras: 3}", "data.height=64", "data.width=32",
+    overrides = ["data.dataset=synthetic", f"data.root={tiny_data}", "data.options={num_cameras: 3}",
+                 "data.height=64", "data.width=32",
                  "data.batch_size=16", "data.num_instances=2", "model.name=resnet18_bnneck", "model.pretrained=none",
                  "train.epochs=1", "train.eval_every=1", f"train.output_dir={out}", "train.device=cuda"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -37,7 +37,8 @@ def test_penalty_equals_hand_computation_and_per_category_amplitudes():
     assert reg.names == ["0.weight", "1.weight", "3.weight"]
     with torch.no_grad():
         reg.theta.copy_(torch.tensor([-1.25, 0.0, 5.0]))     # f = 0.25, 0.5, 1
-    expected = (0.01 * 0.25 * float((model[0].weight.detach() ** 2).sum()) + 0.002 * 0.5 * float((model[1].weight.detach() ** 2).sum())
+    expected = (0.01 * 0.25 * float((model[0].weight.detach() ** 2).sum())
+                + 0.002 * 0.5 * float((model[1].weight.detach() ** 2).sum())
                 + 0.004 * 1.0 * float((model[3].weight.detach() ** 2).sum()))
     assert reg().item() == pytest.approx(expected, rel=1e-6)
     assert reg.factors_by_category() == pytest.approx({"conv_kernel": 0.0025, "bn_gamma": 0.001,

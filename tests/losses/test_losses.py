@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidkit.losses import (BatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, TripletLoss,
-                            unweight_center_gradients)
+from reidkit.losses import BatchHardMiner, CenterLoss, CrossEntropyLabelSmooth, TripletLoss, unweight_center_gradients
 
 
 def test_label_smoothing_matches_formula():

@@ -71,6 +71,7 @@ def test_imagenet_weights_load_from_either_key_layout(tmp_path, monkeypatch, cap
     assert "densenet121" in caplog.text and "random initialisation" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("last_stride", [1, 2])
 def test_ptl_densenet_cells_follow_the_blocks_at_odd_sizes(last_stride):
     torch.manual_seed(0)

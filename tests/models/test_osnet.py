@@ -18,6 +18,7 @@ def test_osnet_x1_0_size_and_multiply_adds():
     assert mult_adds == pytest.approx(978.9e6, rel=0.01)          # paper: 978.9M at 256x128
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ibn_x1_0",
                                   "osnet_x0_25_bnneck"])
 def test_variants_train_and_eval(name):

@@ -84,6 +84,7 @@ def test_ptl_network_outputs_and_test_embeddings_ignore_the_training_history(nam
         p.numel() for p in build_model("resnet18_bnneck", 6, pretrained="none").parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_regional", "densenet121_ptl", "resnet18_ptl_v2"])
 def test_new_models_export_to_onnx_with_the_same_features(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")

@@ -58,7 +58,9 @@ def cuhk03_labeled(root: str) -> ReIDDataset:
         base = base / "labeled"
     train = [r for r, _ in _read_cuhk03_folder(base / "train")]
     val = sorted(_read_cuhk03_folder(base / "val"), key=lambda x: (x[0].pid, x[0].camid, x[1]))
-    query, gallery, seen = [], [], set()
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
+    seen: set = set()
     for record, _ in val:
         key = (record.pid, record.camid)
         (gallery if key in seen else query).append(record)
@@ -85,7 +87,8 @@ def cuhk01(root: str, seed: int = 0, num_train_ids: int = 485) -> ReIDDataset:
     train_ids = set(pids[:num_train_ids])
     rng = random.Random(seed + 1)
     train = [r for r in records if r.pid in train_ids]
-    query, gallery = [], []
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
     groups: dict[tuple[int, int], list[ImageRecord]] = {}
     for r in records:
         if r.pid not in train_ids:

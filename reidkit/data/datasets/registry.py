@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from ...names import check_keywords, describe, look_up
 from ..records import ReIDDataset

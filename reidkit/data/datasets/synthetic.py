@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..records import DatasetLayoutError, ReIDDataset
-from ..synthetic import generate as write_synthetic
+from ..synthesis import generate as write_synthetic
 from .market_style import load_market_style
 from .registry import register_dataset
 

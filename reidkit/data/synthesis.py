@@ -83,7 +83,7 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def make_looks(count: int, rng: np.random.Generator, group_size: int = 3) -> list[Look]:
     """Identities in look-alike groups that share garment colours."""
-    looks = []
+    looks: list[Look] = []
     while len(looks) < count:
         upper, upper2 = _colour_pair(rng)
         lower, lower2 = _colour_pair(rng)
@@ -193,10 +193,10 @@ def render(look: Look, cam: CameraStyle, rng: np.random.Generator) -> np.ndarray
     s = rng.uniform(0.9, 1.1)
     bw, bh = w * s, h * s
     x0, y0 = (w - bw) / 2 + rng.normal(0, 2), (h - bh) / 2 + rng.normal(0, 3)
-    pil = pil.transform((w, h), Image.EXTENT, (x0, y0, x0 + bw, y0 + bh), Image.BILINEAR)
+    pil = pil.transform((w, h), Image.Transform.EXTENT, (x0, y0, x0 + bw, y0 + bh), Image.Resampling.BILINEAR)
     if cam.scale < 1.0:                                                           # resolution
         small = (max(8, int(w * cam.scale)), max(16, int(h * cam.scale)))
-        pil = pil.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
+        pil = pil.resize(small, Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BILINEAR)
     if cam.blur > 0:
         pil = pil.filter(ImageFilter.GaussianBlur(cam.blur))
     return np.asarray(pil)
