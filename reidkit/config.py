@@ -79,17 +79,14 @@ class ModelConfig(Strict):
     region_dim: int = Field(256, gt=0)        # *_regional models: channels each stripe is reduced to
 
     def options(self) -> dict:
-        """Keyword arguments for :func:`reidkit.models.build_model` that shape the network.
-
-        The newer options are passed only when they differ from their defaults, so
-        builders that do not know them (OSNet's full model) still accept the rest.
+        """Keyword arguments for :func:`reidkit.models.build_model` that shape the network: the options whose
+        value differs from the default (every builder's defaults are the schema's).  A model that has no such
+        option (``model.pooling=gem`` for OSNet's full model) then refuses it by name instead of ignoring it.
         """
-        options = {"last_stride": self.last_stride, "pooling": self.pooling, "bnneck": self.bnneck,
-                   "test_feature": self.test_feature}
-        for key in ("feature_clip", "bn_bias", "regions", "region_dim"):
-            if getattr(self, key) != type(self).model_fields[key].default:
-                options[key] = getattr(self, key)
-        return options
+        shaping = ("last_stride", "pooling", "bnneck", "test_feature", "feature_clip", "bn_bias", "regions",
+                   "region_dim")
+        return {key: getattr(self, key) for key in shaping
+                if getattr(self, key) != type(self).model_fields[key].default}
 
 
 class CameraBiasConfig(Strict):

@@ -45,12 +45,12 @@ def open_layers(model: nn.Module, names: list[str]) -> None:
             m.eval()
 
 
-def open_all_layers(model: nn.Module, trainable: set[nn.Parameter] | None = None) -> None:
-    """Train mode and gradients for every parameter in ``trainable`` (default: all of them).
+def open_all_layers(model: nn.Module, trainable: set[nn.Parameter]) -> None:
+    """Train mode and gradients for every parameter in ``trainable``, none for the others.
 
-    Pass the parameters that were trainable before any freezing, so that parameters a model
-    keeps fixed by design (the BNNeck's frozen bias) stay fixed.
+    ``trainable``: the parameters that were trainable before any freezing (required, so that
+    parameters a model keeps fixed by design, such as the BNNeck's frozen bias, stay fixed).
     """
     model.train()
     for p in model.parameters():
-        p.requires_grad_(trainable is None or p in trainable)
+        p.requires_grad_(p in trainable)

@@ -222,12 +222,12 @@ def _init_from(model: M, pretrained: str | None, name: str, prefix: str = "") ->
 def _register(width: str, ibn: bool) -> None:
     name = f"osnet{'_ibn' if ibn else ''}_{width}"
 
-    def full(num_classes: int, pretrained: str | None = None, **_ignored) -> OSNet:
+    def full(num_classes: int, pretrained: str | None = None) -> OSNet:
         return _init_from(OSNet(num_classes, width, ibn), pretrained, name)
 
     def bnneck(num_classes: int, pretrained: str | None = None, pooling: str = "avg", bnneck: bool = True,
                test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-               bn_bias: str = "frozen", **_ignored) -> OSNetBNNeck:
+               bn_bias: str = "frozen") -> OSNetBNNeck:
         model = OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature, clip=feature_clip,
                             bn_bias=bn_bias)
         return _init_from(model, pretrained, name, prefix="backbone.")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..files import save_figure_atomic
 
-from ..files import save_figure_atomic  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 RESERVED = ("loss", "trace", "panels")
 

@@ -71,3 +71,9 @@ def test_recipe_options_reach_the_builder_and_unknown_ones_are_named():
     assert len(model.region_heads) == 3 and model.head.clip == (0.0, 1.0)
     with pytest.raises(ValueError, match="model 'resnet18_bnneck' does not take regions"):
         build_model("resnet18_bnneck", 4, pretrained="none", **options)
+    # a model without an option refuses it instead of building without it (OSNet has no GeM, no last stride)
+    assert ModelConfig(name="osnet_x0_25").options() == {}
+    with pytest.raises(ValueError, match="model 'osnet_x0_25' does not take pooling"):
+        build_model("osnet_x0_25", 4, pretrained="none", **ModelConfig(name="osnet_x0_25", pooling="gem").options())
+    with pytest.raises(ValueError, match="model 'osnet_x0_25_bnneck' does not take last_stride"):
+        build_model("osnet_x0_25_bnneck", 4, pretrained="none", **ModelConfig(last_stride=2).options())
