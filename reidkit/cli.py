@@ -49,9 +49,12 @@ def model_options(recipe) -> dict:
 
 
 def load_trained_model(recipe, weights: str):
-    """A model of the recipe's architecture with the weights of a reidkit checkpoint."""
-    from .engine.checkpoint import model_from_checkpoint
-    return model_from_checkpoint(recipe.model.name, weights, **model_options(recipe))
+    """A model of the recipe's architecture with the weights of a reidkit checkpoint; a checkpoint trained with
+    another architecture, head or input size than the recipe's is an error naming both."""
+    from .engine.checkpoint import check_against_spec, load_embedding_model
+    model, spec = load_embedding_model(weights, recipe.model.name, **model_options(recipe))
+    check_against_spec(spec, weights, image_size=(recipe.data.height, recipe.data.width))
+    return model
 
 
 def cmd_eval(args) -> int:
@@ -79,13 +82,14 @@ def cmd_eval(args) -> int:
 def cmd_extract(args) -> int:
     from .data.records import find_images
     from .deploy import FeatureExtractor, GalleryIndex
+    size: tuple[int, int] | None
     if args.recipe:
         recipe = load_recipe(args.recipe, args.overrides)
         arch, options, size = recipe.model.name, model_options(recipe), (recipe.data.height, recipe.data.width)
     elif args.overrides:
         raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
-    else:
-        arch, options, size = args.arch, {}, tuple(args.size)
+    else:                                  # a reidkit checkpoint says the rest itself
+        arch, options, size = args.arch, {}, ((args.size[0], args.size[1]) if args.size else None)
     check_output_file(args.out)            # a read-only folder or a path that is a folder: now, not after minutes
     paths = [str(p.resolve()) for p in find_images(args.images)]
     extractor = FeatureExtractor(arch, args.weights, device=_device(args.device), image_size=size,
@@ -94,11 +98,12 @@ def cmd_extract(args) -> int:
     features, paths = extractor.embed_files(paths, progress=not args.no_progress,
                                             skip_bad_images=args.skip_bad_images)
     seconds = time.perf_counter() - t0
-    meta = {"arch": arch, "weights": str(Path(args.weights).resolve()), "image_size": list(size),
-            "model_options": options}
+    meta = {"arch": extractor.model_name, "weights": str(Path(args.weights).resolve()),
+            "image_size": list(extractor.image_size), "model_options": extractor.model_options}
     index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta)
     index.save(args.out)
-    print(f"{len(paths)} images -> {args.out}: {index.dim}-d {arch} embeddings, {args.metric} "
+    print(f"{len(paths)} images -> {args.out}: {index.dim}-d {extractor.model_name} embeddings at "
+          f"{extractor.image_size[0]}x{extractor.image_size[1]}, {args.metric} "
           f"({len(paths) / seconds:.1f} img/s)")
     return 0
 
@@ -257,12 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--weights", required=True, help="reidkit checkpoint or state_dict")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--recipe", help="take the model and image size from this recipe")
-    model.add_argument("--arch", help="model name, e.g. osnet_x0_25 (with --size)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--recipe", help="take the model and image size from this recipe (checked against the "
+                                        "checkpoint)")
+    model.add_argument("--arch", help="model name, e.g. osnet_x0_25, for weights that do not record it (a bare "
+                                      "state_dict, an imported model); reidkit checkpoints record it")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted recipe overrides (with --recipe), e.g. --set model.last_stride=2")
-    p.add_argument("--size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
+    p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="input size (default: the checkpoint's, else 256 128)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--ivf-lists", type=int, default=None,
                    help="approximate search over this many clusters (large galleries; default exact)")

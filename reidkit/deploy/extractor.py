@@ -31,8 +31,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data.images import BadImageError, load_rgb
-from ..data.transforms import normalize
-from ..engine.checkpoint import model_from_checkpoint
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embedding_model
 from ..models import build_model
 from .optimize import export_onnx, fuse_for_inference
 
@@ -60,12 +60,15 @@ def check_image_size(size: Sequence[int], source: str = "image_size") -> tuple[i
 class FeatureExtractor:
     """A trained model behind a call that takes images and returns embeddings."""
 
-    def __init__(self, model_name: str, weights: str | Path | None = None, device: str = "cpu",
-                 image_size: tuple[int, int] = (256, 128), batch_size: int = 64, num_classes: int | None = None,
+    def __init__(self, model_name: str | None = None, weights: str | Path | None = None, device: str = "cpu",
+                 image_size: tuple[int, int] | None = None, batch_size: int = 64, num_classes: int | None = None,
                  backend: str = "auto", optimize: bool = True, onnx_path: str | Path | None = None,
                  model_options: dict | None = None):
-        """``num_classes`` only matters without ``weights`` (an untrained model); ``model_options``
-        go to the model's builder (e.g. ``last_stride``, ``pooling`` of the BNNeck models).
+        """A reidkit training checkpoint describes itself: ``model_name``, ``image_size`` and ``model_options``
+        may be left out (they and the normalisation are read from it), and an explicit one that contradicts it
+        is an error.  A bare state_dict needs ``model_name`` (and ``image_size``, default 256x128).
+        ``num_classes`` only matters without ``weights`` (an untrained model); ``model_options`` go to the
+        model's builder (e.g. ``last_stride``, ``pooling`` of the BNNeck models).
 
         ``backend="auto"``: ONNX Runtime on CPU, torch on other devices.
         """
@@ -76,11 +79,21 @@ class FeatureExtractor:
             backend = "onnxruntime" if device == "cpu" else "torch"
         if backend == "onnxruntime" and device != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
-        image_size = check_image_size(image_size)
+        self.spec: EmbeddingSpec | None = None
         if weights is not None:
-            self.model = model_from_checkpoint(model_name, weights, **(model_options or {}))
+            self.model, self.spec = load_embedding_model(weights, model_name, **(model_options or {}))
+            check_against_spec(self.spec, str(weights), image_size=image_size)
+        elif model_name is None:
+            raise ValueError("FeatureExtractor needs weights or a model name")
         else:
             self.model = build_model(model_name, num_classes or 1, pretrained=None, **(model_options or {})).eval()
+        if image_size is None:
+            image_size = self.spec.image_size if self.spec is not None else (256, 128)
+        spec = self.spec
+        self.model_name = spec.arch if spec is not None else model_name
+        self.model_options = {**(spec.options if spec is not None else {}), **(model_options or {})}
+        self.mean, self.std = (spec.mean, spec.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        image_size = check_image_size(image_size)
         self.device, self.image_size, self.batch_size = device, image_size, batch_size
         self.memory_format = torch.contiguous_format
         self.session = None
@@ -155,7 +168,7 @@ class FeatureExtractor:
                 images = list(decoders.map(decode, chunk))
                 good = [(p, x) for p, x in zip(chunk, images) if x is not None]
                 if good and not (bad and not skip_bad_images):     # stop embedding once the run must fail
-                    out.append(self.embed_batch(normalize(torch.stack([x for _, x in good]))))
+                    out.append(self.embed_batch(normalize(torch.stack([x for _, x in good]), self.mean, self.std)))
                     kept += [str(p) for p, _ in good]
         if bad and not skip_bad_images:
             raise BadImageError(bad, hint="pass --skip-bad-images to leave them out")
@@ -174,5 +187,5 @@ class FeatureExtractor:
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:    # PIL releases the GIL
             for s in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
                 batch = torch.stack(list(decoders.map(self._to_uint8, images[s:s + self.batch_size])))
-                out.append(self.embed_batch(normalize(batch)))      # embed_batch runs under inference_mode
+                out.append(self.embed_batch(normalize(batch, self.mean, self.std)))   # under inference_mode
         return torch.cat(out)

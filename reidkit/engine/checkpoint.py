@@ -8,12 +8,14 @@ truncated checkpoint behind.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..files import write_atomic
 
 
@@ -98,14 +100,110 @@ def load_model_weights(model: nn.Module, state: dict, source: str, ignore_classi
     model.load_state_dict(weights, strict=not ignore_classifier)
 
 
-def model_from_checkpoint(model_name: str, weights: str | Path, **model_options) -> nn.Module:
-    """Build ``model_name`` sized by the checkpoint's classifier, load the weights, eval mode."""
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """What embedding with a checkpoint needs: the architecture and its options, the input size and the
+    normalisation it was trained with.  ``options`` hold the shaping options that differ from the defaults
+    (``ModelConfig.options()``)."""
+
+    arch: str
+    options: dict[str, Any]
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "options": _plain(self.options), "image_size": list(self.image_size),
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+#: options that choose an output of the same weights (not a property of the weights): a caller may differ
+OUTPUT_CHOICES = ("test_feature",)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (as a checkpoint's JSON-like recipe holds them), for comparisons and storage."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def embedding_spec(state: dict) -> EmbeddingSpec | None:
+    """The checkpoint's :class:`EmbeddingSpec`: stored under ``embedding`` (reidkit >= 0.2), derived from the
+    recipe of older training checkpoints, None for a bare state_dict or an imported model."""
+    if isinstance(state.get("embedding"), dict):
+        e = state["embedding"]
+        return EmbeddingSpec(str(e["arch"]), dict(e.get("options", {})), _size(e["image_size"]),
+                             _channels(e.get("mean", IMAGENET_MEAN)), _channels(e.get("std", IMAGENET_STD)))
+    recipe = state.get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("model"), dict) and isinstance(recipe.get("data"), dict):
+        from ..config import ModelConfig
+        model = ModelConfig.model_validate(recipe["model"])
+        augment = recipe.get("augment", {}) or {}
+        return EmbeddingSpec(model.name, model.options(), _size((recipe["data"]["height"], recipe["data"]["width"])),
+                             _channels(augment.get("mean", IMAGENET_MEAN)), _channels(augment.get("std", IMAGENET_STD)))
+    return None
+
+
+def _size(value) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
+
+
+def _channels(value) -> tuple[float, float, float]:
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+def check_against_spec(spec: EmbeddingSpec | None, source: str, arch: str | None = None,
+                       options: dict[str, Any] | None = None, image_size: tuple[int, int] | None = None) -> None:
+    """Raise :class:`CheckpointError` when an explicit ``arch``, option or ``image_size`` contradicts what the
+    checkpoint ``source`` was trained with (a model embedded at the wrong size or with another head gives
+    features unrelated to the right ones, silently)."""
+    if spec is None:
+        return
+    from ..config import ModelConfig
+    defaults = {k: f.default for k, f in ModelConfig.model_fields.items()}
+    wrong = []
+    if arch is not None and arch != spec.arch:
+        wrong.append(f"architecture {arch} (trained: {spec.arch})")
+    for key, value in (options or {}).items():
+        trained = spec.options.get(key, defaults.get(key))
+        if key not in OUTPUT_CHOICES and _plain(value) != _plain(trained):
+            wrong.append(f"{key}={value} (trained: {trained})")
+    if image_size is not None and tuple(image_size) != tuple(spec.image_size):
+        wrong.append(f"input {image_size[0]}x{image_size[1]} (trained: {spec.image_size[0]}x{spec.image_size[1]})")
+    if wrong:
+        raise CheckpointError(f"{source} was trained as {spec.arch} at {spec.image_size[0]}x{spec.image_size[1]}"
+                              f"{' with ' + str(spec.options) if spec.options else ''}; the request contradicts it: "
+                              f"{'; '.join(wrong)}. Leave these out to use the checkpoint's own")
+
+
+def load_embedding_model(weights: str | Path, model_name: str | None = None,
+                         **model_options) -> tuple[nn.Module, EmbeddingSpec | None]:
+    """The model of checkpoint ``weights`` (eval mode) and its :class:`EmbeddingSpec`.
+
+    A self-describing checkpoint (any reidkit training checkpoint) needs no ``model_name``; an explicit one, or
+    an option, that contradicts it is a :class:`CheckpointError`.  A bare state_dict needs ``model_name``.
+    """
     from ..models import build_model
     state = load_checkpoint(weights)
+    spec = embedding_spec(state)
+    check_against_spec(spec, str(weights), model_name, model_options)
+    if spec is not None:
+        model_name, model_options = spec.arch, {**spec.options, **model_options}
+    if model_name is None:
+        raise CheckpointError(f"{weights} does not say which model it holds (a bare state_dict): name it, e.g. "
+                              "--arch osnet_x0_25 or --recipe")
     sd = state["state_dict"]
     classifier = sd.get("head.classifier.weight", sd.get("classifier.weight"))
     if classifier is None:
         raise CheckpointError(f"{weights}: no classifier weight; is it a reidkit {model_name} checkpoint?")
     model = build_model(model_name, int(classifier.shape[0]), pretrained=None, **model_options)
     load_model_weights(model, state, str(weights))
-    return model.eval()
+    return model.eval(), spec
+
+
+def model_from_checkpoint(model_name: str | None, weights: str | Path, **model_options) -> nn.Module:
+    """The model of checkpoint ``weights`` in eval mode (see :func:`load_embedding_model`)."""
+    return load_embedding_model(weights, model_name, **model_options)[0]

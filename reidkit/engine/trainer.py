@@ -31,7 +31,14 @@ from ..files import write_text_atomic
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_from_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    EmbeddingSpec,
+    load_checkpoint,
+    load_model_weights,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, test_cache_jobs
@@ -158,7 +165,7 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         state: dict[str, Any] = {
             "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "optimizer_name": self.recipe.optim.name,
+            "optimizer_name": self.recipe.optim.name, "embedding": self.embedding_spec().as_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
             "step": self.step, "history": self.history, "num_classes": self.num_classes,
             "recipe": recipe_to_dict(self.recipe), "reidkit_version": __version__,
@@ -171,6 +178,21 @@ class Trainer:
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
+
+    def embedding_spec(self) -> EmbeddingSpec:
+        """What embedding with this run's checkpoints needs (stored in each: extract, search, export and
+        ``FeatureExtractor`` read it)."""
+        r = self.recipe
+        return EmbeddingSpec(r.model.name, r.model.options(), (r.data.height, r.data.width), r.augment.mean,
+                             r.augment.std)
+
+    def weights_state(self, epoch: int) -> dict:
+        """``best.pth``: what embedding and evaluation need, without the optimiser and the other resume state
+        (``last.pth`` keeps everything)."""
+        full = self.state(epoch)
+        keep = ("state_dict", "embedding", "epoch", "best_mAP", "step", "num_classes", "recipe", "reidkit_version",
+                "history")
+        return {k: full[k] for k in keep}
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
@@ -386,7 +408,7 @@ class Trainer:
 
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:
-            save_checkpoint(self.state(epoch), self.out / name)
+            save_checkpoint(self.state(epoch) if name == "last.pth" else self.weights_state(epoch), self.out / name)
             if name == "last.pth":
                 self.guard.saved(self.out / name, epoch)
 

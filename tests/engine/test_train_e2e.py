@@ -179,7 +179,8 @@ def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tin
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())   # BN stats too
     assert not any(p.requires_grad for p in teacher.parameters())
     wrong = distill[:1] + ["loss.distill.arch=resnet50_bnneck"] + distill[2:]
-    with pytest.raises(CheckpointError, match="best.pth does not fit this model"):
+    with pytest.raises(CheckpointError, match=r"best.pth was trained as resnet18_bnneck .*architecture "
+                                              r"resnet50_bnneck \(trained: resnet18_bnneck\)"):
         Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)
 
 
