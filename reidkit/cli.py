@@ -18,7 +18,6 @@ from .logs import setup_logging
 from .names import counted
 
 log = logging.getLogger("reidkit")
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def cmd_train(args) -> int:
@@ -231,6 +230,13 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from .config import describe_recipes
+    for name, doc in describe_recipes():
+        print(f"{name:32s} {doc}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import describe_datasets
     for name, doc in describe_datasets():
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a recipe")
-    p.add_argument("recipe", help="YAML recipe (see configs/)")
+    p.add_argument("recipe", help="YAML recipe file, or the name of a recipe shipped with reidkit (`reidkit recipes`)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
     p.add_argument("--overwrite", action="store_true",
@@ -334,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model names a recipe's model.name can take")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("recipes", help="list the recipes shipped with reidkit (train them by name)")
+    p.set_defaults(func=cmd_recipes)
     p = sub.add_parser("datasets", help="list the dataset names a recipe's data.dataset can take")
     p.set_defaults(func=cmd_datasets)
     return parser

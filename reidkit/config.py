@@ -284,24 +284,83 @@ def apply_override(tree: dict, override: str) -> None:
     node[parts[-1]] = parse_yaml(raw)
 
 
+#: the recipes that ship with reidkit (the repository's configs/ points here)
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Name (file name without .yaml) -> path of every recipe shipped with reidkit."""
+    return {p.stem: p for p in sorted(PACKAGED_RECIPES.glob("*.yaml"))}
+
+
+def describe_recipes() -> list[tuple[str, str]]:
+    """``(name, the first line of its header comment)`` for every packaged recipe."""
+    out = []
+    for name, path in packaged_recipes().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        out.append((name, first))
+    return out
+
+
+def find_recipe(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file: ``name_or_path`` as a path (relative to ``relative_to``'s folder first, for ``_base_``),
+    else a packaged recipe by name (``bot_r50_market1501`` or ``bot_r50_market1501.yaml``)."""
+    path = Path(name_or_path)
+    candidates = ([relative_to.parent / path] if relative_to is not None and not path.is_absolute() else []) + [path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    packaged = packaged_recipes()
+    stem = path.name.removesuffix(".yaml")
+    if stem in packaged and len(path.parts) == 1:
+        return packaged[stem]
+    raise RecipeError(f"recipe not found: {name_or_path} (a YAML file, or one of the recipes shipped with reidkit"
+                      f"{did_you_mean(stem, packaged)}: `reidkit recipes` lists them)")
+
+
+def read_recipe_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at ``path`` as a nested dict, with its ``_base_`` recipe (if any) merged underneath: a recipe
+    states only what differs from its base, as fast-reid's ``_BASE_``."""
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError(f"recipe inheritance loops: {' -> '.join(str(p) for p in (*chain, path))}")
+    try:
+        tree = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not tree:
+        raise RecipeError(f"{path}: the recipe is empty (no sections, only comments or blank lines); "
+                          "it would silently run every default. Start from a recipe in configs/ and "
+                          "change what differs")
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    base = tree.pop("_base_", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: _base_ must name one recipe file, got {base!r}")
+    return merge_trees(read_recipe_tree(find_recipe(base, relative_to=path), (*chain, path)), tree)
+
+
+def merge_trees(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, section by section (a mapping merges key by key; any other value replaces)."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a YAML recipe (or the defaults) and apply dotted overrides."""
+    """Read a YAML recipe (a path, or the name of a packaged recipe; None: the defaults), merge it over its
+    ``_base_`` recipe if it names one, and apply dotted overrides."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
-        try:
-            tree = parse_yaml(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
-        if not tree:
-            raise RecipeError(f"{path}: the recipe is empty (no sections, only comments or blank lines); "
-                              "it would silently run every default. Start from a recipe in configs/ and "
-                              "change what differs")
-        if not isinstance(tree, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+        path = find_recipe(path)
+        tree = read_recipe_tree(path)
         source = str(path)
     for override in overrides:
         apply_override(tree, override)

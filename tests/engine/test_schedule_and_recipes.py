@@ -83,7 +83,7 @@ def test_overrides_and_errors_name_the_key(tmp_path):
     bad.write_text("model:\n  nmae: resnet50_bnneck\n")
     with pytest.raises(RecipeError, match=r"unknown key 'model.nmae'.*bad.yaml|bad.yaml(.|\n)*model.nmae"):
         load_recipe(bad)
-    with pytest.raises(RecipeError, match="recipe file not found"):
+    with pytest.raises(RecipeError, match="recipe not found: .*missing.yaml"):
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(RecipeError, match="key.path=value"):
         load_recipe(None, ["train.epochs"])
@@ -131,3 +131,27 @@ def test_device_and_precision_keys():
         load_recipe(None, ["train.device=gpu"])
     with pytest.raises(RecipeError, match="train.amp"):
         load_recipe(None, ["train.amp=fp8"])
+
+
+def test_recipes_ship_with_the_package_and_inherit_from_a_base(tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.config import PACKAGED_RECIPES, recipe_to_dict
+    assert load_recipe("bot_r50_market1501") == load_recipe(PACKAGED_RECIPES / "bot_r50_market1501.yaml")
+    assert load_recipe("bot_r50_market1501.yaml").model.name == "resnet50_bnneck"
+    with pytest.raises(RecipeError, match=r"recipe not found: bot_r50_market1502 .*did you mean 'bot_r50_market1501'"):
+        load_recipe("bot_r50_market1502")
+    assert main(["recipes"]) == 0
+    assert "osnet_x0_25_cuhk03_amsgrad" in capsys.readouterr().out
+    # a child states only what differs; sections merge key by key, a base may itself have a base
+    (tmp_path / "base.yaml").write_text("_base_: bot_r18_cuhk03\ntrain: {epochs: 3, seed: 7}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain: {epochs: 5}\noptim: {lr: 0.01}\n")
+    child, bot = load_recipe(tmp_path / "child.yaml"), load_recipe("bot_r18_cuhk03")
+    assert (child.train.epochs, child.train.seed, child.optim.lr, child.optim.name) == (5, 7, 0.01, bot.optim.name)
+    assert recipe_to_dict(child)["data"] == recipe_to_dict(bot)["data"]
+    cam = load_recipe("bot_camaware_r18_cuhk03")          # the shipped example: the baseline is its base
+    assert (cam.loss.miner, cam.data.sampler, cam.optim, cam.augment) == ("camera_aware", "camera_diverse", bot.optim,
+                                                                          bot.augment)
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(RecipeError, match="recipe inheritance loops"):
+        load_recipe(tmp_path / "a.yaml")
