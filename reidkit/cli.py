@@ -71,7 +71,8 @@ def cmd_eval(args) -> int:
     if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
     result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
-                            amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device)
+                            amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device,
+                            progress=not args.no_progress)
     print(f"{dataset.name}: {counted(len(query), 'query', 'queries')}, {counted(len(gallery), 'gallery image')}, "
           f"metric {recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
     print(result.summary())

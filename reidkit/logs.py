@@ -15,3 +15,9 @@ def setup_logging(output_dir: str | Path | None = None, main_process: bool = Tru
         handler = logging.FileHandler(Path(output_dir) / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logging.getLogger().addHandler(handler)
+
+
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when not asked for, and (None) off by itself when the output is not a terminal,
+    so logs and CI output get no carriage-return frames."""
+    return None if progress else True

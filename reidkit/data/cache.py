@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..files import write_text_atomic
+from ..logs import bar_disabled
 from .images import BadImageError, load_rgb
 from .records import ImageRecord
 
@@ -104,8 +105,8 @@ class ImageCache:
 
         with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
             results: Iterable = pool.map(decode, range(len(records)))
-            if progress:
-                results = tqdm(results, total=len(records), desc=desc, unit="img", leave=False)
+            results = tqdm(results, total=len(records), desc=desc, unit="img", leave=False,
+                           disable=bar_disabled(progress))
             return [r for r in results if r is not None]
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..data.images import BadImageError, load_rgb
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embedding_model
+from ..logs import bar_disabled
 from ..models import build_model
 from .optimize import export_onnx, fuse_for_inference
 
@@ -163,7 +164,8 @@ class FeatureExtractor:
 
         out, kept = [], []
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:
-            for s in tqdm(range(0, len(paths), self.batch_size), desc="embedding", unit="batch", disable=not progress):
+            starts = range(0, len(paths), self.batch_size)
+            for s in tqdm(starts, desc="embedding", unit="batch", disable=bar_disabled(progress)):
                 chunk = list(paths[s:s + self.batch_size])
                 images = list(decoders.map(decode, chunk))
                 good = [(p, x) for p, x in zip(chunk, images) if x is not None]
@@ -185,7 +187,7 @@ class FeatureExtractor:
         out = []
         starts = range(0, len(images), self.batch_size)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:    # PIL releases the GIL
-            for s in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
+            for s in tqdm(starts, desc="embedding", unit="batch", disable=bar_disabled(progress)):
                 batch = torch.stack(list(decoders.map(self._to_uint8, images[s:s + self.batch_size])))
                 out.append(self.embed_batch(normalize(batch, self.mean, self.std)))   # under inference_mode
         return torch.cat(out)

@@ -48,7 +48,7 @@ def _counts(n: int, env: DistEnv) -> tuple[int, ...]:
 def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg: EvalConfig,
                    batch_size: int = 128, amp: str | bool = "off", return_features: bool = False,
                    channels_last: bool = False, device: torch.device | str | None = None,
-                   env: DistEnv = ONE_PROCESS, dataset=None):
+                   env: DistEnv = ONE_PROCESS, dataset=None, progress: bool = False):
     """Extract query/gallery embeddings and compute mAP / CMC / mINP (optionally re-ranked).
 
     Distances and ranking run where the features are (on a GPU when the model is on one).
@@ -57,8 +57,9 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
     them (``dataset`` gives every image's identity and camera) and every process
     receives the result.
     """
-    qf = extract_features(model, query, batch_size, cfg.flip, amp, channels_last, device)
-    gf = extract_features(model, gallery, batch_size, cfg.flip, amp, channels_last, device)
+    show = progress and env.is_main
+    qf = extract_features(model, query, batch_size, cfg.flip, amp, channels_last, device, show, "query features")
+    gf = extract_features(model, gallery, batch_size, cfg.flip, amp, channels_last, device, show, "gallery features")
     if env.enabled:
         if dataset is None:
             raise ValueError("evaluating across processes needs the dataset's identities and cameras")

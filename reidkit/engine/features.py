@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from ..data.cache import ImageCache
 from ..data.loader import iter_test_batches
+from ..logs import bar_disabled
 from .device import autocast
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128, flip: bool = False,
                      amp: str | bool = "off", channels_last: bool = False,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+                     device: torch.device | str | None = None, progress: bool = False,
+                     desc: str = "features") -> torch.Tensor:
     """Embeddings (float32) of every image in ``cache`` (eval mode), in order, on ``device``.
 
     ``device``: where the model runs (default: where its parameters are); ``amp``: ``bf16`` / ``fp16``
-    autocast (``True`` means bf16); ``channels_last`` feeds NHWC batches.
+    autocast (``True`` means bf16); ``channels_last`` feeds NHWC batches; ``progress``: a bar (on a terminal).
     """
     amp = ("bf16" if amp else "off") if isinstance(amp, bool) else amp
     if device is None:
@@ -27,7 +30,9 @@ def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128,
     model.eval()
     out = []
     with autocast(device, amp):
-        for images in iter_test_batches(cache, batch_size, device=device):
+        batches = tqdm(iter_test_batches(cache, batch_size, device=device), desc=desc, unit="batch", leave=False,
+                       total=-(-len(cache) // batch_size), disable=bar_disabled(progress))
+        for images in batches:
             images = images.contiguous(memory_format=fmt)
             f = model(images).float()
             if flip:

@@ -28,6 +28,7 @@ from ..data.loader import Batch
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult
 from ..files import write_text_atomic
+from ..logs import bar_disabled
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
@@ -265,7 +266,7 @@ class Trainer:
         images, t0 = 0, time.perf_counter()
         total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
-                   disable=not (self.progress and self.is_main), leave=False)
+                   disable=bar_disabled(self.progress and self.is_main), leave=False, bar_format=TRAINING_BAR)
         first_step = self.step + 1
 
         def where(step: int) -> str:
@@ -288,7 +289,7 @@ class Trainer:
                 if self.step % self.recipe.train.log_every == 0:
                     self._log_step(shown, lr)
             bar.update(1)
-            bar.set_postfix(_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
+            bar.set_postfix_str(_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
         bar.close()
         if meter.count:
             meter.read(where)                            # every step is checked before the epoch counts
@@ -375,7 +376,8 @@ class Trainer:
         query, gallery = self.test_caches
         result, qf, gf = evaluate_model(self.model, query, gallery, self.recipe.eval, self.recipe.data.test_batch_size,
                                         t.amp, return_features=True, channels_last=t.channels_last,
-                                        device=self.device, env=self.env, dataset=self.dataset)
+                                        device=self.device, env=self.env, dataset=self.dataset,
+                                        progress=self.progress)
         self.last_features = (qf, gf)
         return result
 
@@ -473,9 +475,14 @@ class Trainer:
             plot_curves(self.history, self.out / "curves.png")
 
 
-def _postfix(terms: dict[str, float], lr: float, speed: float) -> dict[str, str]:
-    shown = {k: f"{v:.3f}" for k, v in terms.items() if k in ("id", "triplet", "total")}
-    return shown | {"lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}
+#: tqdm's layout without its it/s (the postfix says img/s), so that the line fits 80 columns
+TRAINING_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+
+def _postfix(terms: dict[str, float], lr: float, speed: float) -> str:
+    """``loss 6.435 lr 3.5e-04 45 img/s``: short enough that the bar stays on one 80-column line."""
+    loss = f"loss {terms['total']:.3f} " if "total" in terms else ""
+    return f"{loss}lr {lr:.1e} {speed:.0f} img/s"
 
 
 __all__ = ["Trainer", "seed_everything"]
