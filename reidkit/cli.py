@@ -3,6 +3,7 @@ models, datasets."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -70,12 +71,28 @@ def cmd_eval(args) -> int:
     query, gallery = build_test_caches(recipe, dataset, progress=not args.no_progress)
     if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    result = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
-                            amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device,
-                            progress=not args.no_progress)
-    print(f"{dataset.name}: {counted(len(query), 'query', 'queries')}, {counted(len(gallery), 'gallery image')}, "
-          f"metric {recipe.eval.metric}{', re-ranked' if recipe.eval.rerank else ''}")
+    report = None if args.no_report else Path(args.report or Path(args.weights).parent / "report_eval")
+    if report is not None:
+        check_output_file(report / "index.html")
+    result, qf, gf = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
+                                    amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device,
+                                    progress=not args.no_progress, return_features=True)
+    described = (f"{dataset.name}: {counted(len(query), 'query', 'queries')}, "
+                 f"{counted(len(gallery), 'gallery image')}, metric {recipe.eval.metric}"
+                 f"{', re-ranked' if recipe.eval.rerank else ''}")
+    print(described)
     print(result.summary())
+    if report is not None:
+        from .evaluation import compute_distance
+        from .evaluation.cameras import camera_pair_map
+        from .reporting import write_report
+        distmat = compute_distance(qf, gf, recipe.eval.metric).cpu().numpy()
+        cameras = camera_pair_map(distmat, query.pids(), gallery.pids(), query.camids(), gallery.camids())
+        index = write_report(report, f"reidkit eval: {args.weights} on {dataset.name}", {str(args.weights): result},
+                             {}, query.records, gallery.records, distmat, [described], num_queries=args.ranked,
+                             recipe=recipe.model_dump(mode="json"),
+                             data_summary=dataset.summary(), camera_table=cameras)
+        print(f"report -> {index}")
     return 0
 
 
@@ -115,8 +132,6 @@ def _device(name: str) -> str:
 
 
 def cmd_search(args) -> int:
-    import json
-
     from .data.records import find_images
     from .deploy import FeatureExtractor, GalleryIndex
     index = GalleryIndex.load(args.gallery)
@@ -263,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--weights", required=True, help="checkpoint (best.pth, last.pth or a state_dict)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    p.add_argument("--report", help="report folder (default: report_eval/ beside the weights)")
+    p.add_argument("--no-report", action="store_true", help="print the metrics only")
+    p.add_argument("--ranked", type=int, default=8, help="ranked lists (queries) drawn in the report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 

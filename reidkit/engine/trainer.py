@@ -27,10 +27,13 @@ from ..data.cache import ImageCache, decode_each
 from ..data.loader import Batch
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult
+from ..evaluation.cameras import camera_pair_map
+from ..evaluation.distance import compute_distance
 from ..files import write_text_atomic
 from ..logs import bar_disabled
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
+from ..reporting import write_report
 from ..reporting.plots import plot_curves
 from .checkpoint import (
     CheckpointError,
@@ -462,10 +465,10 @@ class Trainer:
                     self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
         if self.is_main:
-            self._write_outputs()
+            self._write_outputs(result)
         return result
 
-    def _write_outputs(self) -> None:
+    def _write_outputs(self, result: RankResult | None) -> None:
         if self.writer is not None:
             self.writer.flush()
         write_text_atomic(self.out / "history.json", json.dumps(self.history, indent=1))
@@ -473,6 +476,27 @@ class Trainer:
             piece.write_outputs(self.out)
         if self.history["epoch"]:
             plot_curves(self.history, self.out / "curves.png")
+        if result is not None and self.last_features is not None:
+            self.write_report(result)
+
+    def write_report(self, result: RankResult) -> Path:
+        """``OUTPUT/report/index.html``: the last evaluation (metrics, the camera-pair mAP table, ranked lists with
+        rank and distance), the curves, the data summary and the recipe."""
+        assert self.last_features is not None
+        qf, gf = self.last_features
+        distmat = compute_distance(qf, gf, self.recipe.eval.metric).cpu().numpy()
+        q, g = self.query_cache, self.gallery_cache
+        epoch = self.history["eval_epoch"][-1] if self.history["eval_epoch"] else "?"
+        notes = [f"test set (query / gallery) after epoch {epoch}, {self.recipe.eval.metric} distance"
+                 f"{', re-ranked' if self.recipe.eval.rerank else ''}",
+                 "best.pth was selected on these test figures (reidkit has no validation split yet)",
+                 f"trained on {describe(self.device)}"
+                 + (f", data parallel: {self.env.describe()}" if self.env.enabled else "")]
+        cameras = camera_pair_map(distmat, q.pids(), g.pids(), q.camids(), g.camids())
+        return write_report(self.out / "report", f"reidkit train: {self.recipe.model.name} on {self.dataset.name}",
+                            {f"epoch {epoch}": result}, self.history, q.records, g.records, distmat, notes,
+                            recipe=recipe_to_dict(self.recipe), data_summary=self.dataset.summary(),
+                            camera_table=cameras)
 
 
 #: tqdm's layout without its it/s (the postfix says img/s), so that the line fits 80 columns

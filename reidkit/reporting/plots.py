@@ -17,6 +17,7 @@ from ..files import save_figure_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RESERVED = ("loss", "trace", "panels")
 
@@ -39,6 +40,7 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     for key in sorted(k for k in history if k.startswith("loss/")):
         ax_loss.plot(epochs, history[key], marker=".", label=key[5:])
     ax_loss.set_xlabel("epoch")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("loss (weighted)")
     ax_loss.set_yscale("log")
     ax_loss.legend()
@@ -47,6 +49,7 @@ def plot_curves(history: dict, out: str | Path) -> Path:
         if history.get(key):
             ax_map.plot(history["eval_epoch"], [100 * v for v in history[key]], marker="o", label=key)
     ax_map.set_xlabel("epoch")
+    ax_map.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_map.set_ylabel("%")
     ax_map.set_ylim(0, 100)
     ax_map.legend()
@@ -76,6 +79,7 @@ def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
         target.plot(x[:len(values)], values, label=key, marker="." if unit == "epoch" else None,
                     color=f"C{i}", **style)
     ax.set_xlabel(unit)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(spec.get("ylabel", ""))
     if spec.get("ylim"):
         ax.set_ylim(*spec["ylim"])

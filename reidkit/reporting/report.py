@@ -26,32 +26,52 @@ def metrics_table(rows: dict[str, RankResult]) -> str:
 
 def write_report(out: str | Path, title: str, results: dict[str, RankResult], history: dict,
                  query, gallery, distmat: np.ndarray, notes: Sequence[str] = (), num_queries: int = 8,
-                 seed: int = 0) -> Path:
-    """Write ``metrics.md``, ``metrics.json``, ``curves.png``, ``ranked_lists.png`` and ``index.html``."""
+                 seed: int = 0, recipe: dict | None = None, data_summary: str | None = None,
+                 camera_table: tuple[list[int], np.ndarray] | None = None) -> Path:
+    """Write ``metrics.md``, ``metrics.json``, ``curves.png`` (when ``history`` has epochs),
+    ``ranked_lists.png`` (``num_queries`` rows) and ``index.html``; with ``recipe``, ``data_summary`` and
+    ``camera_table`` (:func:`reidkit.evaluation.cameras.camera_pair_map`), their sections too."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(results)
     write_text_atomic(out / "metrics.md", f"# {title}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     write_text_atomic(out / "metrics.json", json.dumps({k: v.as_dict() for k, v in results.items()}, indent=2))
-    plot_curves(history, out / "curves.png")
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(query), size=min(num_queries, len(query)), replace=False).tolist())
-    ranked_lists_image(query, gallery, distmat, picks, out / "ranked_lists.png")
-    rows = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    table_html = _table_html(results)
+    sections = [f"<h2>Metrics (%)</h2>{_table_html(results)}<ul>"
+                + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]
+    if camera_table is not None:
+        sections.append("<h2>mAP (%) by query camera (rows) and gallery camera (columns)</h2>"
+                        + _camera_html(*camera_table))
+    if history.get("epoch"):
+        plot_curves(history, out / "curves.png")
+        sections.append('<h2>Training curves</h2><img src="curves.png" alt="loss and mAP curves">')
+    if num_queries > 0 and len(query):
+        rng = np.random.default_rng(seed)
+        picks = sorted(rng.choice(len(query), size=min(num_queries, len(query)), replace=False).tolist())
+        ranked_lists_image(query, gallery, distmat, picks, out / "ranked_lists.png")
+        sections.append("<h2>Ranked lists</h2><p>Query on the left; its top-10 gallery matches with rank and "
+                        "distance, green frame = same identity, red = different identity.</p>"
+                        '<img src="ranked_lists.png" alt="ranked lists">')
+    if data_summary:
+        sections.append(f"<h2>Data</h2><pre>{html.escape(data_summary)}</pre>")
+    if recipe is not None:
+        sections.append(f"<h2>Recipe</h2><pre>{html.escape(json.dumps(recipe, indent=1))}</pre>")
     write_text_atomic(out / "index.html", f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<h2>Metrics (%)</h2>{table_html}<ul>{rows}</ul>
-<h2>Training curves</h2><img src="curves.png" alt="loss and mAP curves">
-<h2>Ranked lists</h2><p>Query on the left; its top-10 gallery matches, green border = same identity,
-red = different identity.</p><img src="ranked_lists.png" alt="ranked lists">
+{"".join(sections)}
 </body></html>
 """)
     return out / "index.html"
+
+
+def _camera_html(cameras: list[int], table: np.ndarray) -> str:
+    head = "<tr><th></th>" + "".join(f"<th>cam {c}</th>" for c in cameras) + "</tr>"
+    body = "".join(f"<tr><th>cam {c}</th>" + "".join("<td>-</td>" if np.isnan(v) else f"<td>{100 * v:.1f}</td>"
+                                                     for v in row) + "</tr>" for c, row in zip(cameras, table))
+    return f"<table>{head}{body}</table>"
 
 
 def _table_html(results: dict[str, RankResult]) -> str:

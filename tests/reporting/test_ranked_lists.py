@@ -14,7 +14,12 @@ def test_matches_are_framed_by_identity_and_same_camera_images_skipped(tmp_path)
     distmat = np.array([[0.1, 0.2, 0.3]])
     out = ranked_lists_image(query, gallery, distmat, [0], tmp_path / "r.png", top_k=2, size=(40, 20), border=2)
     picture = np.asarray(Image.open(out))
-    cell_w, gap, header = 20 + 4, 12, 18
-    corners = [picture[header, 0], picture[header, cell_w + gap], picture[header, 2 * cell_w + gap]]
-    assert [tuple(c) for c in corners] == [QUERY, WRONG, RIGHT]          # query, then b (pid 2), then c
+    frame = 2 + 2                                       # black outline, colour (border=2), white ring
+    cell_w, gap, header = 20 + 2 * frame, 12, 18
+    starts = [0, cell_w + gap, 2 * cell_w + gap]
+    assert [tuple(picture[header + 1, x + 1]) for x in starts] == [QUERY, WRONG, RIGHT]   # query, b (pid 2), c
+    assert [tuple(picture[header, x]) for x in starts] == [(0, 0, 0)] * 3            # the black outline
+    assert tuple(picture[header + 3, starts[2] + 3]) == (255, 255, 255)                # the white ring
     assert tuple(picture[header + 20, cell_w + gap + 10]) == (0, 0, 255)  # the image inside the frame
+    label = picture[header + 40 + 2 * frame:, starts[2]:starts[2] + cell_w]          # "#2 0.300" under c
+    assert (label < 128).any()
