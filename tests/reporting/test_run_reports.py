@@ -3,9 +3,9 @@ import re
 
 import numpy as np
 import yaml
-from conftest import tiny_overrides
 from PIL import Image
 
+from conftest import tiny_overrides
 from reidkit.cli import main
 from reidkit.config import load_recipe
 
