@@ -168,6 +168,10 @@ class TrainConfig(Strict):
     sync_bn: bool = True                      # under DDP: BatchNorm statistics over the global batch
     dist_timeout: float = Field(1800.0, gt=0)    # seconds a collective waits for the other processes
     fixbase_epochs: int = Field(0, ge=0)      # fine-tuning: only open_layers train for this many epochs
+    # BatchNorm while training: update (batch statistics, running averages updated), frozen (eval mode: the
+    # loaded statistics normalise; scale and shift still train), auto (frozen when model.pretrained is a
+    # checkpoint that asks for it, as `reidkit import-onnx` writes: its folded BNs carry no real statistics)
+    bn_stats: Literal["auto", "update", "frozen"] = "auto"
     open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)

@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch.nn as nn
 
 
+def freeze_batchnorm_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm layer in eval mode (normalise with its running statistics, never update them);
+    returns how many.  Their scale and shift keep their ``requires_grad``."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+    return len(layers)
+
+
 def find_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     """Modules named by dotted path (``head.classifier``), or by last component (``classifier``)."""
     found: dict[str, nn.Module] = {}

@@ -46,7 +46,7 @@ from .checkpoint import (
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, test_cache_jobs
-from .freeze import find_modules, open_all_layers, open_layers
+from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
 from .guards import DivergenceGuard, check_optimizer_fits
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
@@ -121,6 +121,7 @@ class Trainer:
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self._step_diagnostics: dict[str, dict[str, float]] = {}
         self.guard = DivergenceGuard()
+        self.frozen_bn = self._resolve_bn_stats()
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -255,6 +256,26 @@ class Trainer:
                 log.info("epochs 1-%d: training only %s", t.fixbase_epochs, ", ".join(t.open_layers))
         else:
             open_all_layers(self.model, self.trainable)
+        if self.frozen_bn:
+            freeze_batchnorm_statistics(self.model)
+
+    def _resolve_bn_stats(self) -> bool:
+        """Whether BatchNorm statistics stay frozen (``train.bn_stats``; ``auto``: as the pretrained checkpoint
+        asks, which `reidkit import-onnx` does for its folded BatchNorms)."""
+        mode, pretrained = self.recipe.train.bn_stats, self.recipe.model.pretrained
+        if mode == "auto":
+            asks = False
+            if pretrained and pretrained not in ("auto", "none") and Path(pretrained).is_file():
+                try:
+                    asks = load_checkpoint(pretrained).get("bn_stats") == "frozen"
+                except CheckpointError:
+                    asks = False                     # not a reidkit checkpoint: the model's builder reports it
+            mode = "frozen" if asks else "update"
+            if asks and self.is_main:
+                log.info("train.bn_stats=auto: BatchNorm statistics frozen, as %s asks (imported weights whose "
+                         "folded BatchNorms hold no real statistics; set train.bn_stats=update to re-learn them)",
+                         pretrained)
+        return mode == "frozen"
 
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""

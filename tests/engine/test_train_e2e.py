@@ -195,3 +195,31 @@ def test_ptl_cells_restart_every_epoch(tiny_data, tmp_path, name):
     assert all(c.state is not None and getattr(c, "hidden", 0) is not None for c in cells)
     trainer.train_epoch(1, max_batches=0)                 # the epoch starts, no batch runs
     assert all(c.state is None and getattr(c, "hidden", None) is None for c in cells)
+
+
+def test_frozen_batchnorm_statistics_stay_as_loaded_while_the_rest_trains(tiny_data, tmp_path):
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "frozen", epochs=1) + ["train.bn_stats=frozen"])
+    trainer = Trainer(recipe, progress=False)
+    bns = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    conv = trainer.model.backbone.conv1.weight.detach().clone()
+    trainer.train_epoch(0, max_batches=3)
+    assert all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(bns, before))
+    assert not torch.equal(trainer.model.backbone.conv1.weight, conv)        # the weights still train
+    assert not any(m.training for m in bns) and trainer.model.training
+    moving = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "moving", epochs=1)), progress=False)
+    m0 = [m.running_mean.clone() for m in moving.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    moving.train_epoch(0, max_batches=1)
+    assert not torch.equal([m for m in moving.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0].running_mean,
+                           m0)
+
+
+def test_imported_weights_ask_for_frozen_batchnorm(tiny_data, tmp_path):
+    from reidkit.engine.checkpoint import save_checkpoint
+    osnet = build_model("osnet_x0_25", 5, pretrained="none")
+    save_checkpoint({"state_dict": osnet.state_dict(), "bn_stats": "frozen"}, tmp_path / "imported.pth")
+    base = tiny_overrides(tiny_data, tmp_path / "ft", epochs=1) + ["model.name=osnet_x0_25",
+                                                                  f"model.pretrained={tmp_path / 'imported.pth'}",
+                                                                  "loss.triplet_weight=0", "loss.center_weight=0"]
+    assert Trainer(load_recipe(None, base), progress=False).frozen_bn
+    assert not Trainer(load_recipe(None, base + ["train.bn_stats=update"]), progress=False).frozen_bn
