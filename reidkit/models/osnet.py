@@ -215,6 +215,10 @@ def _init_from(model: M, pretrained: str | None, name: str, prefix: str = "") ->
         log.warning("%s: starting from random initialisation (pretrained=%s; give a weights path to "
                     "fine-tune, e.g. torchreid's osnet ImageNet file or a reidkit checkpoint)", name, pretrained)
         return model
+    if pretrained == "imagenet":
+        raise FileNotFoundError(f"{name}: model.pretrained=imagenet: OSNet's ImageNet weights are not published on "
+                                "the torch hub; download torchreid's file (e.g. osnet_x1_0_imagenet.pth from its "
+                                "model zoo) and give its path: model.pretrained=/path/to/file.pth")
     load_matching_weights(model, pretrained, name, prefix)
     return model
 

@@ -32,6 +32,33 @@ def hub_cache_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
+def fetch_imagenet_weights(url: str, name: str) -> Path:
+    """torchvision's ImageNet file for ``url``: from the torch hub cache, else downloaded there by torch.hub with
+    the hash check of its file name; a ``FileNotFoundError`` naming the path and the way out when offline."""
+    path = hub_cache_file(url)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(url), progress=False)
+    except Exception as e:  # noqa: BLE001 - offline, refused, corrupt: one clear message
+        path.unlink(missing_ok=True)
+        raise FileNotFoundError(
+            f"{name}: model.pretrained=imagenet: no ImageNet weights at {path}, and downloading {url} failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). Put the file there (the "
+            f"torch hub cache, $TORCH_HOME), or give its path: model.pretrained=/path/to/{Path(url).name}; "
+            "model.pretrained=none trains from random weights") from None
+    log.info("%s: ImageNet weights downloaded to %s (hash checked)", name, path)
+    return path
+
+
+def _hash_prefix(url: str) -> str | None:
+    """The sha256 prefix torchvision puts in its file names (``resnet50-0676ba61.pth``), checked on download."""
+    stem = Path(url).name.split(".")[0]
+    tail = stem.rsplit("-", 1)[-1] if "-" in stem else ""
+    return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
+
+
 def torchvision_network(family: str, table: dict, name: str, last_stride: int) -> tuple[Any, str]:
     """A randomly initialised torchvision network ``table[name] = (builder, weights)`` and its ImageNet URL."""
     if name not in table:
@@ -47,8 +74,10 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
                           key_map: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> bool:
     """Load ImageNet weights into ``module`` from ``source``.
 
-    ``source``: ``"auto"`` (the torch hub cache file of ``url`` when present),
-    a path, ``"none"`` (random initialisation, said in the log) or ``None``
+    ``source``: ``"imagenet"`` (strict: the torch hub cache file of ``url``, else torchvision's own download
+    with its hash check; an error naming where it looked when neither works), ``"auto"`` (the cache file when
+    present, else random initialisation with a warning), a path, ``"none"`` (random initialisation, said in
+    the log) or ``None``
     (silently nothing: the caller loads trained weights next).  Keys of the
     classification head (``head_prefix``: ``fc.`` for torchvision's ResNets) are
     ignored; ``key_map`` renames the file's keys first (an older layout).  Returns whether weights loaded;
@@ -59,7 +88,12 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
     if source == "none":
         log.warning("%s: starting from random initialisation (pretrained=none)", name)
         return False
-    path = hub_cache_file(url) if source == "auto" and url else Path(source)
+    if source == "imagenet":
+        if not url:
+            raise ValueError(f"{name}: no ImageNet weights are published for it; give a weights file's path")
+        path = fetch_imagenet_weights(url, name)
+    else:
+        path = hub_cache_file(url) if source == "auto" and url else Path(source)
     if not path.is_file():
         if source == "auto":
             log.warning("%s: no ImageNet weights in the torch hub cache (%s); starting from "

@@ -49,3 +49,33 @@ def test_pretrained_from_path_and_missing_hub_cache(tmp_path, monkeypatch, caplo
     assert "random initialisation" in caplog.text
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_model("resnet18_bnneck", 3, pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_imagenet_weights_are_fetched_with_their_hash_checked_or_the_error_says_where(tmp_path, monkeypatch):
+    import hashlib
+
+    import torch.nn as nn
+
+    from reidkit.models.pretrained import fetch_imagenet_weights, hub_cache_file, load_backbone_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    net = nn.Sequential(nn.Linear(3, 2))
+    source = tmp_path / "served" / "toy.pth"
+    source.parent.mkdir()
+    torch.save(net.state_dict(), source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    named = source.with_name(f"toy-{digest[:8]}.pth")
+    source.rename(named)
+    url = named.as_uri()                                     # file:// stands in for download.pytorch.org
+    other = nn.Sequential(nn.Linear(3, 2))
+    assert load_backbone_weights(other, "imagenet", url, "toy", head_prefix="fc.")
+    assert torch.equal(other[0].weight, net[0].weight)
+    assert hub_cache_file(url).is_file()                    # cached where torch.hub keeps it
+    bad = named.with_name("toy-00000000.pth")               # a file whose content does not match its hash
+    bad.write_bytes(named.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"model.pretrained=imagenet: no ImageNet weights at .*toy-00000000.pth"
+                                                r".*give its path"):
+        fetch_imagenet_weights(bad.as_uri(), "toy")
+    assert not hub_cache_file(bad.as_uri()).exists()
+    with pytest.raises(FileNotFoundError, match="OSNet.s ImageNet weights are not published .*give its path"):
+        build_model("osnet_x0_25", 3, pretrained="imagenet")
