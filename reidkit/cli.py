@@ -114,6 +114,9 @@ def cmd_extract(args) -> int:
     t0 = time.perf_counter()
     features, paths = extractor.embed_files(paths, progress=not args.no_progress,
                                             skip_bad_images=args.skip_bad_images)
+    if args.dba > 1:
+        from .evaluation.expansion import database_augment
+        features = database_augment(features, args.dba)
     seconds = time.perf_counter() - t0
     meta = {"arch": extractor.model_name, "weights": str(Path(args.weights).resolve()),
             "image_size": list(extractor.image_size), "model_options": extractor.model_options}
@@ -151,6 +154,13 @@ def cmd_search(args) -> int:
     extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
                                  image_size=size, model_options=meta["model_options"])
     features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
+    if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
+        import torch.nn.functional as F
+
+        from .evaluation.expansion import expand_with_neighbours
+        _, nearest = index.search(features, args.qe)
+        neighbours = F.normalize(torch.from_numpy(index.features[nearest.clip(min=0)]).float(), dim=-1)
+        features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
     distances, indices = index.search(features, args.top_k)
     results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
@@ -306,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="gallery file to write (.npz; replaced only once complete)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable images out of the gallery (default: list them all and stop)")
+    p.add_argument("--dba", type=int, default=0, metavar="K",
+                   help="database-side augmentation: each embedding averaged with its K nearest (default off)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_extract)
 
@@ -320,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable query images out (default: list them all and stop)")
+    p.add_argument("--qe", type=int, default=0, metavar="K",
+                   help="alpha-query expansion over the K nearest gallery images (default off)")
     p.set_defaults(func=cmd_search)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)

@@ -194,6 +194,9 @@ class EvalConfig(Strict):
     flip: bool = False                        # average features of the image and its mirror
     rerank: bool = False
     max_rank: int = Field(50, gt=0)
+    query_expansion: int = Field(0, ge=0)     # alpha-QE over this many nearest gallery embeddings (0: off)
+    database_augmentation: int = Field(0, ge=0)   # DBA over this many nearest gallery neighbours (0, 1: off)
+    expansion_alpha: float = Field(3.0, ge=0)     # the similarity exponent of both
 
 
 class Recipe(Strict):

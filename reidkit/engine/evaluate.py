@@ -11,6 +11,7 @@ from ..config import EvalConfig, Recipe
 from ..data.cache import ImageCache, decode_each
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult, evaluate_features
+from ..evaluation.expansion import database_augment, query_expand
 from .distributed import ONE_PROCESS, DistEnv, broadcast_object, gather_rows
 from .features import extract_features
 
@@ -69,6 +70,10 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
         q_cams, g_cams = np.array([r.camid for r in dataset.query]), np.array([r.camid for r in dataset.gallery])
     else:
         q_pids, g_pids, q_cams, g_cams = query.pids(), gallery.pids(), query.camids(), gallery.camids()
+    if cfg.database_augmentation > 1:                 # on the gathered features: the same on every process
+        gf = database_augment(gf, cfg.database_augmentation, cfg.expansion_alpha)
+    if cfg.query_expansion > 0:
+        qf = query_expand(qf, gf, cfg.query_expansion, cfg.expansion_alpha)
     result: RankResult | None = None
     if env.is_main:
         result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,

@@ -133,3 +133,13 @@ def test_extract_then_search_from_the_command_line(tmp_path, capsys):
     assert Image.open(tmp_path / "r.png").size[0] > 5 * 64
     assert main(["search", str(out), str(tmp_path / "missing.png")]) == 2
     assert "missing.png: no such file or folder" in capsys.readouterr().err
+    # alpha-QE over the index's neighbours: the query (its own nearest, at similarity 1) still ranks first,
+    # and the expanded query is what the definition gives
+    assert main(["search", str(out), str(query), "--top-k", "4", "--qe", "2", "--json", str(tmp_path / "q.json")]) == 0
+    expanded = json.loads((tmp_path / "q.json").read_text())[0]["matches"]
+    assert expanded[0]["path"] == str(query.resolve())
+    from reidkit.evaluation.expansion import query_expand
+    q, g = extractor([query]), extractor(gallery_paths)
+    want_d, want_i = brute_force(query_expand(q, g, 2).numpy(), torch.nn.functional.normalize(g, dim=1).numpy(),
+                                 "cosine", 4)
+    assert [m["path"] for m in expanded] == [gallery_paths[i] for i in want_i[0]]
