@@ -197,6 +197,10 @@ class EvalConfig(Strict):
     query_expansion: int = Field(0, ge=0)     # alpha-QE over this many nearest gallery embeddings (0: off)
     database_augmentation: int = Field(0, ge=0)   # DBA over this many nearest gallery neighbours (0, 1: off)
     expansion_alpha: float = Field(3.0, ge=0)     # the similarity exponent of both
+    # market: every gallery image ranked (Market-1501 rule); single_shot: CUHK03's classic protocol (one random
+    # gallery image per identity, CMC averaged over single_shot_trials seeded draws; mAP stays multi-shot)
+    protocol: Literal["market", "single_shot"] = "market"
+    single_shot_trials: int = Field(20, gt=0)
 
 
 class Recipe(Strict):

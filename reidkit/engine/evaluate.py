@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..config import EvalConfig, Recipe
 from ..data.cache import ImageCache, decode_each
 from ..data.samplers import shard_bounds
-from ..evaluation import RankResult, evaluate_features
+from ..evaluation import RankResult, compute_distance, evaluate_features, evaluate_single_shot
 from ..evaluation.expansion import database_augment, query_expand
 from .distributed import ONE_PROCESS, DistEnv, broadcast_object, gather_rows
 from .features import extract_features
@@ -75,7 +75,13 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
     if cfg.query_expansion > 0:
         qf = query_expand(qf, gf, cfg.query_expansion, cfg.expansion_alpha)
     result: RankResult | None = None
-    if env.is_main:
+    if env.is_main and cfg.protocol == "single_shot":
+        if cfg.rerank:
+            raise ValueError("eval.protocol=single_shot ranks plain distances: set eval.rerank=false")
+        distmat = compute_distance(qf, gf, cfg.metric).cpu()
+        result = evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=min(cfg.max_rank, gf.shape[0]),
+                                      num_repeats=cfg.single_shot_trials)
+    elif env.is_main:
         result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
                                    max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
     result = broadcast_object(result)
