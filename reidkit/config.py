@@ -46,6 +46,9 @@ class DataConfig(Strict):
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
+    # hold these training identities out as a validation query/gallery (a count, or a fraction of those seen by
+    # two or more cameras; seeded by train.seed): model selection and lr plateaus then never read the test set
+    val_identities: int | float | None = Field(None, gt=0)
     cache_file: str | None = None          # memory-mapped cache for the train split
     # the decoded uint8 train images on the GPU (auto: when they take under a quarter of its free memory)
     cache_on_device: bool | Literal["auto"] = "auto"
@@ -168,6 +171,10 @@ class TrainConfig(Strict):
     sync_bn: bool = True                      # under DDP: BatchNorm statistics over the global batch
     dist_timeout: float = Field(1800.0, gt=0)    # seconds a collective waits for the other processes
     fixbase_epochs: int = Field(0, ge=0)      # fine-tuning: only open_layers train for this many epochs
+    # what best.pth and the plateau schedule read: val (data.val_identities), last (no selection: best.pth is the
+    # latest evaluated epoch), test (only when asked; flagged in the log and the report), or auto (val when
+    # there is a validation split, else last)
+    select_on: Literal["auto", "val", "last", "test"] = "auto"
     # BatchNorm while training: update (batch statistics, running averages updated), frozen (eval mode: the
     # loaded statistics normalise; scale and shift still train), auto (frozen when model.pretrained is a
     # checkpoint that asks for it, as `reidkit import-onnx` writes: its folded BNs carry no real statistics)
@@ -227,6 +234,16 @@ class Recipe(Strict):
         elif loss.triplet_weight > 0:
             raise ValueError("data.sampler=random gives no positive pairs for the triplet loss: use "
                              "data.sampler=identity (or camera_diverse), or loss.triplet_weight=0")
+        if self.train.select_on == "val" and d.val_identities is None:
+            raise ValueError("train.select_on=val needs a validation split: set data.val_identities (e.g. 100 or 0.1)")
+        selects = self.train.select_on if self.train.select_on != "auto" else (
+            "val" if d.val_identities is not None else "last")
+        if self.schedule.kind == "plateau" and selects == "last":
+            raise ValueError("schedule.kind=plateau lowers the lr when a metric stops improving: give it a validation "
+                             "split (data.val_identities, e.g. 100) — or train.select_on=test, which reads the test "
+                             "set and is flagged as such")
+        if isinstance(d.val_identities, float) and d.val_identities >= 1:
+            raise ValueError(f"data.val_identities={d.val_identities}: a fraction must be below 1 (or give a count)")
         return self
 
 

@@ -7,6 +7,7 @@ launched by ``torchrun``, as one of several data-parallel processes
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
 from ..data.loader import Batch
+from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
+from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
 from ..evaluation.cameras import camera_pair_map
 from ..evaluation.distance import compute_distance
@@ -91,8 +94,24 @@ class Trainer:
         seed_everything(t.seed)
         check_model(recipe.model.name, pretrained=recipe.model.pretrained or "none", **recipe.model.options())
         self.dataset = build_dataset(d.dataset, d.root, **d.options)
+        self.validation: ValidationSplit | None = None
+        if d.val_identities is not None:
+            self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
+            self.dataset = dataclasses.replace(self.dataset, train=self.validation.train)
+        self.select_on = t.select_on if t.select_on != "auto" else ("val" if self.validation else "last")
         if self.is_main:
             log.info("\n%s", self.dataset.summary())
+            if self.validation is not None:
+                log.info("validation: %d training identities held out (%d queries, %d gallery images); best.pth "
+                         "and the lr plateau read it, the test set is evaluated for monitoring only",
+                         len(self.validation.identities), len(self.validation.query), len(self.validation.gallery))
+            if self.select_on == "test":
+                log.warning("WARNING: train.select_on=test: best.pth%s read the TEST set (set "
+                            "data.val_identities to select on held-out training identities instead)",
+                            " and the lr plateau" if recipe.schedule.kind == "plateau" else "")
+            elif self.select_on == "last":
+                log.info("no validation split (data.val_identities): best.pth is the latest evaluated epoch, "
+                         "nothing is selected on the test set")
             log.info("training on %s, amp %s%s", describe(self.device), t.amp,
                      f"; data parallel: {self.env.describe()}" if self.env.enabled else "")
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
@@ -101,7 +120,10 @@ class Trainer:
                                                           mmap_path=d.cache_file, skip_bad_images=d.skip_bad_images,
                                                           workers=workers, progress=progress and self.is_main,
                                                           desc="train")}
-                             | test_cache_jobs(recipe, self.dataset, progress, self.env))
+                             | test_cache_jobs(recipe, self.dataset, progress, self.env)
+                             | ({f"val {k}": v for k, v in test_cache_jobs(recipe, self._val_dataset(), progress,
+                                                                           self.env).items()}
+                                if self.validation is not None else {}))
         self.train_cache = caches["train"]
         self.num_classes = self.dataset.num_train_pids
         self._build_model()
@@ -119,6 +141,7 @@ class Trainer:
         self.writer: SummaryWriter | None = None
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
+        self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
         self._step_diagnostics: dict[str, dict[str, float]] = {}
         self.guard = DivergenceGuard()
         self.frozen_bn = self._resolve_bn_stats()
@@ -394,8 +417,13 @@ class Trainer:
             for k, v in values.items():
                 self.writer.add_scalar(f"{name}/{k}", float(v), self.step)
 
+    def _val_dataset(self) -> ReIDDataset:
+        assert self.validation is not None
+        return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
+                           self.validation.gallery)
+
     def evaluate(self) -> RankResult:
-        """mAP / CMC of the current model; its query and gallery features stay in ``last_features``."""
+        """mAP / CMC of the current model on the test set; its features stay in ``last_features``."""
         t = self.recipe.train
         query, gallery = self.test_caches
         result, qf, gf = evaluate_model(self.model, query, gallery, self.recipe.eval, self.recipe.data.test_batch_size,
@@ -405,6 +433,14 @@ class Trainer:
         self.last_features = (qf, gf)
         return result
 
+    def evaluate_validation(self) -> RankResult:
+        """mAP / CMC of the current model on the held-out validation identities."""
+        assert self.val_caches is not None
+        t = self.recipe.train
+        return evaluate_model(self.model, *self.val_caches, self.recipe.eval, self.recipe.data.test_batch_size, t.amp,
+                              channels_last=t.channels_last, device=self.device, env=self.env,
+                              dataset=self._val_dataset(), progress=self.progress)
+
     def _record_epoch(self, epoch: int, means: dict[str, float]) -> None:
         self.history["epoch"].append(epoch + 1)
         for k, v in means.items():
@@ -413,15 +449,19 @@ class Trainer:
             if self.writer is not None:
                 self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
 
-    def _record_eval(self, epoch: int, result: RankResult) -> None:
-        values = {"mAP": result.mAP, "rank1": result.rank(1),
-                  "rank5": result.rank(min(5, len(result.cmc))), "mINP": result.mINP}
+    def _record_eval(self, epoch: int, result: RankResult, val: RankResult | None = None) -> None:
         self.history["eval_epoch"].append(epoch + 1)
-        for k, v in values.items():
-            self.history[k].append(float(v))
-            if self.writer is not None:               # percent, as the console shows them (history: fractions)
-                self.writer.add_scalar(f"metrics/{k}", 100 * float(v), epoch + 1)
-        self.scheduler.observe(result.mAP)
+        for prefix, r in (("", result), ("val/", val)):
+            if r is None:
+                continue
+            values = {"mAP": r.mAP, "rank1": r.rank(1), "rank5": r.rank(min(5, len(r.cmc))), "mINP": r.mINP}
+            for k, v in values.items():
+                self.history.setdefault(prefix + k, []).append(float(v))
+                if self.writer is not None:           # percent, as the console shows them (history: fractions)
+                    self.writer.add_scalar(f"metrics/{prefix}{k}", 100 * float(v), epoch + 1)
+        self.history["selected_on"] = self.select_on
+        if self.select_on != "last":                    # a plateau schedule needs val or an explicit test
+            self.scheduler.observe(val.mAP if self.select_on == "val" and val is not None else result.mAP)
 
     def _open_outputs(self, resume: str | Path | None, overwrite: bool) -> None:
         """The run folder, its recipe and TensorBoard (the first process only)."""
@@ -430,6 +470,11 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
         prepare_run_folder(self.out, resume, overwrite)
         write_text_atomic(self.out / "recipe.json", json.dumps(recipe_to_dict(self.recipe), indent=2))
+        if self.validation is not None:
+            write_text_atomic(self.out / "validation_split.json", json.dumps(
+                {"held_out_identities": self.validation.identities, "seed": self.recipe.train.seed,
+                 "queries": [r.path for r in self.validation.query],
+                 "gallery": [r.path for r in self.validation.gallery]}, indent=1))
         self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def _save(self, epoch: int, name: str) -> None:
@@ -476,16 +521,28 @@ class Trainer:
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                val = self.evaluate_validation() if self.validation is not None else None
                 result = self.evaluate()
-                self._record_eval(epoch, result)
+                self._record_eval(epoch, result, val)
                 if self.is_main:
-                    log.info("epoch %d  mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
+                    if val is not None:
+                        log.info("epoch %d  validation mAP %.2f%%  rank-1 %.2f%%", epoch + 1, 100 * val.mAP,
+                                 100 * val.rank(1))
+                    log.info("epoch %d  test%s mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
+                             " (monitoring, not used for selection)" if self.select_on == "val" else "",
                              100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
-                if result.mAP > self.best_map:
-                    self.best_map = result.mAP
+                if self.select_on == "last":
+                    self.best_map = result.mAP                   # recorded, not compared
                     self._save(epoch + 1, "best.pth")
+                else:
+                    selected = val if self.select_on == "val" and val is not None else result
+                    if selected.mAP > self.best_map:
+                        self.best_map = selected.mAP
+                        self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
         if self.is_main:
+            for line in self.selection_summary():
+                log.info("%s", line)
             self._write_outputs(result)
         return result
 
@@ -500,22 +557,40 @@ class Trainer:
         if result is not None and self.last_features is not None:
             self.write_report(result)
 
+    def selection_summary(self) -> list[str]:
+        """How best.pth was chosen, and (with a validation split) the test figures of the chosen checkpoint."""
+        h = self.history
+        if self.select_on == "test":
+            return ["WARNING: best.pth was selected on the TEST set (train.select_on=test)"]
+        if self.select_on == "last":
+            return ["best.pth is the latest evaluated epoch (no validation split: data.val_identities selects on "
+                    "held-out training identities)"]
+        if not h.get("val/mAP") or self.validation is None:
+            return []
+        best = max(range(len(h["val/mAP"])), key=lambda i: h["val/mAP"][i])     # the first of equal ones
+        return [f"best.pth: epoch {h['eval_epoch'][best]}, selected on validation ({len(self.validation.identities)} "
+                f"held-out training identities, mAP {100 * h['val/mAP'][best]:.2f}%); its test mAP "
+                f"{100 * h['mAP'][best]:.2f}%, rank-1 {100 * h['rank1'][best]:.2f}% (monitoring only)"]
+
     def write_report(self, result: RankResult) -> Path:
         """``OUTPUT/report/index.html``: the last evaluation (metrics, the camera-pair mAP table, ranked lists with
         rank and distance), the curves, the data summary and the recipe."""
         assert self.last_features is not None
         qf, gf = self.last_features
         distmat = compute_distance(qf, gf, self.recipe.eval.metric).cpu().numpy()
-        q, g = self.query_cache, self.gallery_cache
+        # the features were gathered from every process: the whole splits' records, not this process's share
+        q_records, g_records = ((self.dataset.query, self.dataset.gallery) if self.env.enabled
+                                else (self.query_cache.records, self.gallery_cache.records))
         epoch = self.history["eval_epoch"][-1] if self.history["eval_epoch"] else "?"
         notes = [f"test set (query / gallery) after epoch {epoch}, {self.recipe.eval.metric} distance"
                  f"{', re-ranked' if self.recipe.eval.rerank else ''}",
-                 "best.pth was selected on these test figures (reidkit has no validation split yet)",
+                 *self.selection_summary(),
                  f"trained on {describe(self.device)}"
                  + (f", data parallel: {self.env.describe()}" if self.env.enabled else "")]
-        cameras = camera_pair_map(distmat, q.pids(), g.pids(), q.camids(), g.camids())
+        ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (q_records, g_records)]
+        cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
         return write_report(self.out / "report", f"reidkit train: {self.recipe.model.name} on {self.dataset.name}",
-                            {f"epoch {epoch}": result}, self.history, q.records, g.records, distmat, notes,
+                            {f"epoch {epoch}": result}, self.history, q_records, g_records, distmat, notes,
                             recipe=recipe_to_dict(self.recipe), data_summary=self.dataset.summary(),
                             camera_table=cameras)
 

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-RESERVED = ("loss", "trace", "panels")
+RESERVED = ("loss", "trace", "panels", "val")     # val/<metric>: drawn in the evaluation panel
 
 
 def piece_groups(history: dict) -> list[str]:
@@ -47,7 +47,10 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     ax_loss.set_title("training losses")
     for key in ("mAP", "rank1", "mINP"):
         if history.get(key):
-            ax_map.plot(history["eval_epoch"], [100 * v for v in history[key]], marker="o", label=key)
+            ax_map.plot(history["eval_epoch"], [100 * v for v in history[key]], marker="o", label=f"test {key}")
+        if history.get(f"val/{key}"):
+            ax_map.plot(history["eval_epoch"], [100 * v for v in history[f"val/{key}"]], marker="s", linestyle="--",
+                        label=f"validation {key}")
     ax_map.set_xlabel("epoch")
     ax_map.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_map.set_ylabel("%")

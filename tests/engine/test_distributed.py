@@ -75,7 +75,8 @@ def _worker(rank: int, world: int, port: int, plan: dict) -> None:
         if rank == 0:
             torch.save(trainer.model.state_dict(), plan["weights"])
     except Exception as e:  # noqa: BLE001 - reported to the test
-        result.update(error=f"{type(e).__name__}: {e}", losses=losses)
+        import traceback
+        result.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), losses=losses)
     finally:
         with open(f"{plan['report']}.{rank}", "w") as f:
             json.dump(result, f)

@@ -223,3 +223,49 @@ def test_imported_weights_ask_for_frozen_batchnorm(tiny_data, tmp_path):
                                                                   "loss.triplet_weight=0", "loss.center_weight=0"]
     assert Trainer(load_recipe(None, base), progress=False).frozen_bn
     assert not Trainer(load_recipe(None, base + ["train.bn_stats=update"]), progress=False).frozen_bn
+
+
+def test_selection_reads_the_validation_split_never_the_test_set(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "val"
+    trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, out, epochs=3) + ["data.val_identities=2"]),
+                      progress=False)
+    assert trainer.num_classes == 6 and trainer.select_on == "val"       # 8 train identities, 2 held out
+    held = set(trainer.validation.identities)
+    val_paths = {r.path for r in trainer.validation.query + trainer.validation.gallery}
+    assert len(held) == 2 and val_paths and not val_paths & {r.path for r in trainer.dataset.train}
+    test_maps = iter([0.9, 0.1, 0.2])                       # the test set would pick epoch 1
+    val_maps = iter([0.1, 0.5, 0.3])                        # validation picks epoch 2
+    real_test, real_val = trainer.evaluate, trainer.evaluate_validation
+
+    def fake(real, values):
+        def run():
+            r = real()
+            r.mAP = next(values)
+            return r
+        return run
+
+    monkeypatch.setattr(trainer, "evaluate", fake(real_test, test_maps))
+    monkeypatch.setattr(trainer, "evaluate_validation", fake(real_val, val_maps))
+    trainer.fit()
+    assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 2
+    assert trainer.history["val/mAP"] == [0.1, 0.5, 0.3] and trainer.history["mAP"] == [0.9, 0.1, 0.2]
+    split = json.loads((out / "validation_split.json").read_text())
+    assert sorted(split["held_out_identities"]) == sorted(held)
+    page = (out / "report" / "index.html").read_text()
+    assert "best.pth: epoch 2, selected on validation (2 held-out training identities, mAP 50.00%); its test mAP " \
+           "10.00%" in page
+
+
+def test_selecting_on_test_is_explicit_and_flagged(tiny_data, tmp_path, caplog):
+    plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "p", epochs=1)), progress=False)
+    assert plain.select_on == "last"                         # no validation split: nothing reads the test set
+    with caplog.at_level("WARNING", logger="reidkit"):
+        trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "t", epochs=1)
+                                      + ["train.select_on=test"]), progress=False)
+    assert trainer.select_on == "test" and "read the TEST set" in caplog.text
+    from reidkit.config import RecipeError
+    with pytest.raises(RecipeError, match="train.select_on=val needs a validation split"):
+        load_recipe(None, ["train.select_on=val"])
+    with pytest.raises(RecipeError, match="schedule.kind=plateau .* give it a validation split"):
+        load_recipe(None, ["schedule.kind=plateau"])
+    assert load_recipe("adaptive_l2_r50_market1501").data.val_identities == 100
