@@ -217,8 +217,8 @@ def cmd_import_onnx(args) -> int:
     from .deploy import import_onnx_osnet
     from .engine.checkpoint import save_checkpoint
     state = import_onnx_osnet(args.file, args.arch)
-    # its BatchNorms are folded (identity statistics): fine-tuning keeps them frozen (train.bn_stats=auto)
-    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "frozen"},
+    # its BatchNorms are folded (identity statistics): fine-tuning first measures real ones (train.bn_stats=auto)
+    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "recalibrate"},
                     args.out)
     print(f"{args.file} -> {args.out} ({args.arch}, {sum(v.numel() for v in state.values())} values)")
     return 0

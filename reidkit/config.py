@@ -176,9 +176,10 @@ class TrainConfig(Strict):
     # there is a validation split, else last)
     select_on: Literal["auto", "val", "last", "test"] = "auto"
     # BatchNorm while training: update (batch statistics, running averages updated), frozen (eval mode: the
-    # loaded statistics normalise; scale and shift still train), auto (frozen when model.pretrained is a
-    # checkpoint that asks for it, as `reidkit import-onnx` writes: its folded BNs carry no real statistics)
-    bn_stats: Literal["auto", "update", "frozen"] = "auto"
+    # loaded statistics normalise; scale and shift still train), recalibrate (first measure real statistics on
+    # training images without changing the function, then update: for BN-folded imports), auto (what
+    # model.pretrained's checkpoint asks for, as `reidkit import-onnx` writes; else update)
+    bn_stats: Literal["auto", "update", "frozen", "recalibrate"] = "auto"
     open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)

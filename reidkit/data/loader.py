@@ -161,9 +161,11 @@ class TrainLoader:
 
 
 def iter_test_batches(cache: ImageCache, batch_size: int = 128, mean=None, std=None,
-                      device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Normalised images in dataset order, ``batch_size`` at a time, on ``device``."""
+                      device: torch.device | str = "cpu", limit: int | None = None) -> Iterator[torch.Tensor]:
+    """Normalised images in dataset order (the first ``limit`` when given), ``batch_size`` at a time, on
+    ``device``."""
     kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     device = torch.device(device)
-    for s in range(0, len(cache), batch_size):
-        yield normalize(to_device(cache.images[s:s + batch_size], device), **kwargs)
+    end = len(cache) if limit is None else min(limit, len(cache))
+    for s in range(0, end, batch_size):
+        yield normalize(to_device(cache.images[s:min(s + batch_size, end)], device), **kwargs)

@@ -25,7 +25,7 @@ from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
-from ..data.loader import Batch
+from ..data.loader import Batch, iter_test_batches
 from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
@@ -35,6 +35,7 @@ from ..evaluation.distance import compute_distance
 from ..files import write_text_atomic
 from ..logs import bar_disabled
 from ..models import build_model, check_model
+from ..models.recalibrate import recalibrate_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting import write_report
 from ..reporting.plots import plot_curves
@@ -283,22 +284,36 @@ class Trainer:
             freeze_batchnorm_statistics(self.model)
 
     def _resolve_bn_stats(self) -> bool:
-        """Whether BatchNorm statistics stay frozen (``train.bn_stats``; ``auto``: as the pretrained checkpoint
-        asks, which `reidkit import-onnx` does for its folded BatchNorms)."""
+        """Apply ``train.bn_stats`` (``auto``: what the pretrained checkpoint asks, as `reidkit import-onnx` does
+        for its folded BatchNorms); returns whether BatchNorm statistics stay frozen while training."""
         mode, pretrained = self.recipe.train.bn_stats, self.recipe.model.pretrained
         if mode == "auto":
-            asks = False
-            if pretrained and pretrained not in ("auto", "none") and Path(pretrained).is_file():
+            asked = None
+            if pretrained and pretrained not in ("auto", "none", "imagenet") and Path(pretrained).is_file():
                 try:
-                    asks = load_checkpoint(pretrained).get("bn_stats") == "frozen"
+                    asked = load_checkpoint(pretrained).get("bn_stats")
                 except CheckpointError:
-                    asks = False                     # not a reidkit checkpoint: the model's builder reports it
-            mode = "frozen" if asks else "update"
-            if asks and self.is_main:
-                log.info("train.bn_stats=auto: BatchNorm statistics frozen, as %s asks (imported weights whose "
-                         "folded BatchNorms hold no real statistics; set train.bn_stats=update to re-learn them)",
-                         pretrained)
+                    asked = None                     # not a reidkit checkpoint: the model's builder reports it
+            mode = asked if asked in ("frozen", "recalibrate") else "update"
+            if asked and self.is_main:
+                log.info("train.bn_stats=auto: %s BatchNorm statistics, as %s asks (imported weights whose folded "
+                         "BatchNorms hold no real statistics)", mode, pretrained)
+        if mode == "recalibrate":
+            self._recalibrate_batchnorm()
         return mode == "frozen"
+
+    def _recalibrate_batchnorm(self, images: int = 512) -> None:
+        """Real BatchNorm statistics from the first ``images`` training images (no augmentation), the function
+        unchanged (:func:`reidkit.models.recalibrate.recalibrate_batchnorm`)."""
+        cache = self.train_cache
+        batch = self.recipe.data.test_batch_size
+        batches = (b.contiguous(memory_format=self.memory_format)
+                   for b in iter_test_batches(cache, batch, self.recipe.augment.mean, self.recipe.augment.std,
+                                              device=self.device, limit=images))
+        count = recalibrate_batchnorm(self.model, batches)
+        if self.is_main:
+            log.info("recalibrated %d BatchNorm layers on %d training images (same function; train and eval mode "
+                     "now agree)", count, min(images, len(cache)))
 
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""

@@ -223,6 +223,12 @@ def test_imported_weights_ask_for_frozen_batchnorm(tiny_data, tmp_path):
                                                                   "loss.triplet_weight=0", "loss.center_weight=0"]
     assert Trainer(load_recipe(None, base), progress=False).frozen_bn
     assert not Trainer(load_recipe(None, base + ["train.bn_stats=update"]), progress=False).frozen_bn
+    # what import-onnx asks: real statistics measured first, the imported function kept
+    save_checkpoint({"state_dict": osnet.state_dict(), "bn_stats": "recalibrate"}, tmp_path / "folded.pth")
+    trainer = Trainer(load_recipe(None, [b.replace("imported.pth", "folded.pth") for b in base]), progress=False)
+    assert not trainer.frozen_bn
+    bn = trainer.model.conv1.bn
+    assert bn.running_mean.abs().sum() > 0              # measured (a fresh BN holds zeros; its variance is 1 by design)
 
 
 def test_selection_reads_the_validation_split_never_the_test_set(tiny_data, tmp_path, monkeypatch):
