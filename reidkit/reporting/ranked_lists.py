@@ -31,7 +31,7 @@ def ranked_lists_image(query: Sequence[ImageRecord], gallery: Sequence[ImageReco
         order = np.argsort(distmat[qi], kind="stable")
         keep = [g for g in order if not (gallery[g].pid == q.pid and gallery[g].camid == q.camid)][:top_k]
         rows.append((q.path, [(gallery[g].path, RIGHT if gallery[g].pid == q.pid else WRONG,
-                               f"#{rank} {distmat[qi, g]:.3f}") for rank, g in enumerate(keep, 1)]))
+                               f"#{rank} d={distmat[qi, g]:.3f}") for rank, g in enumerate(keep, 1)]))
     return ranked_rows_image(rows, out, f"top-{top_k} (green = same identity, red = different)", size, border)
 
 

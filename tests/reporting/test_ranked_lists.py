@@ -21,5 +21,5 @@ def test_matches_are_framed_by_identity_and_same_camera_images_skipped(tmp_path)
     assert [tuple(picture[header, x]) for x in starts] == [(0, 0, 0)] * 3            # the black outline
     assert tuple(picture[header + 3, starts[2] + 3]) == (255, 255, 255)                # the white ring
     assert tuple(picture[header + 20, cell_w + gap + 10]) == (0, 0, 255)  # the image inside the frame
-    label = picture[header + 40 + 2 * frame:, starts[2]:starts[2] + cell_w]          # "#2 0.300" under c
+    label = picture[header + 40 + 2 * frame:, starts[2]:starts[2] + cell_w]          # "#2 d=0.300" under c
     assert (label < 128).any()
