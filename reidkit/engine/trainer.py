@@ -25,20 +25,17 @@ from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
-from ..data.loader import Batch, iter_test_batches
+from ..data.loader import Batch
 from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
-from ..evaluation.cameras import camera_pair_map
-from ..evaluation.distance import compute_distance
 from ..files import write_text_atomic
 from ..logs import bar_disabled
 from ..models import build_model, check_model
-from ..models.recalibrate import recalibrate_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
-from ..reporting import write_report
 from ..reporting.plots import plot_curves
+from .batchnorm_modes import apply_bn_stats
 from .checkpoint import (
     CheckpointError,
     EmbeddingSpec,
@@ -57,6 +54,7 @@ from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .pipeline import build_train_loader
 from .run_folder import prepare_run_folder
+from .run_report import selection_summary, write_run_report
 from .schedulers import WarmupScheduler
 
 if TYPE_CHECKING:
@@ -145,7 +143,8 @@ class Trainer:
         self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
         self._step_diagnostics: dict[str, dict[str, float]] = {}
         self.guard = DivergenceGuard()
-        self.frozen_bn = self._resolve_bn_stats()
+        # (other data-parallel processes log warnings only, so the info lines come once)
+        self.frozen_bn = apply_bn_stats(recipe, self.model, self.train_cache, self.device, self.memory_format)
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -282,38 +281,6 @@ class Trainer:
             open_all_layers(self.model, self.trainable)
         if self.frozen_bn:
             freeze_batchnorm_statistics(self.model)
-
-    def _resolve_bn_stats(self) -> bool:
-        """Apply ``train.bn_stats`` (``auto``: what the pretrained checkpoint asks, as `reidkit import-onnx` does
-        for its folded BatchNorms); returns whether BatchNorm statistics stay frozen while training."""
-        mode, pretrained = self.recipe.train.bn_stats, self.recipe.model.pretrained
-        if mode == "auto":
-            asked = None
-            if pretrained and pretrained not in ("auto", "none", "imagenet") and Path(pretrained).is_file():
-                try:
-                    asked = load_checkpoint(pretrained).get("bn_stats")
-                except CheckpointError:
-                    asked = None                     # not a reidkit checkpoint: the model's builder reports it
-            mode = asked if asked in ("frozen", "recalibrate") else "update"
-            if asked and self.is_main:
-                log.info("train.bn_stats=auto: %s BatchNorm statistics, as %s asks (imported weights whose folded "
-                         "BatchNorms hold no real statistics)", mode, pretrained)
-        if mode == "recalibrate":
-            self._recalibrate_batchnorm()
-        return mode == "frozen"
-
-    def _recalibrate_batchnorm(self, images: int = 512) -> None:
-        """Real BatchNorm statistics from the first ``images`` training images (no augmentation), the function
-        unchanged (:func:`reidkit.models.recalibrate.recalibrate_batchnorm`)."""
-        cache = self.train_cache
-        batch = self.recipe.data.test_batch_size
-        batches = (b.contiguous(memory_format=self.memory_format)
-                   for b in iter_test_batches(cache, batch, self.recipe.augment.mean, self.recipe.augment.std,
-                                              device=self.device, limit=images))
-        count = recalibrate_batchnorm(self.model, batches)
-        if self.is_main:
-            log.info("recalibrated %d BatchNorm layers on %d training images (same function; train and eval mode "
-                     "now agree)", count, min(images, len(cache)))
 
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
@@ -556,7 +523,7 @@ class Trainer:
                         self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
         if self.is_main:
-            for line in self.selection_summary():
+            for line in selection_summary(self.select_on, self.history, self.validation):
                 log.info("%s", line)
             self._write_outputs(result)
         return result
@@ -570,44 +537,7 @@ class Trainer:
         if self.history["epoch"]:
             plot_curves(self.history, self.out / "curves.png")
         if result is not None and self.last_features is not None:
-            self.write_report(result)
-
-    def selection_summary(self) -> list[str]:
-        """How best.pth was chosen, and (with a validation split) the test figures of the chosen checkpoint."""
-        h = self.history
-        if self.select_on == "test":
-            return ["WARNING: best.pth was selected on the TEST set (train.select_on=test)"]
-        if self.select_on == "last":
-            return ["best.pth is the latest evaluated epoch (no validation split: data.val_identities selects on "
-                    "held-out training identities)"]
-        if not h.get("val/mAP") or self.validation is None:
-            return []
-        best = max(range(len(h["val/mAP"])), key=lambda i: h["val/mAP"][i])     # the first of equal ones
-        return [f"best.pth: epoch {h['eval_epoch'][best]}, selected on validation ({len(self.validation.identities)} "
-                f"held-out training identities, mAP {100 * h['val/mAP'][best]:.2f}%); its test mAP "
-                f"{100 * h['mAP'][best]:.2f}%, rank-1 {100 * h['rank1'][best]:.2f}% (monitoring only)"]
-
-    def write_report(self, result: RankResult) -> Path:
-        """``OUTPUT/report/index.html``: the last evaluation (metrics, the camera-pair mAP table, ranked lists with
-        rank and distance), the curves, the data summary and the recipe."""
-        assert self.last_features is not None
-        qf, gf = self.last_features
-        distmat = compute_distance(qf, gf, self.recipe.eval.metric).cpu().numpy()
-        # the features were gathered from every process: the whole splits' records, not this process's share
-        q_records, g_records = ((self.dataset.query, self.dataset.gallery) if self.env.enabled
-                                else (self.query_cache.records, self.gallery_cache.records))
-        epoch = self.history["eval_epoch"][-1] if self.history["eval_epoch"] else "?"
-        notes = [f"test set (query / gallery) after epoch {epoch}, {self.recipe.eval.metric} distance"
-                 f"{', re-ranked' if self.recipe.eval.rerank else ''}",
-                 *self.selection_summary(),
-                 f"trained on {describe(self.device)}"
-                 + (f", data parallel: {self.env.describe()}" if self.env.enabled else "")]
-        ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (q_records, g_records)]
-        cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
-        return write_report(self.out / "report", f"reidkit train: {self.recipe.model.name} on {self.dataset.name}",
-                            {f"epoch {epoch}": result}, self.history, q_records, g_records, distmat, notes,
-                            recipe=recipe_to_dict(self.recipe), data_summary=self.dataset.summary(),
-                            camera_table=cameras)
+            write_run_report(self, result)
 
 
 #: tqdm's layout without its it/s (the postfix says img/s), so that the line fits 80 columns

@@ -1,0 +1,56 @@
+"""The report a training run leaves (``OUTPUT/report/index.html``) and how its best.pth was selected."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import recipe_to_dict
+from ..data.validation import ValidationSplit
+from ..evaluation import RankResult
+from ..evaluation.cameras import camera_pair_map
+from ..evaluation.distance import compute_distance
+from ..reporting import write_report
+from .device import describe
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def selection_summary(select_on: str, history: dict, validation: ValidationSplit | None) -> list[str]:
+    """How best.pth was chosen, and (with a validation split) the test figures of the chosen checkpoint."""
+    if select_on == "test":
+        return ["WARNING: best.pth was selected on the TEST set (train.select_on=test)"]
+    if select_on == "last":
+        return ["best.pth is the latest evaluated epoch (no validation split: data.val_identities selects on "
+                "held-out training identities)"]
+    if not history.get("val/mAP") or validation is None:
+        return []
+    best = max(range(len(history["val/mAP"])), key=lambda i: history["val/mAP"][i])   # the first of equal ones
+    return [f"best.pth: epoch {history['eval_epoch'][best]}, selected on validation ({len(validation.identities)} "
+            f"held-out training identities, mAP {100 * history['val/mAP'][best]:.2f}%); its test mAP "
+            f"{100 * history['mAP'][best]:.2f}%, rank-1 {100 * history['rank1'][best]:.2f}% (monitoring only)"]
+
+
+def write_run_report(trainer: Trainer, result: RankResult) -> Path:
+    """``OUTPUT/report/index.html`` of ``trainer``'s run: the last evaluation (metrics, the camera-pair mAP table,
+    ranked lists with rank and distance), the curves, the data summary and the recipe."""
+    assert trainer.last_features is not None
+    qf, gf = trainer.last_features
+    recipe, history = trainer.recipe, trainer.history
+    distmat = compute_distance(qf, gf, recipe.eval.metric).cpu().numpy()
+    # the features were gathered from every process: the whole splits' records, not this process's share
+    q_records, g_records = ((trainer.dataset.query, trainer.dataset.gallery) if trainer.env.enabled
+                            else (trainer.query_cache.records, trainer.gallery_cache.records))
+    epoch = history["eval_epoch"][-1] if history["eval_epoch"] else "?"
+    notes = [f"test set (query / gallery) after epoch {epoch}, {recipe.eval.metric} distance"
+             f"{', re-ranked' if recipe.eval.rerank else ''}",
+             *selection_summary(trainer.select_on, history, trainer.validation),
+             f"trained on {describe(trainer.device)}"
+             + (f", data parallel: {trainer.env.describe()}" if trainer.env.enabled else "")]
+    ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (q_records, g_records)]
+    cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
+    return write_report(trainer.out / "report", f"reidkit train: {recipe.model.name} on {trainer.dataset.name}",
+                        {f"epoch {epoch}": result}, history, q_records, g_records, distmat, notes,
+                        recipe=recipe_to_dict(recipe), data_summary=trainer.dataset.summary(), camera_table=cameras)
