@@ -15,13 +15,12 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__
 from ..config import Recipe, recipe_to_dict
 from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
@@ -37,10 +36,7 @@ from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
 from ..reporting.plots import plot_curves
 from .batchnorm_modes import apply_bn_stats
 from .checkpoint import (
-    CheckpointError,
     EmbeddingSpec,
-    load_checkpoint,
-    load_model_weights,
     model_from_checkpoint,
     save_checkpoint,
 )
@@ -48,13 +44,14 @@ from .device import autocast, describe, gradient_scaler, resolve_device, set_thr
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
-from .guards import DivergenceGuard, check_optimizer_fits
+from .guards import DivergenceGuard
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .pipeline import build_train_loader
 from .run_folder import prepare_run_folder
 from .run_report import selection_summary, write_run_report
+from .run_state import embedding_spec_of, restore_training_state, training_state, weights_state
 from .schedulers import WarmupScheduler
 
 if TYPE_CHECKING:
@@ -191,84 +188,20 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
-        state: dict[str, Any] = {
-            "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "optimizer_name": self.recipe.optim.name, "embedding": self.embedding_spec().as_dict(),
-            "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best_mAP": float(self.best_map),
-            "step": self.step, "history": self.history, "num_classes": self.num_classes,
-            "recipe": recipe_to_dict(self.recipe), "reidkit_version": __version__,
-            "world_size": self.env.world_size,
-            "rng": {"torch": torch.get_rng_state(), "augment": self.augment.gen.get_state()},
-            "pieces": {p.name: p.state_dict() for p in self.pieces},
-        }
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        return state
-
-    def embedding_spec(self) -> EmbeddingSpec:
-        """What embedding with this run's checkpoints needs (stored in each: extract, search, export and
-        ``FeatureExtractor`` read it)."""
-        r = self.recipe
-        return EmbeddingSpec(r.model.name, r.model.options(), (r.data.height, r.data.width), r.augment.mean,
-                             r.augment.std)
+        """Everything a resume needs (``last.pth``; :func:`reidkit.engine.run_state.training_state`)."""
+        return training_state(self, epoch)
 
     def weights_state(self, epoch: int) -> dict:
-        """``best.pth``: what embedding and evaluation need, without the optimiser and the other resume state
-        (``last.pth`` keeps everything)."""
-        full = self.state(epoch)
-        keep = ("state_dict", "embedding", "epoch", "best_mAP", "step", "num_classes", "recipe", "reidkit_version",
-                "history")
-        return {k: full[k] for k in keep}
+        """What embedding and evaluation need (``best.pth``)."""
+        return weights_state(self, epoch)
+
+    def embedding_spec(self) -> EmbeddingSpec:
+        """What embedding with this run's checkpoints needs (stored in each)."""
+        return embedding_spec_of(self.recipe)
 
     def resume(self, path: str | Path) -> None:
-        state = load_checkpoint(path)
-        if "optimizer" not in state:
-            raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
-        if state.get("num_classes") != self.num_classes:
-            raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
-                                  f"this dataset has {self.num_classes}")
-        pieces = self._piece_states(state)
-        with_state = {p.name for p in self.pieces if p.state_dict()}
-        saved = {k for k, v in pieces.items() if v}
-        if with_state != saved:
-            raise CheckpointError(f"{path} was trained with the pieces {sorted(saved) or 'none'}; this recipe uses "
-                                  f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
-        check_optimizer_fits(state, self.optimizer, self.recipe.optim.name, path)
-        load_model_weights(self.model, state, str(path))
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            for p in self.pieces:
-                if p.name in saved:
-                    p.load_state_dict(pieces[p.name])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: its optimiser state does not fit this recipe's optimiser "
-                                  f"({self.recipe.optim.name}): {e}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.best_map, self.step = int(state["epoch"]), float(state["best_mAP"]), int(state["step"])
-        self.guard.saved(path, self.start_epoch)
-        self.history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        self.augment.gen.set_state(state["rng"]["augment"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        if self.is_main:
-            log.info("resumed from %s at epoch %d (saved by %d process(es))", path, self.start_epoch,
-                     int(state.get("world_size", 1)))
-
-    def _piece_states(self, state: dict) -> dict[str, dict]:
-        """``state["pieces"]``, or for older checkpoints the pieces' top-level keys (``legacy_keys``)."""
-        if "pieces" in state:
-            return state["pieces"]
-        found = {}
-        for p in self.pieces:
-            old = {new: state[key] for key, new in p.legacy_keys.items() if key in state}
-            if old:
-                found[p.name] = old
-        return found
+        """Continue from a training checkpoint (:func:`reidkit.engine.run_state.restore_training_state`)."""
+        restore_training_state(self, path)
 
     # -- loop --------------------------------------------------------------
     def _set_modes(self, epoch: int) -> None:
