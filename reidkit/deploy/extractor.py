@@ -15,6 +15,9 @@ Preprocessing is the recipes': RGB, resized to ``image_size`` (bilinear),
 - ``"onnxruntime"``: the fused model exported to ONNX (``onnx_path``, or a
   temporary file) and run by ONNX Runtime with torch's thread count; the
   fastest CPU path (OSNet x1.0: 3.5x torchreid's best setting, docs/BENCHMARKS.md).
+
+``weights`` may also be an exported ``.onnx`` file, fp32 or int8 (``reidkit export [--int8]``): it runs
+as it is, with the architecture, input size and normalisation its metadata records.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embedding_model
 from ..logs import bar_disabled
 from ..models import build_model
+from .onnx_model import onnx_session, read_spec
 from .optimize import export_onnx, fuse_for_inference
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,10 @@ class FeatureExtractor:
         if backend == "onnxruntime" and device != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r} (use backend='torch')")
         self.spec: EmbeddingSpec | None = None
+        self.session = None
+        if weights is not None and str(weights).endswith(".onnx"):
+            self._init_onnx(weights, model_name, device, image_size, batch_size, model_options)
+            return
         if weights is not None:
             self.model, self.spec = load_embedding_model(weights, model_name, **(model_options or {}))
             check_against_spec(self.spec, str(weights), image_size=image_size)
@@ -97,7 +105,6 @@ class FeatureExtractor:
         image_size = check_image_size(image_size)
         self.device, self.image_size, self.batch_size = device, image_size, batch_size
         self.memory_format = torch.contiguous_format
-        self.session = None
         if backend == "onnxruntime":
             try:
                 self.session = self._onnx_session(onnx_path)
@@ -113,16 +120,29 @@ class FeatureExtractor:
                 self.memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
             self.model.to(device)
 
+    def _init_onnx(self, path: str | Path, model_name: str | None, device: str,
+                   image_size: tuple[int, int] | None, batch_size: int, model_options: dict | None) -> None:
+        """An exported ONNX model (fp32 or int8, ``reidkit export``) run by ONNX Runtime; a reidkit export says
+        its architecture, input size and normalisation itself (another tool's: ImageNet's, 256x128 unless
+        given)."""
+        if device != "cpu":
+            raise ValueError(f"{path}: an ONNX model runs on the CPU (ONNX Runtime); got device={device!r}")
+        self.spec = spec = read_spec(path)
+        check_against_spec(spec, str(path), model_name, model_options, image_size)
+        self.model_name = spec.arch if spec is not None else (model_name or Path(path).stem)
+        self.model_options = dict(spec.options) if spec is not None else dict(model_options or {})
+        self.mean, self.std = (spec.mean, spec.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        size = image_size or (spec.image_size if spec is not None else (256, 128))
+        self.device, self.image_size, self.batch_size = device, check_image_size(size), batch_size
+        self.memory_format = torch.contiguous_format
+        self.session, self.backend = onnx_session(path), "onnxruntime"
+
     def _onnx_session(self, onnx_path: str | Path | None):
-        import onnxruntime as ort
         if onnx_path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="reidkit_onnx_")
             onnx_path = Path(self._tmp.name) / "model.onnx"
-        export_onnx(self.model, onnx_path, self.image_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        export_onnx(self.model, onnx_path, self.image_size, spec=self.spec)
+        return onnx_session(onnx_path)
 
     @torch.inference_mode()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:

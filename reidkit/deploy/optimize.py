@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 
+from ..engine.checkpoint import EmbeddingSpec
 from ..files import write_atomic
 
 log = logging.getLogger("reidkit")
@@ -38,8 +39,12 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
 
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] = (256, 128),
-                opset: int = 17) -> Path:
-    """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised)."""
+                opset: int = 17, spec: EmbeddingSpec | None = None) -> Path:
+    """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised).
+
+    ``spec`` (architecture, input size, normalisation) goes into the file's metadata, so that
+    ``reidkit extract --weights model.onnx`` and :class:`~reidkit.deploy.FeatureExtractor` need nothing else.
+    """
     net = fuse_for_inference(model, channels_last=False)
     example = torch.zeros(2, 3, *image_size)
 
@@ -49,4 +54,7 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] 
             torch.onnx.export(net, (example,), tmp, input_names=["images"], output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
                               opset_version=opset, dynamo=False)
+        if spec is not None:
+            from .onnx_model import write_spec
+            write_spec(tmp, spec)
     return write_atomic(path, write)        # an interrupted export never replaces a working model

@@ -1,0 +1,176 @@
+"""ONNX embedding models: what an exported model says about itself, an ONNX Runtime session behind a module's
+call, and int8 static quantisation calibrated on the user's images.
+
+    export_onnx(model, "m.onnx", spec=spec)           # optimize.py: writes the spec into the file's metadata
+    quantize_onnx("m.onnx", "m.int8.onnx", batches)   # QDQ, uint8 activations x int8 per-channel weights
+    net = OnnxEmbedding("m.int8.onnx")                # a torch module: reidkit's evaluation runs it unchanged
+
+The int8 model is ONNX Runtime's static quantisation (``onnxruntime.quantization``): activations as uint8
+with ranges measured on calibration images (min-max), weights as int8 per output channel, in the QDQ format
+that ONNX Runtime fuses into integer convolutions (VNNI / AMX on recent x86).  Measured on CUHK03 val in
+docs/BENCHMARKS.md ("int8 export").
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..engine.checkpoint import EmbeddingSpec
+from ..files import write_atomic
+
+#: the metadata key under which reidkit's exports record their :class:`EmbeddingSpec` (JSON)
+SPEC_KEY = "reidkit.embedding"
+
+
+def write_spec(path: str | Path, spec: EmbeddingSpec) -> None:
+    """Record ``spec`` in the ONNX file's metadata (in place; the caller writes ``path`` atomically)."""
+    import onnx
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[SPEC_KEY] = json.dumps(spec.as_dict())
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def read_spec(path: str | Path) -> EmbeddingSpec | None:
+    """The :class:`EmbeddingSpec` a reidkit export recorded, or None for another tool's ONNX file."""
+    import onnxruntime as ort
+    try:
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ONNX model not found: {path}") from None
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types for a damaged file)
+        raise ValueError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+    if SPEC_KEY not in props:
+        return None
+    d = json.loads(props[SPEC_KEY])
+    return EmbeddingSpec(d["arch"], d["options"], tuple(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEmbedding(nn.Module):
+    """An ONNX embedding model (CPU, ONNX Runtime) called like the torch model it was exported from:
+    ``N x 3 x H x W`` normalised float batch -> ``N x D`` float32 embeddings."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.spec = read_spec(path)
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+
+
+#: how activation ranges are chosen from the calibration images (ONNX Runtime's calibrators)
+CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+
+
+def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.ndarray],
+                  method: str = "percentile", per_channel: bool = True) -> Path:
+    """Write the int8 version of fp32 ONNX model ``source`` to ``out`` (atomically), with activation ranges
+    measured on ``calibration`` (normalised ``N x 3 x H x W`` float batches, as the model takes them).
+
+    ``method``: ``percentile`` (default: each range clips the top 0.001% of values; on CUHK03 val it kept the
+    imported OSNet x0.25's mAP where min-max lost 0.7 points), ``minmax`` or ``entropy``.  The embedding spec
+    of ``source`` is kept.  A few hundred calibration images suffice.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}")
+    calibrator = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+                  "entropy": CalibrationMethod.Entropy}[method]
+    extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
+
+    class Batches(CalibrationDataReader):
+        """The calibration batches, read once (min-max ranges need one pass)."""
+
+        def __init__(self, batches: Iterable[np.ndarray], input_name: str):
+            self.batches: Iterator[np.ndarray] = iter(batches)
+            self.input_name = input_name
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("no calibration images: int8 activation ranges are measured on images")
+    source = Path(source)
+    spec = read_spec(source)
+    input_name = onnx_session(source, 1).get_inputs()[0].name
+    with tempfile.TemporaryDirectory(prefix="reidkit_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))      # shape inference + graph optimisation first
+        reader = Batches(itertools.chain([first], batches), input_name)
+
+        def write(path: str) -> None:
+            quantize_static(str(prepared), path, reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=per_channel, calibrate_method=calibrator, extra_options=extra)
+            if spec is not None:
+                write_spec(path, spec)
+        return write_atomic(out, write)
+
+
+def calibration_batches(paths: list[str], image_size: tuple[int, int], mean, std, count: int = 256,
+                        batch_size: int = 32, seed: int = 0) -> Iterator[np.ndarray]:
+    """Normalised batches of ``count`` images drawn (seeded) from ``paths``, decoded as evaluation decodes."""
+    from ..data.images import load_rgb
+    from ..data.transforms import normalize
+    if not paths:
+        raise ValueError("no calibration images found")
+    chosen = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:count]]
+    for s in range(0, len(chosen), batch_size):
+        images = [torch.from_numpy(np.asarray(load_rgb(p, image_size)).copy()).permute(2, 0, 1)
+                  for p in chosen[s:s + batch_size]]
+        yield normalize(torch.stack(images), mean, std).numpy()
+
+
+def compare_on_dataset(models: dict[str, str | Path], recipe, progress: bool = False,
+                       threads: int | None = None) -> dict[str, tuple]:
+    """Evaluate ONNX embedding models on the recipe's query and gallery (its evaluation settings):
+    ``{name: (RankResult, images per second)}``.  The images are decoded once, before any timing."""
+    import time
+
+    from ..data import build_dataset
+    from ..engine.evaluate import build_test_caches, evaluate_model
+    dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
+    query, gallery = build_test_caches(recipe, dataset, progress=progress)
+    out = {}
+    for name, path in models.items():
+        net = OnnxEmbedding(path, threads)
+        t0 = time.perf_counter()
+        result = evaluate_model(net, query, gallery, recipe.eval, recipe.data.test_batch_size, device="cpu")
+        images = (len(query) + len(gallery)) * (2 if recipe.eval.flip else 1)
+        out[name] = (result, images / (time.perf_counter() - t0))
+    return out
