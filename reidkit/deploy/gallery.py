@@ -1,20 +1,35 @@
 """Gallery search: a gallery's embeddings and image paths in a faiss index, queried for the k nearest.
 
-    index = GalleryIndex(features, paths, metric="cosine")
+    index = GalleryIndex(features, paths, metric="cosine")              # exact
+    index = GalleryIndex(features, paths, index="hnsw")                 # approximate, fast
+    index = GalleryIndex(features, paths, index="ivfpq")                # approximate, compressed
     distances, indices = index.search(query_features, k=10)
+    index.add(more_features, more_paths)                                # into the built index, no retraining
     index.save("gallery.npz"); index = GalleryIndex.load("gallery.npz")
 
-Distances are the evaluation's (:func:`reidkit.evaluation.compute_distance`):
-``"cosine"`` is ``1 - cos`` (features L2-normalised, searched by inner product)
-and ``"euclidean"`` the squared Euclidean distance.  The default index is exact
-(``faiss.IndexFlat``).  ``ivf_lists=N`` clusters the gallery into ``N``
-inverted lists (``faiss.IndexIVFFlat``, for galleries of millions) and searches
-the ``nprobe`` lists nearest to each query: approximate, and exact again when
-``nprobe == ivf_lists``.
+Distances are the evaluation's (:func:`reidkit.evaluation.compute_distance`): ``"cosine"`` is ``1 - cos``
+(features L2-normalised; computed as half the squared Euclidean distance, which it equals) and
+``"euclidean"`` the squared Euclidean distance.  ``index`` chooses faiss's index:
+
+- ``"flat"`` (default): exact, every gallery vector compared; ``dim x 4`` bytes per image.
+- ``"ivf"``: the gallery clustered into ``ivf_lists`` inverted lists (default ``4 sqrt(N)``; their centres
+  found through a small HNSW graph); a query scans the ``nprobe`` nearest lists.
+- ``"hnsw"``: a navigable small-world graph (``hnsw_m`` links per vector, ``ef_search`` candidates per
+  query): the fastest single-query search; ``dim x 4 + hnsw_m x 8`` bytes per image.
+- ``"ivfpq"``: inverted lists of product-quantised codes (``pq_bytes`` per image, default ``dim / 8``),
+  each query's ``refine x k`` best candidates re-ranked on 8-bit
+  scalar-quantised vectors (``dim`` bytes per image): a 1M x 512 gallery in about 0.6 GB instead of 2 GB
+  (docs/BENCHMARKS.md).
+- any other text: a faiss ``index_factory`` description (``"IVF4096,PQ64"``, ``"OPQ32,IVF1024,PQ32"``).
+
+Indices that learn (clusters, codebooks) learn on the first vectors they are given (a seeded sample of
+``train_size`` of them); later :meth:`add` calls put new images into the built index without learning
+again, so the first gallery should be representative.
 """
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +41,8 @@ import torch
 from ..evaluation.distance import check_metric
 from ..files import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 
 
 def _import_faiss():
@@ -52,25 +68,38 @@ def _as_matrix(features, what: str) -> np.ndarray:
 class GalleryIndex:
     """Embeddings of gallery images with their paths, searchable for a query's nearest neighbours.
 
-    ``meta`` is free-form JSON kept with the index: ``reidkit extract`` records
-    the model that made the embeddings there, so that ``reidkit search`` embeds
-    queries the same way.
+    ``meta`` is free-form JSON kept with the index: ``reidkit extract`` records the model that made the
+    embeddings there, so that ``reidkit search`` (and ``extract --add-to``) embed the same way.
     """
 
     def __init__(self, features, paths: Sequence[str], metric: str = "cosine", ivf_lists: int | None = None,
-                 nprobe: int = 8, meta: dict | None = None):
+                 nprobe: int = 8, meta: dict | None = None, *, index: str | None = None,
+                 hnsw_m: int = 32, ef_search: int = 64, pq_bytes: int | None = None, refine: int = 4,
+                 train_size: int = 100_000):
         check_metric(metric)
-        self.metric, self.ivf_lists = metric, ivf_lists
+        if index is None:
+            index = "ivf" if ivf_lists is not None else "flat"
+        for name, value in (("nprobe", nprobe), ("hnsw_m", hnsw_m), ("ef_search", ef_search),
+                            ("refine", refine), ("train_size", train_size), ("ivf_lists", ivf_lists or 1),
+                            ("pq_bytes", pq_bytes or 1)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.metric, self.kind, self.ivf_lists = metric, index, ivf_lists
+        self.hnsw_m, self.pq_bytes, self.train_size = hnsw_m, pq_bytes, train_size
+        self._nprobe, self._ef_search, self._refine = nprobe, ef_search, refine
         self.meta = dict(meta or {})
-        self.features = np.zeros((0, 0), dtype=np.float32)
         self.paths: list[str] = []
-        self._index: Any = None                     # a faiss index, built on first use
-        self.nprobe = nprobe
+        self.description: str | None = None        # the faiss index_factory text, fixed when built
+        self._dim: int | None = None
+        self._pending: list[np.ndarray] = []        # vectors given before the index is built
+        self._index: Any = None
+        self._norms: torch.Tensor | None = None     # squared norms of a flat index's vectors
         self.add(features, paths)
 
+    # ---- search-time settings ---------------------------------------------------------------------------
     @property
     def nprobe(self) -> int:
-        """Inverted lists searched per query (``ivf_lists`` indices only)."""
+        """Inverted lists scanned per query (``ivf`` / ``ivfpq`` indices)."""
         return self._nprobe
 
     @nprobe.setter
@@ -78,87 +107,194 @@ class GalleryIndex:
         if value < 1:
             raise ValueError(f"nprobe must be at least 1, got {value}")
         self._nprobe = value
-        if self._index is not None and self.ivf_lists is not None:
-            self._index.nprobe = min(value, self.ivf_lists)
+        self._apply_search_settings()
 
+    @property
+    def ef_search(self) -> int:
+        """Candidates kept while walking the graph (``hnsw`` indices): higher is slower and closer to exact."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"ef_search must be at least 1, got {value}")
+        self._ef_search = value
+        self._apply_search_settings()
+
+    def _apply_search_settings(self) -> None:
+        if self._index is None:
+            return
+        faiss = _import_faiss()
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            ivf.nprobe = min(self._nprobe, ivf.nlist)
+        hnsw = _find(self._index, "hnsw")
+        if hnsw is not None:
+            hnsw.efSearch = self._ef_search
+        if isinstance(self._index, faiss.IndexRefine):
+            self._index.k_factor = float(self._refine)
+
+    # ---- contents ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def dim(self) -> int:
-        return self.features.shape[1]
+        return self._dim or 0
 
     def _prepare(self, features, what: str) -> np.ndarray:
         x = _as_matrix(features, what)
-        if len(self.paths) and x.shape[1] != self.dim:
-            raise ValueError(f"{what} have dimension {x.shape[1]}, the gallery {self.dim}")
+        if self._dim is not None and x.shape[1] != self._dim:
+            raise ValueError(f"{what} have dimension {x.shape[1]}, the gallery {self._dim}")
         if self.metric == "cosine":
             norms = np.linalg.norm(x, axis=1, keepdims=True)
             x = x / np.maximum(norms, 1e-12)
         return x
 
     def add(self, features, paths: Sequence[str]) -> None:
-        """Append gallery images (``features``: N x dim, one path each)."""
+        """Append gallery images (``features``: N x dim, one path each); into the built index when there is
+        one (without learning its clusters or codebooks again)."""
         x = self._prepare(features, "gallery features")
         paths = [str(p) for p in paths]
         if len(paths) != x.shape[0]:
             raise ValueError(f"{x.shape[0]} feature rows but {len(paths)} paths")
-        self.features = x if not self.paths else np.concatenate([self.features, x])
-        self.paths += paths
-        self._index = None                           # rebuilt on the next search
-
-    def _build(self):
-        faiss = _import_faiss()
-        d = self.dim
-        flat = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
-        if self.ivf_lists is None:
-            index = flat
+        if self._dim is None and x.shape[0]:
+            self._dim = x.shape[1]
+        if self._index is not None:
+            self._index.add(x)
         else:
-            if not 1 <= self.ivf_lists <= len(self):
-                raise ValueError(f"ivf_lists must be between 1 and the gallery size {len(self)}, "
-                                 f"got {self.ivf_lists}")
-            kind = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
-            index = faiss.IndexIVFFlat(flat, d, self.ivf_lists, kind)
-            index.cp.seed = 0                        # the same clusters every time
-            index.train(self.features)
-            index.nprobe = min(self.nprobe, self.ivf_lists)
-        index.add(self.features)
-        return index
+            self._pending.append(x)
+        self.paths += paths
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of gallery images ``ids`` (any shape; -1 gives zeros): exact for ``flat``,
+        ``ivf`` and ``hnsw``, the decoded codes for compressed indices."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._ensure_built()
+        faiss = _import_faiss()
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()                # reconstructing from inverted lists needs id -> list
+        flat_ids = ids.reshape(-1)
+        out = np.zeros((flat_ids.size, self.dim), dtype=np.float32)
+        valid = flat_ids >= 0
+        if valid.any():
+            out[valid] = self._index.reconstruct_batch(flat_ids[valid])
+        return out.reshape(*ids.shape, self.dim)
+
+    @property
+    def features(self) -> np.ndarray:
+        """Every gallery vector, ``N x dim`` (as :meth:`vectors`)."""
+        return self.vectors(np.arange(len(self)))
+
+    # ---- building ---------------------------------------------------------------------------------------
+    def _describe(self, n: int) -> str:
+        """The faiss index_factory text for a gallery of ``n`` vectors."""
+        lists = self.ivf_lists or max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+        if self.ivf_lists is not None and not 1 <= self.ivf_lists <= n:
+            raise ValueError(f"ivf_lists must be between 1 and the gallery size {n}, got {self.ivf_lists}")
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "ivf":
+            return f"IVF{lists}_HNSW32,Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m}"
+        if self.kind == "ivfpq":
+            m = self.pq_bytes or max(1, self.dim // 8)
+            if self.dim % m:
+                raise ValueError(f"pq_bytes={m} must divide the feature dimension {self.dim}")
+            return f"IVF{lists}_HNSW32,PQ{m},Refine(SQ8)"
+        return self.kind
+
+    def _ensure_built(self) -> None:
+        if self._index is not None:
+            return
+        if not self.paths:
+            raise ValueError("the gallery is empty")
+        faiss = _import_faiss()
+        x = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self.description = self._describe(len(x))
+        try:
+            index = faiss.index_factory(self.dim, self.description, faiss.METRIC_L2)
+        except RuntimeError as e:
+            raise ValueError(f"index {self.kind!r}: faiss cannot build {self.description!r} "
+                             f"({str(e).strip().splitlines()[-1][:200]})") from None
+        if not index.is_trained:
+            sample = x
+            if len(x) > self.train_size:
+                sample = x[np.sort(np.random.default_rng(0).choice(len(x), self.train_size, replace=False))]
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None and ivf.quantizer.ntotal == 0:
+                # the inverted lists' centres by k-means in torch: faiss learns them with its bundled OpenBLAS,
+                # which runs generic kernels on CPUs newer than it knows (10x slower than torch's here)
+                ivf.quantizer.add(kmeans(sample, ivf.nlist))
+            index.train(sample)
+        index.add(x)
+        self._index, self._pending = index, []
+        self._apply_search_settings()
 
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest gallery images of each query: ``(distances, indices)``, each Q x k, nearest first.
 
-        With ``ivf_lists``, a query whose probed lists hold fewer than ``k``
-        images gets index -1 (distance inf) in the remaining places.
+        With an approximate index, a query whose probed lists hold fewer than ``k`` images gets index -1
+        (distance inf) in the remaining places.
         """
         if len(self) == 0:
             raise ValueError("the gallery is empty")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = self._prepare(queries, "query features")
-        if self._index is None:
-            self._index = self._build()
+        self._ensure_built()
         k = min(k, len(self))
-        scores, indices = self._index.search(q, k)
-        distances = (1.0 - scores).astype(np.float32) if self.metric == "cosine" else scores
+        if self.description == "Flat":
+            distances, indices = self._exact_search(q, k)
+        else:
+            distances, indices = self._index.search(q, k)
+        if self.metric == "cosine":
+            distances = distances / 2                  # |a - b|^2 / 2 = 1 - cos for unit vectors
+        distances = distances.astype(np.float32)
         distances[indices < 0] = np.inf
         return distances, indices
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.npz): features, paths, metric, index settings and ``meta``.
+    def _exact_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact squared distances by torch's matrix product over the flat index's own storage (no copy): faiss
+        computes the same, but with the generic kernels of its bundled OpenBLAS on CPUs newer than it knows
+        (3x slower for one query, 10x for batches, on this project's CPU: docs/BENCHMARKS.md)."""
+        faiss = _import_faiss()
+        n = self._index.ntotal
+        gallery = torch.from_numpy(faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim))
+        if self._norms is None or len(self._norms) != n:
+            self._norms = (gallery * gallery).sum(1)
+        queries = torch.from_numpy(q)
+        rows = max(1, 2 ** 26 // n)                  # query rows per step: a distance block of <= 256 MB
+        distances, indices = [], []
+        for s in range(0, len(queries), rows):
+            part = queries[s:s + rows]
+            block = ((part * part).sum(1, keepdim=True) + self._norms - 2 * part @ gallery.T).clamp_(min=0)
+            d, i = torch.topk(block, k, dim=1, largest=False, sorted=True)
+            distances.append(d)
+            indices.append(i)
+        return torch.cat(distances).numpy(), torch.cat(indices).numpy()
 
-        An ``ivf_lists`` index is trained (k-means) here if it was not yet, and
-        stored trained, so that loading it does not cluster the gallery again.
-        """
+    def memory_bytes(self) -> int:
+        """The size of the built index (what :meth:`save` writes for it, and about what it takes in memory)."""
+        self._ensure_built()
+        return int(_import_faiss().serialize_index(self._index).nbytes)
+
+    # ---- files ------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.npz): the built faiss index (learnt clusters and codebooks included, so loading
+        learns nothing again), the paths, the metric, the search settings and ``meta``."""
         path = Path(path)
-        header = {"format": FORMAT_VERSION, "metric": self.metric, "ivf_lists": self.ivf_lists,
-                  "nprobe": self.nprobe, "meta": self.meta}
-        arrays: dict[str, Any] = {"features": self.features, "paths": np.array(self.paths, dtype=str),
-                  "header": np.array(json.dumps(header))}
-        if self.ivf_lists is not None:
-            if self._index is None:
-                self._index = self._build()
-            arrays["faiss_index"] = _import_faiss().serialize_index(self._index)
+        self._ensure_built()
+        header = {"format": FORMAT_VERSION, "metric": self.metric, "index": self.kind,
+                  "description": self.description, "nprobe": self.nprobe, "ef_search": self.ef_search,
+                  "refine": self._refine, "meta": self.meta}
+        encoded = "\n".join(self.paths).encode()
+        arrays: dict[str, Any] = {"header": np.array(json.dumps(header)),
+                                  "paths_utf8": np.frombuffer(encoded, dtype=np.uint8),
+                                  "faiss_index": _import_faiss().serialize_index(self._index)}
+
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:               # a file object: numpy would otherwise append ".npz"
                 np.savez(f, **arrays)
@@ -166,21 +302,77 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
-        """Read a gallery written by :meth:`save` (or ``reidkit extract``)."""
+        """Read a gallery written by :meth:`save` (or ``reidkit extract``), this version's or the first."""
+        faiss = _import_faiss()
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
-                features, paths = z["features"], z["paths"].tolist()
-                trained = z["faiss_index"] if "faiss_index" in z.files else None
+                if header.get("format") == 1:
+                    return cls._load_first_format(z, header)
+                if header.get("format") != FORMAT_VERSION:
+                    raise _FormatError(header.get("format"))
+                paths = bytes(z["paths_utf8"]).decode().split("\n") if z["paths_utf8"].size else []
+                index = faiss.deserialize_index(z["faiss_index"])
         except FileNotFoundError:
             raise FileNotFoundError(f"gallery file not found: {path}") from None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        except _FormatError as e:
+            raise ValueError(f"{path}: gallery format {e.args[0]!r}, this reidkit reads 1 and "
+                             f"{FORMAT_VERSION}") from None
+        except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: not a reidkit gallery file, or a truncated one ({type(e).__name__}: "
                              f"{str(e)[:200]}); write it again with `reidkit extract`") from None
-        if header.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: gallery format {header.get('format')!r}, this reidkit reads {FORMAT_VERSION}")
-        gallery = cls(features, paths, header["metric"], header["ivf_lists"], header["nprobe"], header["meta"])
-        if trained is not None:
-            gallery._index = _import_faiss().deserialize_index(trained)
-            gallery.nprobe = gallery.nprobe              # onto the loaded index
+        if index.ntotal != len(paths):
+            raise ValueError(f"{path}: the index holds {index.ntotal} vectors but the file {len(paths)} paths")
+        gallery = cls(np.zeros((0, index.d), np.float32), [], header["metric"], None, header["nprobe"],
+                      header["meta"], index=header["index"], ef_search=header["ef_search"],
+                      refine=header["refine"])
+        gallery.paths, gallery._dim, gallery._index = paths, index.d, index
+        gallery._pending, gallery.description = [], header["description"]
+        gallery._apply_search_settings()
         return gallery
+
+    @classmethod
+    def _load_first_format(cls, z, header: dict) -> GalleryIndex:
+        """reidkit 0.1 galleries: the raw features (and an inner-product IVF index, rebuilt here)."""
+        return cls(z["features"], z["paths"].tolist(), header["metric"], header["ivf_lists"], header["nprobe"],
+                   header["meta"])
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, chunk: int = 65536) -> np.ndarray:
+    """``k`` centres of the rows of ``x`` (Lloyd's k-means from ``k`` seeded rows; an emptied cluster restarts
+    at the point farthest from its centre), float32 ``k x dim``."""
+    data = torch.from_numpy(x)
+    generator = torch.Generator().manual_seed(seed)
+    centres = data[torch.randperm(len(data), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        sums, counts = torch.zeros_like(centres), torch.zeros(k)
+        farthest, far_distance = 0, -1.0
+        for s in range(0, len(data), chunk):
+            part = data[s:s + chunk]
+            distance = (part * part).sum(1, keepdim=True) - 2 * part @ centres.T + (centres * centres).sum(1)
+            nearest, assign = distance.min(1)
+            sums.index_add_(0, assign, part)
+            counts += torch.bincount(assign, minlength=k).float()
+            top = int(nearest.argmax())
+            if float(nearest[top]) > far_distance:
+                farthest, far_distance = s + top, float(nearest[top])
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+        for empty in torch.nonzero(counts == 0).flatten().tolist():
+            centres[empty] = data[farthest]
+    return centres.numpy()
+
+
+class _FormatError(Exception):
+    pass
+
+
+def _find(index: Any, attribute: str) -> Any:
+    """``index.<attribute>`` of ``index`` or of the index it wraps (faiss's composite indices), else None."""
+    faiss = _import_faiss()
+    for candidate in (index, getattr(index, "base_index", None)):
+        if candidate is None:
+            continue
+        candidate = faiss.downcast_index(candidate)
+        if hasattr(candidate, attribute):
+            return getattr(candidate, attribute)
+    return None

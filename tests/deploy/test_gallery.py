@@ -143,3 +143,128 @@ def test_extract_then_search_from_the_command_line(tmp_path, capsys):
     want_d, want_i = brute_force(query_expand(q, g, 2).numpy(), torch.nn.functional.normalize(g, dim=1).numpy(),
                                  "cosine", 4)
     assert [m["path"] for m in expanded] == [gallery_paths[i] for i in want_i[0]]
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Vectors around ``clusters`` centres (as embeddings of identities are)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return (centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+
+
+def test_hnsw_with_a_wide_search_is_exact_on_a_small_gallery(features):
+    gallery, queries = features
+    index = reidkit.GalleryIndex(gallery, [str(i) for i in range(300)], index="hnsw", ef_search=300)
+    distances, indices = index.search(queries, k=10)
+    want_d, want_i = brute_force(queries, gallery, "cosine", 10)
+    np.testing.assert_array_equal(indices, want_i)
+    np.testing.assert_allclose(distances, want_d, atol=1e-4)
+    assert index.description == "HNSW32"
+
+
+def test_ivfpq_is_compressed_and_finds_the_neighbours():
+    data = clustered(12050)
+    gallery, queries = data[:12000], data[12000:]
+    paths = [str(i) for i in range(len(gallery))]
+    exact = brute_force(queries, gallery, "cosine", 10)[1]
+    pq = reidkit.GalleryIndex(gallery, paths, index="ivfpq", ivf_lists=32, nprobe=32, refine=20)
+    flat = reidkit.GalleryIndex(gallery, paths)
+    assert recall_at(pq.search(queries, 10)[1], exact) >= 0.9    # the 200 best codes re-ranked on 8-bit vectors
+    assert pq.description == "IVF32_HNSW32,PQ4,Refine(SQ8)"              # dim 32 / 8 bytes of PQ code
+    assert pq.memory_bytes() < 0.5 * flat.memory_bytes()
+    unit = gallery[:5] / np.linalg.norm(gallery[:5], axis=1, keepdims=True)
+    np.testing.assert_allclose(pq.vectors(np.arange(5)), unit, atol=0.02)  # decoded: close, not exact
+    with pytest.raises(ValueError, match="pq_bytes=5 must divide the feature dimension 32"):
+        reidkit.GalleryIndex(gallery, paths, index="ivfpq", pq_bytes=5).search(queries)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
+def test_adding_to_a_built_index_keeps_what_it_learnt(tmp_path, kind):
+    gallery = clustered(4000)
+    paths = [f"g{i}" for i in range(4000)]
+    index = reidkit.GalleryIndex(gallery[:3000], paths[:3000], index=kind, nprobe=64, ef_search=200)
+    index.search(gallery[:1])                                              # built (and trained) here
+    import faiss
+    ivf = faiss.try_extract_index_ivf(index._index)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist) if ivf is not None else None
+    index.add(gallery[3000:], paths[3000:])
+    if ivf is not None:                                                    # the clusters are not learnt again
+        np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), centroids)
+    assert len(index) == 4000
+    _, found = index.search(gallery[3000:3020], k=1)                       # an added image is its own nearest
+    assert (found[:, 0] == np.arange(3000, 3020)).mean() >= 0.95
+    loaded = reidkit.GalleryIndex.load(index.save(tmp_path / "g.npz"))
+    assert loaded.paths == paths and loaded.description == index.description
+    np.testing.assert_array_equal(loaded.search(gallery[:20], 10)[1], index.search(gallery[:20], 10)[1])
+
+
+def test_a_first_format_gallery_still_loads(tmp_path, features):
+    gallery, queries = features
+    header = {"format": 1, "metric": "cosine", "ivf_lists": None, "nprobe": 8, "meta": {"arch": "x"}}
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, features=gallery, paths=np.array([str(i) for i in range(300)]),
+                 header=np.array(json.dumps(header)))
+    old = reidkit.GalleryIndex.load(tmp_path / "old.npz")
+    assert old.meta == {"arch": "x"} and len(old) == 300
+    np.testing.assert_array_equal(old.search(queries, 5)[1], brute_force(queries, gallery, "cosine", 5)[1])
+
+
+def test_index_settings_are_checked(features):
+    gallery, queries = features
+    paths = [str(i) for i in range(300)]
+    with pytest.raises(ValueError, match="ivf_lists must be between 1 and the gallery size 300, got 500"):
+        reidkit.GalleryIndex(gallery, paths, ivf_lists=500).search(queries)
+    with pytest.raises(ValueError, match="faiss cannot build 'IVF9,Nonsense'"):
+        reidkit.GalleryIndex(gallery, paths, index="IVF9,Nonsense").search(queries)
+    with pytest.raises(ValueError, match="ef_search must be at least 1"):
+        reidkit.GalleryIndex(gallery, paths, index="hnsw", ef_search=0)
+
+
+@pytest.mark.slow
+def test_extract_adds_to_an_existing_gallery(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pth"
+    save_checkpoint({"state_dict": build_model("osnet_x0_25", 3).state_dict()}, weights)
+    rng = np.random.default_rng(0)
+    for folder, count in (("first", 5), ("second", 4)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (80, 40, 3), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    out = tmp_path / "g.npz"
+    assert main(["extract", str(tmp_path / "first"), "--arch", "osnet_x0_25", "--size", "64", "32", "--weights",
+                 str(weights), "--out", str(out), "--index", "hnsw", "--no-progress"]) == 0
+    # the second folder, embedded with the gallery's own model and size; the first folder again is left out
+    assert main(["extract", str(tmp_path / "second"), str(tmp_path / "first"), "--add-to", str(out),
+                 "--no-progress"]) == 0
+    assert "5 images already in" in capsys.readouterr().out
+    gallery = reidkit.GalleryIndex.load(out)
+    everything = sorted((tmp_path / "first").glob("*.png")) + sorted((tmp_path / "second").glob("*.png"))
+    assert sorted(gallery.paths) == sorted(str(p.resolve()) for p in everything)
+    assert gallery.description == "HNSW32"
+    extractor = reidkit.FeatureExtractor("osnet_x0_25", weights, image_size=(64, 32))
+    added = str((tmp_path / "second" / "2.png").resolve())
+    _, found = gallery.search(extractor([added]).numpy(), k=1)
+    assert gallery.paths[found[0, 0]] == added                   # embedded as the first images were
+    assert main(["extract", str(tmp_path / "second"), "--add-to", str(out), "--arch", "osnet_x0_25"]) == 2
+    assert "the gallery records its model" in capsys.readouterr().err
+
+
+def test_kmeans_converges_to_the_means_of_its_clusters():
+    from reidkit.deploy.gallery import kmeans
+    rng = np.random.default_rng(0)
+    blobs = 20 * rng.normal(size=(16, 8))
+    points = (blobs[rng.integers(0, 16, 2000)] + rng.normal(size=(2000, 8))).astype(np.float32)
+    found = kmeans(points, 16, iterations=50)
+    assign = np.linalg.norm(points[:, None] - found[None], axis=2).argmin(1)
+    for c in np.unique(assign):                             # Lloyd's fixed point: every centre is its mean
+        np.testing.assert_allclose(found[c], points[assign == c].mean(0), atol=1e-3)
+    def sse(centres):
+        return float((np.linalg.norm(points[:, None] - centres[None], axis=2).min(1) ** 2).sum())
+    start = points[rng.choice(2000, 16, replace=False)]
+    assert sse(found) < sse(start)
+    again = kmeans(np.repeat(points[:2], 5, axis=0), 3)     # fewer distinct points than k: still finite
+    assert np.isfinite(again).all()
