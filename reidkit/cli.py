@@ -61,55 +61,111 @@ def cmd_eval(args) -> int:
     from .data import build_dataset
     from .engine.device import resolve_device, set_threads
     from .engine.evaluate import build_test_caches, evaluate_model
+    from .evaluation import evaluate_features
     overrides = list(args.overrides) + (["eval.rerank=true"] if args.rerank else [])
     recipe = load_recipe(args.recipe, overrides)
     setup_logging()
     set_threads(recipe.train.threads)
     device = resolve_device(recipe.train.device)
-    model = load_trained_model(recipe, args.weights).to(device)
     dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
-    query, gallery = build_test_caches(recipe, dataset, progress=not args.no_progress)
-    if recipe.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    report = None if args.no_report else Path(args.report or Path(args.weights).parent / "report_eval")
+    first = args.weights[0]
+    report = None if args.no_report else Path(args.report or Path(first).parent / "report_eval")
     if report is not None:
         check_output_file(report / "index.html")
-    result, qf, gf = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
-                                    amp=recipe.train.amp, channels_last=recipe.train.channels_last, device=device,
-                                    progress=not args.no_progress, return_features=True)
+    caches: dict[tuple[int, int], tuple] = {}        # decoded query / gallery images, per input size
+    results, features = {}, []
+    for weights in args.weights:
+        model, size = _evaluated_model(recipe, weights, len(args.weights) > 1)
+        if size not in caches:
+            sized = load_recipe(args.recipe, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"])
+            caches[size] = build_test_caches(sized, dataset, progress=not args.no_progress)
+        query, gallery = caches[size]
+        model = model.to(device)
+        if recipe.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        result, qf, gf = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
+                                        amp=recipe.train.amp, channels_last=recipe.train.channels_last,
+                                        device=device, progress=not args.no_progress, return_features=True)
+        results[str(weights)] = result
+        features.append((qf, gf))
     described = (f"{dataset.name}: {counted(len(query), 'query', 'queries')}, "
                  f"{counted(len(gallery), 'gallery image')}, metric {recipe.eval.metric}"
                  f"{', re-ranked' if recipe.eval.rerank else ''}")
     print(described)
-    print(result.summary())
+    if len(features) > 1:
+        from .evaluation.ensemble import concatenate_members
+        qf, gf = concatenate_members(features)
+        results[f"ensemble of {len(features)}"] = evaluate_features(
+            qf, gf, query.pids(), gallery.pids(), query.camids(), gallery.camids(), metric=recipe.eval.metric,
+            max_rank=min(recipe.eval.max_rank, len(gallery)), rerank=recipe.eval.rerank)
+        for name, r in results.items():
+            print(f"{name}:\n{r.summary()}")
+        described += f"; ensemble: the {len(features)} models' L2-normalised embeddings concatenated"
+    else:
+        print(result.summary())
     if report is not None:
         from .evaluation import compute_distance
         from .evaluation.cameras import camera_pair_map
         from .reporting import write_report
         distmat = compute_distance(qf, gf, recipe.eval.metric).cpu().numpy()
         cameras = camera_pair_map(distmat, query.pids(), gallery.pids(), query.camids(), gallery.camids())
-        index = write_report(report, f"reidkit eval: {args.weights} on {dataset.name}", {str(args.weights): result},
-                             {}, query.records, gallery.records, distmat, [described], num_queries=args.ranked,
-                             recipe=recipe.model_dump(mode="json"),
+        index = write_report(report, f"reidkit eval: {', '.join(map(str, args.weights))} on {dataset.name}",
+                             results, {}, query.records, gallery.records, distmat, [described],
+                             num_queries=args.ranked, recipe=recipe.model_dump(mode="json"),
                              data_summary=dataset.summary(), camera_table=cameras)
         print(f"report -> {index}")
     return 0
+
+
+def _evaluated_model(recipe, weights: str, ensemble: bool):
+    """The model of ``weights`` and its input size.  Alone, it must be the recipe's model; in an ensemble a
+    self-describing checkpoint brings its own architecture and size (a bare state_dict takes the recipe's)."""
+    from .engine.checkpoint import embedding_spec, load_checkpoint, load_embedding_model
+    spec = embedding_spec(load_checkpoint(weights)) if ensemble else None
+    if spec is None:
+        return load_trained_model(recipe, weights), (recipe.data.height, recipe.data.width)
+    model, spec = load_embedding_model(weights)
+    assert spec is not None
+    return model, tuple(spec.image_size)
 
 
 def cmd_extract(args) -> int:
     from .data.records import find_images
     from .deploy import FeatureExtractor, GalleryIndex
     size: tuple[int, int] | None
-    if args.recipe:
+    existing = GalleryIndex.load(args.add_to) if args.add_to else None
+    out = args.out or args.add_to
+    if out is None:
+        raise ValueError("say where the gallery goes: --out FILE (or --add-to an existing gallery)")
+    if existing is not None:               # the gallery's own model, as `reidkit search` embeds queries
+        if args.recipe or args.arch or args.size or args.overrides:
+            raise ValueError(f"--add-to {args.add_to}: the gallery records its model; leave out --recipe, --arch, "
+                             "--size and --set")
+        meta = existing.meta
+        arch, options, size = meta["arch"], meta["model_options"], tuple(meta["image_size"])
+        weights = args.weights or meta["weights"]
+    elif args.recipe:
         recipe = load_recipe(args.recipe, args.overrides)
         arch, options, size = recipe.model.name, model_options(recipe), (recipe.data.height, recipe.data.width)
+        weights = args.weights
     elif args.overrides:
         raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
     else:                                  # a reidkit checkpoint says the rest itself
         arch, options, size = args.arch, {}, ((args.size[0], args.size[1]) if args.size else None)
-    check_output_file(args.out)            # a read-only folder or a path that is a folder: now, not after minutes
+        weights = args.weights
+    if weights is None:
+        raise ValueError("--weights is needed (the model to embed the images with)")
+    check_output_file(out)                 # a read-only folder or a path that is a folder: now, not after minutes
     paths = [str(p.resolve()) for p in find_images(args.images)]
-    extractor = FeatureExtractor(arch, args.weights, device=_device(args.device), image_size=size,
+    if existing is not None:
+        known = set(existing.paths)
+        kept = [p for p in paths if p not in known]
+        if len(kept) < len(paths):
+            print(f"{counted(len(paths) - len(kept), 'image')} already in {args.add_to}: left out")
+        if not kept:
+            return 0
+        paths = kept
+    extractor = FeatureExtractor(arch, weights, device=_device(args.device), image_size=size,
                                  batch_size=args.batch_size, model_options=options)
     t0 = time.perf_counter()
     features, paths = extractor.embed_files(paths, progress=not args.no_progress,
@@ -118,13 +174,17 @@ def cmd_extract(args) -> int:
         from .evaluation.expansion import database_augment
         features = database_augment(features, args.dba)
     seconds = time.perf_counter() - t0
-    meta = {"arch": extractor.model_name, "weights": str(Path(args.weights).resolve()),
-            "image_size": list(extractor.image_size), "model_options": extractor.model_options}
-    index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta)
-    index.save(args.out)
-    print(f"{len(paths)} images -> {args.out}: {index.dim}-d {extractor.model_name} embeddings at "
-          f"{extractor.image_size[0]}x{extractor.image_size[1]}, {args.metric} "
-          f"({len(paths) / seconds:.1f} img/s)")
+    if existing is not None:
+        index = existing
+        index.add(features, paths)
+    else:
+        meta = {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
+                "image_size": list(extractor.image_size), "model_options": extractor.model_options}
+        index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta, index=args.index)
+    index.save(out)
+    print(f"{len(paths)} images -> {out} ({len(index)} in all, {index.description} index): {index.dim}-d "
+          f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
+          f"{index.metric} ({len(paths) / seconds:.1f} img/s)")
     return 0
 
 
@@ -140,6 +200,8 @@ def cmd_search(args) -> int:
     index = GalleryIndex.load(args.gallery)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
+    if args.ef_search is not None:
+        index.ef_search = args.ef_search
     meta = index.meta
     if "arch" not in meta:
         raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
@@ -159,7 +221,7 @@ def cmd_search(args) -> int:
 
         from .evaluation.expansion import expand_with_neighbours
         _, nearest = index.search(features, args.qe)
-        neighbours = F.normalize(torch.from_numpy(index.features[nearest.clip(min=0)]).float(), dim=-1)
+        neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
         features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
     distances, indices = index.search(features, args.top_k)
     results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
@@ -325,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate trained weights on the recipe's query/gallery")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--weights", required=True, help="checkpoint (best.pth, last.pth or a state_dict)")
+    p.add_argument("--weights", required=True, action="append",
+                   help="checkpoint (best.pth, last.pth or a state_dict); given several times, each model is "
+                        "evaluated and so is their ensemble (embeddings concatenated)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     p.add_argument("--report", help="report folder (default: report_eval/ beside the weights)")
     p.add_argument("--no-report", action="store_true", help="print the metrics only")
@@ -335,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--weights", required=True, help="reidkit checkpoint, state_dict, or an exported .onnx "
-                   "(fp32 or int8, run by ONNX Runtime)")
+    p.add_argument("--weights", help="reidkit checkpoint, state_dict, or an exported .onnx (fp32 or int8, run "
+                   "by ONNX Runtime); with --add-to, the gallery's own unless given")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--recipe", help="take the model and image size from this recipe (checked against the "
                                         "checkpoint)")
@@ -347,11 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="input size (default: the checkpoint's, else 256 128)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--index", default=None, metavar="KIND",
+                   help="flat (exact, the default), ivf, hnsw, ivfpq (compressed) or a faiss index_factory text; "
+                        "see docs/MODELS.md")
     p.add_argument("--ivf-lists", type=int, default=None,
-                   help="approximate search over this many clusters (large galleries; default exact)")
+                   help="inverted lists of an ivf / ivfpq index (default 4 sqrt(N)); alone, means --index ivf")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--out", required=True, help="gallery file to write (.npz; replaced only once complete)")
+    p.add_argument("--out", help="gallery file to write (.npz; replaced only once complete)")
+    p.add_argument("--add-to", metavar="GALLERY", help="embed the images with this gallery's model and add them "
+                   "to it (written to --out, default GALLERY itself; images already in it are left out)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable images out of the gallery (default: list them all and stop)")
     p.add_argument("--dba", type=int, default=0, metavar="K",
@@ -364,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", help="query image files and/or folders")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
-    p.add_argument("--nprobe", type=int, default=None, help="clusters searched per query (--ivf-lists galleries)")
+    p.add_argument("--nprobe", type=int, default=None, help="inverted lists scanned per query (ivf, ivfpq indices)")
+    p.add_argument("--ef-search", type=int, default=None, help="graph candidates per query (hnsw indices)")
     p.add_argument("--device", default="auto", help="where the queries are embedded (auto, cpu, cuda, cuda:N)")
     p.add_argument("--json", help="also write the ranked lists here")
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -21,3 +23,28 @@ def test_the_single_shot_protocol_is_wired_into_evaluation(tiny_run, tiny_data):
     assert single.mAP == pytest.approx(market.mAP)            # mAP stays multi-shot, as torchreid's eval_cuhk03
     with pytest.raises(ValueError, match="single_shot ranks plain distances"):
         evaluate_model(model, q, g, EvalConfig(protocol="single_shot", rerank=True))
+
+
+@pytest.mark.slow
+def test_eval_of_several_weights_reports_each_and_their_ensemble(tiny_run, tiny_data, tmp_path, capsys):
+    """An ensemble of a model with itself ranks as the model (cosine: the mean of two equal cosines); an
+    ensemble of two different checkpoints is evaluated beside both."""
+    import yaml
+
+    from conftest import tiny_overrides
+    from reidkit.cli import main
+    from reidkit.config import load_recipe
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "unused") +
+                                                 ["eval.metric=cosine"]).model_dump(mode="json")))
+    best = str(tiny_run / "best.pth")
+    assert main(["eval", str(recipe), "--weights", best, "--weights", best, "--no-report", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    maps = [float(m) for m in re.findall(r"mAP:\s*([\d.]+)%", text)]
+    assert len(maps) == 3 and maps[0] == maps[1] == maps[2]
+    assert "ensemble of 2:" in text
+    out = tmp_path / "rep"
+    assert main(["eval", str(recipe), "--weights", best, "--weights", str(tiny_run / "last.pth"),
+                 "--report", str(out), "--no-progress"]) == 0
+    page = (out / "index.html").read_text()
+    assert "ensemble of 2" in page and page.count("best.pth") >= 1
