@@ -13,6 +13,7 @@ from ..evaluation.cameras import camera_pair_map
 from ..evaluation.distance import compute_distance
 from ..reporting import write_report
 from .device import describe
+from .distributed import unwrap
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -33,6 +34,22 @@ def selection_summary(select_on: str, history: dict, validation: ValidationSplit
             f"{100 * history['mAP'][best]:.2f}%, rank-1 {100 * history['rank1'][best]:.2f}% (monitoring only)"]
 
 
+def initialisation_note(pretrained: str | None, model) -> str:
+    """What the run started from, as the report's header says it; ``auto`` that found no ImageNet file is a
+    warning (a recipe stating the paper's setting would otherwise silently train from random weights)."""
+    loaded = [m.pretrained for m in model.modules() if isinstance(getattr(m, "pretrained", None), bool)]
+    if pretrained in (None, "none"):
+        return "initialisation: random (model.pretrained=none)"
+    if pretrained == "auto":
+        if loaded and all(loaded):
+            return "initialisation: ImageNet weights from the torch hub cache (model.pretrained=auto)"
+        return ("WARNING: model.pretrained=auto found no ImageNet weights in the torch hub cache: the backbone "
+                "trained from RANDOM initialisation (model.pretrained=imagenet makes it an error)")
+    if pretrained == "imagenet":
+        return "initialisation: torchvision's ImageNet weights (model.pretrained=imagenet)"
+    return f"initialisation: {pretrained}"
+
+
 def write_run_report(trainer: Trainer, result: RankResult) -> Path:
     """``OUTPUT/report/index.html`` of ``trainer``'s run: the last evaluation (metrics, the camera-pair mAP table,
     ranked lists with rank and distance), the curves, the data summary and the recipe."""
@@ -44,7 +61,8 @@ def write_run_report(trainer: Trainer, result: RankResult) -> Path:
     q_records, g_records = ((trainer.dataset.query, trainer.dataset.gallery) if trainer.env.enabled
                             else (trainer.query_cache.records, trainer.gallery_cache.records))
     epoch = history["eval_epoch"][-1] if history["eval_epoch"] else "?"
-    notes = [f"test set (query / gallery) after epoch {epoch}, {recipe.eval.metric} distance"
+    notes = [initialisation_note(recipe.model.pretrained, unwrap(trainer.model)),
+             f"test set (query / gallery) after epoch {epoch}, {recipe.eval.metric} distance"
              f"{', re-ranked' if recipe.eval.rerank else ''}",
              *selection_summary(trainer.select_on, history, trainer.validation),
              f"trained on {describe(trainer.device)}"

@@ -70,7 +70,7 @@ def torchvision_network(family: str, table: dict, name: str, last_stride: int) -
 
 
 def load_backbone_weights(module: nn.Module, source: str | None, url: str | None, name: str,
-                          head_prefix: str = "fc.",
+                          head_prefix: str | tuple[str, ...] = "fc.",
                           key_map: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> bool:
     """Load ImageNet weights into ``module`` from ``source``.
 
@@ -79,8 +79,9 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
     present, else random initialisation with a warning), a path, ``"none"`` (random initialisation, said in
     the log) or ``None``
     (silently nothing: the caller loads trained weights next).  Keys of the
-    classification head (``head_prefix``: ``fc.`` for torchvision's ResNets) are
-    ignored; ``key_map`` renames the file's keys first (an older layout).  Returns whether weights loaded;
+    classification head (``head_prefix``: ``fc.`` for torchvision's ResNets, ``classifier.`` too for torchreid's
+    ReID checkpoints) are ignored, as is a DataParallel ``module.`` prefix; ``key_map`` renames the file's keys
+    first (an older layout).  Returns whether weights loaded;
     when not, the log says training starts from random initialisation.
     """
     if source is None:
@@ -100,8 +101,11 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
                         "random initialisation (nothing is downloaded)", name, path)
             return False
         raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
-    state = read_weights(path, name)
+    state = {k.removeprefix("module."): v for k, v in read_weights(path, name).items()}
     state = key_map(state) if key_map is not None else state
+    head = sorted(k for k in state if k.startswith(head_prefix))
+    if head:
+        log.info("%s: the file's classification head is not used (%s)", name, ", ".join(head))
     state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head_prefix)]    # the ImageNet head is not used

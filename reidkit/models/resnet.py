@@ -27,7 +27,8 @@ class ResNetBackbone(nn.Module):
     def __init__(self, depth_name: str, last_stride: int = 1, pretrained: str | None = "auto"):
         super().__init__()
         net, url = torchvision_network("ResNet", RESNETS, depth_name, last_stride)
-        self.pretrained = load_backbone_weights(net, pretrained, url, depth_name)
+        self.pretrained = load_backbone_weights(net, pretrained, url, depth_name,
+                                                head_prefix=("fc.", "classifier."))   # torchvision's / torchreid's
         if last_stride == 1:
             block = net.layer4[0]
             # torchvision puts the stride on conv2 of a Bottleneck, on conv1 of a BasicBlock

@@ -51,6 +51,34 @@ def test_pretrained_from_path_and_missing_hub_cache(tmp_path, monkeypatch, caplo
         build_model("resnet18_bnneck", 3, pretrained=str(tmp_path / "nope.pth"))
 
 
+def _torchreid_resnet18_checkpoint(path):
+    """A checkpoint as torchreid's model zoo and ``save_checkpoint`` write them: ``state_dict`` under a dict with
+    the epoch and rank-1, DataParallel ``module.`` keys, the ReID classifier as ``classifier.*``.  torchreid's
+    own ResNet-18 when installed (``make bench-peers``), else torchvision's under the same key names."""
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchreid.reid as tr
+        net = tr.models.build_model("resnet18", num_classes=751, pretrained=False)
+        state = net.state_dict()
+    except ImportError:
+        net = torchvision.models.resnet18(weights=None)
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        state |= {"classifier.weight": torch.randn(751, 512), "classifier.bias": torch.zeros(751)}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 60, "rank1": 0.8}, path)
+    return state
+
+
+def test_a_torchreid_resnet_checkpoint_initialises_the_backbone(tmp_path, caplog):
+    state = _torchreid_resnet18_checkpoint(tmp_path / "model.pth.tar")
+    with caplog.at_level(logging.INFO):
+        model = build_model("resnet18_bnneck", 5, pretrained=str(tmp_path / "model.pth.tar"), last_stride=2)
+    for key in ("conv1.weight", "layer3.1.bn2.running_mean", "layer4.0.downsample.0.weight"):
+        torch.testing.assert_close(model.backbone.state_dict()[key], state[key])
+    assert "classifier.weight" in caplog.text and model.head.classifier.weight.shape == (5, 512)
+
+
 def test_imagenet_weights_are_fetched_with_their_hash_checked_or_the_error_says_where(tmp_path, monkeypatch):
     import hashlib
 

@@ -15,9 +15,22 @@ def test_training_writes_a_report_with_the_camera_table_ranked_lists_data_and_re
     for section in ("Metrics (%)", "mAP (%) by query camera", "Training curves", "Ranked lists", "Data", "Recipe"):
         assert f"<h2>{section}" in page, section
     assert "best.pth is the latest evaluated epoch (no validation split" in page      # nothing read the test set
+    assert "initialisation: random (model.pretrained=none)" in page
     rows = re.findall(r"<tr><th>cam (\d+)</th>", page)
     assert rows == ["0", "1", "2"]                            # the tiny set's three cameras
     assert (tiny_run / "report" / "ranked_lists.png").is_file()
+
+
+def test_the_header_warns_when_auto_found_no_imagenet_weights(tmp_path, monkeypatch):
+    from reidkit.engine.run_report import initialisation_note
+    from reidkit.models import build_model
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))         # no cached ImageNet file
+    model = build_model("resnet18_bnneck", 3, pretrained="auto")
+    assert initialisation_note("auto", model).startswith("WARNING: model.pretrained=auto found no ImageNet")
+    model.backbone.pretrained = True                                      # as when the cache file loaded
+    assert initialisation_note("auto", model).startswith("initialisation: ImageNet weights from the torch hub")
+    assert initialisation_note("none", model) == "initialisation: random (model.pretrained=none)"
+    assert initialisation_note("runs/a/best.pth", model) == "initialisation: runs/a/best.pth"
 
 
 def test_eval_writes_a_report_with_the_requested_ranked_lists(tiny_run, tiny_data, tmp_path, capsys):
