@@ -106,8 +106,14 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(found, exact)]))
 
 
-SWEEPS = {"flat": ("-", [None]), "ivf": ("nprobe", [8, 16, 32, 64, 128]),
-          "hnsw": ("ef_search", [16, 32, 64, 128, 256]), "ivfpq": ("nprobe", [16, 32, 64, 128])}
+#: the search-time settings swept for each index kind (each row one setting of the built index)
+SWEEPS: dict[str, list[dict[str, int]]] = {
+    "flat": [{}],
+    "ivf": [{"nprobe": n} for n in (8, 16, 32, 64, 128)],
+    "hnsw": [{"ef_search": e} for e in (16, 32, 64, 128, 256)],
+    "ivfpq": [{"nprobe": n, "refine": 4} for n in (16, 32, 64, 128)] + [{"nprobe": 128, "refine": 16}],
+    "hnswpq": [{"ef_search": e, "refine": r} for e, r in ((128, 4), (256, 4), (256, 16), (256, 32), (512, 32))],
+}
 
 
 def main() -> None:
@@ -117,7 +123,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall (and batched latency)")
     parser.add_argument("--single", type=int, default=300, help="queries timed one at a time")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "ivfpq"], choices=list(SWEEPS))
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "ivfpq", "hnswpq"], choices=list(SWEEPS))
     parser.add_argument("--calibration", action="store_true",
                         help="also print the real OSNet x0.25 CUHK03 statistics the generator imitates")
     args = parser.parse_args()
@@ -139,23 +145,22 @@ def main() -> None:
         return torch.topk(torch.from_numpy(q) @ g.T, k, dim=1)
     t_p50, t_p99 = latencies(torch_exact, queries[:args.single], 1)
     exact = np.concatenate([torch_exact(queries[s:s + 100]).indices.numpy() for s in range(0, len(queries), 100)])
-    print(f"{'torch exact (peers)':26s} {'':>9s} build {'-':>6s}  size {gallery.nbytes / 2**30:5.2f} GiB  "
+    print(f"{'torch exact (peers)':46s} build {'-':>6s}  size {gallery.nbytes / 2**30:5.2f} GiB  "
           f"single p50 {t_p50:7.2f} ms p99 {t_p99:7.2f}  recall@10 1.000", flush=True)
     for kind in args.kinds:
-        setting, values = SWEEPS[kind]
         t0 = time.perf_counter()
         index = GalleryIndex(gallery, paths, index=kind)
         index.search(queries[:1])
         build = time.perf_counter() - t0
         size = index.memory_bytes() / 2**30
-        for value in values:
-            if value is not None:
-                setattr(index, setting, value)
+        for settings in SWEEPS[kind]:
+            for name, value in settings.items():
+                setattr(index, name, value)
             single_p50, single_p99 = latencies(index.search, queries[:args.single], 1)
             batch_p50, _ = latencies(index.search, queries, 100)
             r = recall(index.search(queries, 10)[1], exact)
-            label = f"{index.description}" + (f" {setting}={value}" if value is not None else "")
-            print(f"{label:36s} build {build:6.0f} s  size {size:5.2f} GiB  single p50 {single_p50:7.2f} ms "
+            label = " ".join([str(index.description), *(f"{k}={v}" for k, v in settings.items())])
+            print(f"{label:46s} build {build:6.0f} s  size {size:5.2f} GiB  single p50 {single_p50:7.2f} ms "
                   f"p99 {single_p99:7.2f}  batch-100 {batch_p50:7.1f} ms  recall@10 {r:.3f}  "
                   f"{t_p50 / single_p50:6.1f}x torch", flush=True)
         del index

@@ -202,6 +202,8 @@ def cmd_search(args) -> int:
         index.nprobe = args.nprobe
     if args.ef_search is not None:
         index.ef_search = args.ef_search
+    if args.refine is not None:
+        index.refine = args.refine
     meta = index.meta
     if "arch" not in meta:
         raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
@@ -412,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size (default: the checkpoint's, else 256 128)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--index", default=None, metavar="KIND",
-                   help="flat (exact, the default), ivf, hnsw, ivfpq (compressed) or a faiss index_factory text; "
-                        "see docs/MODELS.md")
+                   help="flat (exact, the default), ivf, hnsw, ivfpq or hnswpq (compressed), or a faiss "
+                        "index_factory text; see docs/MODELS.md")
     p.add_argument("--ivf-lists", type=int, default=None,
                    help="inverted lists of an ivf / ivfpq index (default 4 sqrt(N)); alone, means --index ivf")
     p.add_argument("--batch-size", type=int, default=64)
@@ -435,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
     p.add_argument("--nprobe", type=int, default=None, help="inverted lists scanned per query (ivf, ivfpq indices)")
     p.add_argument("--ef-search", type=int, default=None, help="graph candidates per query (hnsw indices)")
+    p.add_argument("--refine", type=int, default=None,
+                   help="candidates re-ranked per result, as a multiple of --top-k (ivfpq, hnswpq indices)")
     p.add_argument("--device", default="auto", help="where the queries are embedded (auto, cpu, cuda, cuda:N)")
     p.add_argument("--json", help="also write the ranked lists here")
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")

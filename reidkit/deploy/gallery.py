@@ -20,6 +20,8 @@ Distances are the evaluation's (:func:`reidkit.evaluation.compute_distance`): ``
   each query's ``refine x k`` best candidates re-ranked on 8-bit
   scalar-quantised vectors (``dim`` bytes per image): a 1M x 512 gallery in about 0.6 GB instead of 2 GB
   (docs/BENCHMARKS.md).
+- ``"hnswpq"``: the ``hnsw`` graph over product-quantised codes, re-ranked as ``ivfpq``: 0.79 GB for
+  1M x 512, recall@10 0.94 at 1.4 ms per query with the defaults (docs/BENCHMARKS.md).
 - any other text: a faiss ``index_factory`` description (``"IVF4096,PQ64"``, ``"OPQ32,IVF1024,PQ32"``).
 
 Indices that learn (clusters, codebooks) learn on the first vectors they are given (a seeded sample of
@@ -42,7 +44,7 @@ from ..evaluation.distance import check_metric
 from ..files import write_atomic
 
 FORMAT_VERSION = 2
-INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq", "hnswpq")
 
 
 def _import_faiss():
@@ -65,6 +67,22 @@ def _as_matrix(features, what: str) -> np.ndarray:
     return x
 
 
+class _SearchSetting:
+    """A search-time setting of a :class:`GalleryIndex` (a positive int), applied to the built index when set."""
+
+    def __init__(self, name: str, doc: str):
+        self.name, self.__doc__ = name, doc
+
+    def __get__(self, index: GalleryIndex | None, owner: type) -> Any:
+        return self if index is None else index._settings[self.name]
+
+    def __set__(self, index: GalleryIndex, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"{self.name} must be at least 1, got {value}")
+        index._settings[self.name] = int(value)
+        index._apply_search_settings()
+
+
 class GalleryIndex:
     """Embeddings of gallery images with their paths, searchable for a query's nearest neighbours.
 
@@ -74,7 +92,7 @@ class GalleryIndex:
 
     def __init__(self, features, paths: Sequence[str], metric: str = "cosine", ivf_lists: int | None = None,
                  nprobe: int = 8, meta: dict | None = None, *, index: str | None = None,
-                 hnsw_m: int = 32, ef_search: int = 64, pq_bytes: int | None = None, refine: int = 4,
+                 hnsw_m: int = 32, ef_search: int = 256, pq_bytes: int | None = None, refine: int = 16,
                  train_size: int = 100_000):
         check_metric(metric)
         if index is None:
@@ -86,7 +104,7 @@ class GalleryIndex:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.metric, self.kind, self.ivf_lists = metric, index, ivf_lists
         self.hnsw_m, self.pq_bytes, self.train_size = hnsw_m, pq_bytes, train_size
-        self._nprobe, self._ef_search, self._refine = nprobe, ef_search, refine
+        self._settings = {"nprobe": nprobe, "ef_search": ef_search, "refine": refine}
         self.meta = dict(meta or {})
         self.paths: list[str] = []
         self.description: str | None = None        # the faiss index_factory text, fixed when built
@@ -97,29 +115,11 @@ class GalleryIndex:
         self.add(features, paths)
 
     # ---- search-time settings ---------------------------------------------------------------------------
-    @property
-    def nprobe(self) -> int:
-        """Inverted lists scanned per query (``ivf`` / ``ivfpq`` indices)."""
-        return self._nprobe
-
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"nprobe must be at least 1, got {value}")
-        self._nprobe = value
-        self._apply_search_settings()
-
-    @property
-    def ef_search(self) -> int:
-        """Candidates kept while walking the graph (``hnsw`` indices): higher is slower and closer to exact."""
-        return self._ef_search
-
-    @ef_search.setter
-    def ef_search(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"ef_search must be at least 1, got {value}")
-        self._ef_search = value
-        self._apply_search_settings()
+    nprobe = _SearchSetting("nprobe", "Inverted lists scanned per query (``ivf`` / ``ivfpq`` indices).")
+    ef_search = _SearchSetting("ef_search", "Candidates kept while walking the graph (``hnsw`` / ``hnswpq``): "
+                                            "higher is slower and closer to exact.")
+    refine = _SearchSetting("refine", "``ivfpq`` / ``hnswpq``: each query's ``refine x k`` best candidates by "
+                                      "code are re-ranked on the 8-bit vectors (higher: closer to exact, slower).")
 
     def _apply_search_settings(self) -> None:
         if self._index is None:
@@ -127,12 +127,12 @@ class GalleryIndex:
         faiss = _import_faiss()
         ivf = faiss.try_extract_index_ivf(self._index)
         if ivf is not None:
-            ivf.nprobe = min(self._nprobe, ivf.nlist)
+            ivf.nprobe = min(self.nprobe, ivf.nlist)
         hnsw = _find(self._index, "hnsw")
         if hnsw is not None:
-            hnsw.efSearch = self._ef_search
+            hnsw.efSearch = self.ef_search
         if isinstance(self._index, faiss.IndexRefine):
-            self._index.k_factor = float(self._refine)
+            self._index.k_factor = float(self.refine)
 
     # ---- contents ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -199,10 +199,12 @@ class GalleryIndex:
             return f"IVF{lists}_HNSW32,Flat"
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m}"
-        if self.kind == "ivfpq":
+        if self.kind in ("ivfpq", "hnswpq"):
             m = self.pq_bytes or max(1, self.dim // 8)
             if self.dim % m:
                 raise ValueError(f"pq_bytes={m} must divide the feature dimension {self.dim}")
+            if self.kind == "hnswpq":
+                return f"HNSW{self.hnsw_m}_PQ{m},Refine(SQ8)"
             return f"IVF{lists}_HNSW32,PQ{m},Refine(SQ8)"
         return self.kind
 
@@ -289,7 +291,7 @@ class GalleryIndex:
         self._ensure_built()
         header = {"format": FORMAT_VERSION, "metric": self.metric, "index": self.kind,
                   "description": self.description, "nprobe": self.nprobe, "ef_search": self.ef_search,
-                  "refine": self._refine, "meta": self.meta}
+                  "refine": self.refine, "meta": self.meta}
         encoded = "\n".join(self.paths).encode()
         arrays: dict[str, Any] = {"header": np.array(json.dumps(header)),
                                   "paths_utf8": np.frombuffer(encoded, dtype=np.uint8),

@@ -12,8 +12,11 @@ docs/BENCHMARKS.md ("int8 export").
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +27,8 @@ import torch.nn as nn
 
 from ..engine.checkpoint import EmbeddingSpec
 from ..files import write_atomic
+
+log = logging.getLogger("reidkit")
 
 #: the metadata key under which reidkit's exports record their :class:`EmbeddingSpec` (JSON)
 SPEC_KEY = "reidkit.embedding"
@@ -134,9 +139,12 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
         reader = Batches(itertools.chain([first], batches), input_name)
 
         def write(path: str) -> None:
-            quantize_static(str(prepared), path, reader, quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            per_channel=per_channel, calibrate_method=calibrator, extra_options=extra)
+            chatter = io.StringIO()                   # the calibrators print their progress: into the debug log
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(str(prepared), path, reader, quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                per_channel=per_channel, calibrate_method=calibrator, extra_options=extra)
+            log.debug("onnxruntime quantisation: %s", chatter.getvalue().strip())
             if spec is not None:
                 write_spec(path, spec)
         return write_atomic(out, write)

@@ -104,12 +104,17 @@ def test_find_images(tmp_path):
         find_images([tmp_path / "empty"])
 
 
-@pytest.mark.slow
-def test_extract_then_search_from_the_command_line(tmp_path, capsys):
+def random_osnet(tmp_path):
+    """A seeded untrained OSNet x0.25 checkpoint (a bare state_dict) and a seeded image generator."""
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
     save_checkpoint({"state_dict": build_model("osnet_x0_25", 3).state_dict()}, weights)
-    rng = np.random.default_rng(0)
+    return weights, np.random.default_rng(0)
+
+
+@pytest.mark.slow
+def test_extract_then_search_from_the_command_line(tmp_path, capsys):
+    weights, rng = random_osnet(tmp_path)
     (tmp_path / "gallery" / "cam2").mkdir(parents=True)
     for i in range(7):
         folder = tmp_path / "gallery" / ("cam2" if i % 2 else "")
@@ -182,7 +187,7 @@ def test_ivfpq_is_compressed_and_finds_the_neighbours():
         reidkit.GalleryIndex(gallery, paths, index="ivfpq", pq_bytes=5).search(queries)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq", "hnswpq"])
 def test_adding_to_a_built_index_keeps_what_it_learnt(tmp_path, kind):
     gallery = clustered(4000)
     paths = [f"g{i}" for i in range(4000)]
@@ -222,14 +227,13 @@ def test_index_settings_are_checked(features):
         reidkit.GalleryIndex(gallery, paths, index="IVF9,Nonsense").search(queries)
     with pytest.raises(ValueError, match="ef_search must be at least 1"):
         reidkit.GalleryIndex(gallery, paths, index="hnsw", ef_search=0)
+    with pytest.raises(ValueError, match="refine must be at least 1"):
+        reidkit.GalleryIndex(gallery, paths, index="ivfpq").refine = 0
 
 
 @pytest.mark.slow
 def test_extract_adds_to_an_existing_gallery(tmp_path, capsys):
-    torch.manual_seed(0)
-    weights = tmp_path / "w.pth"
-    save_checkpoint({"state_dict": build_model("osnet_x0_25", 3).state_dict()}, weights)
-    rng = np.random.default_rng(0)
+    weights, rng = random_osnet(tmp_path)
     for folder, count in (("first", 5), ("second", 4)):
         (tmp_path / folder).mkdir()
         for i in range(count):
