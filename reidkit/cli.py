@@ -67,6 +67,7 @@ def cmd_eval(args) -> int:
     setup_logging()
     set_threads(recipe.train.threads)
     device = resolve_device(recipe.train.device)
+    models = [_evaluated_model(recipe, w, len(args.weights) > 1) for w in args.weights]   # before any decoding
     dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
     first = args.weights[0]
     report = None if args.no_report else Path(args.report or Path(first).parent / "report_eval")
@@ -74,8 +75,7 @@ def cmd_eval(args) -> int:
         check_output_file(report / "index.html")
     caches: dict[tuple[int, int], tuple] = {}        # decoded query / gallery images, per input size
     results, features = {}, []
-    for weights in args.weights:
-        model, size = _evaluated_model(recipe, weights, len(args.weights) > 1)
+    for weights, (model, size) in zip(args.weights, models):
         if size not in caches:
             sized = load_recipe(args.recipe, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"])
             caches[size] = build_test_caches(sized, dataset, progress=not args.no_progress)
@@ -86,7 +86,7 @@ def cmd_eval(args) -> int:
         result, qf, gf = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
                                         amp=recipe.train.amp, channels_last=recipe.train.channels_last,
                                         device=device, progress=not args.no_progress, return_features=True)
-        results[str(weights)] = result
+        results[str(weights) if str(weights) not in results else f"{weights} (#{len(results) + 1})"] = result
         features.append((qf, gf))
     described = (f"{dataset.name}: {counted(len(query), 'query', 'queries')}, "
                  f"{counted(len(gallery), 'gallery image')}, metric {recipe.eval.metric}"
