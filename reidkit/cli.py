@@ -74,7 +74,8 @@ def cmd_eval(args) -> int:
     if report is not None:
         check_output_file(report / "index.html")
     caches: dict[tuple[int, int], tuple] = {}        # decoded query / gallery images, per input size
-    results, features = {}, []
+    results: dict[str, Any] = {}
+    features: list[tuple[torch.Tensor, torch.Tensor]] = []
     for weights, (model, size) in zip(args.weights, models):
         if size not in caches:
             sized = load_recipe(args.recipe, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"])
