@@ -207,3 +207,11 @@ def load_embedding_model(weights: str | Path, model_name: str | None = None,
 def model_from_checkpoint(model_name: str | None, weights: str | Path, **model_options) -> nn.Module:
     """The model of checkpoint ``weights`` in eval mode (see :func:`load_embedding_model`)."""
     return load_embedding_model(weights, model_name, **model_options)[0]
+
+
+def load_trained_model(recipe, weights: str | Path) -> nn.Module:
+    """A model of the recipe's architecture with the weights of a reidkit checkpoint; a checkpoint trained with
+    another architecture, head or input size than the recipe's is an error naming both."""
+    model, spec = load_embedding_model(weights, recipe.model.name, **recipe.model.options())
+    check_against_spec(spec, str(weights), image_size=(recipe.data.height, recipe.data.width))
+    return model

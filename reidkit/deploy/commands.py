@@ -1,0 +1,274 @@
+"""The deployment commands of ``reidkit``: extract, search, import-onnx, export (with ``--int8``)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import load_recipe
+from ..engine.checkpoint import load_trained_model
+from ..files import check_output_file, write_text_atomic
+from ..names import counted
+
+
+def cmd_extract(args) -> int:
+    from ..data.records import find_images
+    from . import FeatureExtractor, GalleryIndex
+    size: tuple[int, int] | None
+    existing = GalleryIndex.load(args.add_to) if args.add_to else None
+    out = args.out or args.add_to
+    if out is None:
+        raise ValueError("say where the gallery goes: --out FILE (or --add-to an existing gallery)")
+    if existing is not None:               # the gallery's own model, as `reidkit search` embeds queries
+        if args.recipe or args.arch or args.size or args.overrides:
+            raise ValueError(f"--add-to {args.add_to}: the gallery records its model; leave out --recipe, --arch, "
+                             "--size and --set")
+        meta = existing.meta
+        arch, options, size = meta["arch"], meta["model_options"], tuple(meta["image_size"])
+        weights = args.weights or meta["weights"]
+    elif args.recipe:
+        recipe = load_recipe(args.recipe, args.overrides)
+        arch, options, size = recipe.model.name, recipe.model.options(), (recipe.data.height, recipe.data.width)
+        weights = args.weights
+    elif args.overrides:
+        raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
+    else:                                  # a reidkit checkpoint says the rest itself
+        arch, options, size = args.arch, {}, ((args.size[0], args.size[1]) if args.size else None)
+        weights = args.weights
+    if weights is None:
+        raise ValueError("--weights is needed (the model to embed the images with)")
+    check_output_file(out)                 # a read-only folder or a path that is a folder: now, not after minutes
+    paths = [str(p.resolve()) for p in find_images(args.images)]
+    if existing is not None:
+        known = set(existing.paths)
+        kept = [p for p in paths if p not in known]
+        if len(kept) < len(paths):
+            print(f"{counted(len(paths) - len(kept), 'image')} already in {args.add_to}: left out")
+        if not kept:
+            return 0
+        paths = kept
+    extractor = FeatureExtractor(arch, weights, device=_device(args.device), image_size=size,
+                                 batch_size=args.batch_size, model_options=options)
+    t0 = time.perf_counter()
+    features, paths = extractor.embed_files(paths, progress=not args.no_progress,
+                                            skip_bad_images=args.skip_bad_images)
+    if args.dba > 1:
+        from ..evaluation.expansion import database_augment
+        features = database_augment(features, args.dba)
+    seconds = time.perf_counter() - t0
+    if existing is not None:
+        index = existing
+        index.add(features, paths)
+    else:
+        meta = {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
+                "image_size": list(extractor.image_size), "model_options": extractor.model_options}
+        index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta, index=args.index)
+    index.save(out)
+    print(f"{len(paths)} images -> {out} ({len(index)} in all, {index.description} index): {index.dim}-d "
+          f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
+          f"{index.metric} ({len(paths) / seconds:.1f} img/s)")
+    return 0
+
+
+def _device(name: str) -> str:
+    """``auto`` -> the first GPU when there is one, else the CPU (ONNX Runtime)."""
+    from ..engine.device import resolve_device
+    return str(resolve_device(name))
+
+
+def cmd_search(args) -> int:
+    from ..data.records import find_images
+    from . import FeatureExtractor, GalleryIndex
+    index = GalleryIndex.load(args.gallery)
+    if args.nprobe is not None:
+        index.nprobe = args.nprobe
+    if args.ef_search is not None:
+        index.ef_search = args.ef_search
+    if args.refine is not None:
+        index.refine = args.refine
+    meta = index.meta
+    if "arch" not in meta:
+        raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
+                         "(write it with `reidkit extract`)")
+    weights = args.weights or meta["weights"]
+    for out in (args.json, args.picture):
+        if out:
+            check_output_file(out)
+    queries = [str(p.resolve()) for p in find_images(args.queries)]
+    from .extractor import check_image_size
+    size = check_image_size(meta.get("image_size", ()), f"{args.gallery}: the metadata's image_size")
+    extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
+                                 image_size=size, model_options=meta["model_options"])
+    features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
+    if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
+        import torch.nn.functional as F
+
+        from ..evaluation.expansion import expand_with_neighbours
+        _, nearest = index.search(features, args.qe)
+        neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
+        features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
+    distances, indices = index.search(features, args.top_k)
+    results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
+                                        for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
+               for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
+    for r in results:
+        print(r["query"])
+        for rank, m in enumerate(r["matches"], 1):
+            print(f"  {rank:3d}  {m['distance']:.4f}  {m['path']}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=1))
+        print(f"results -> {args.json}")
+    if args.picture:
+        from ..reporting.ranked_lists import QUERY, ranked_rows_image
+        rows = [(r["query"], [(m["path"], QUERY) for m in r["matches"]]) for r in results]
+        ranked_rows_image(rows, args.picture, f"top-{args.top_k} of {len(index)} gallery images ({index.metric})")
+        print(f"picture -> {args.picture}")
+    return 0
+
+
+def cmd_import_onnx(args) -> int:
+    from ..engine.checkpoint import save_checkpoint
+    from . import import_onnx_osnet
+    state = import_onnx_osnet(args.file, args.arch)
+    # its BatchNorms are folded (identity statistics): fine-tuning first measures real ones (train.bn_stats=auto)
+    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "recalibrate"},
+                    args.out)
+    print(f"{args.file} -> {args.out} ({args.arch}, {sum(v.numel() for v in state.values())} values)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Trained weights -> ONNX (checked against torch), and with ``--int8`` an int8 model calibrated on images,
+    checked against the fp32 one on the recipe's query and gallery."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..engine.checkpoint import EmbeddingSpec, embedding_spec, load_checkpoint
+    from .optimize import export_onnx
+    recipe = load_recipe(args.recipe, args.overrides)
+    int8_path = Path(args.out).with_suffix(".int8.onnx") if args.int8 else None
+    for out in (args.out, int8_path):
+        if out is not None:
+            check_output_file(out)
+    model = load_trained_model(recipe, args.weights)
+    size = (recipe.data.height, recipe.data.width)
+    spec = embedding_spec(load_checkpoint(args.weights)) or EmbeddingSpec(recipe.model.name, recipe.model.options(),
+                                                                          size)
+    path = export_onnx(model, args.out, size, spec=spec)
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    print(f"{args.weights} -> {path} ({recipe.model.name}, input N x 3 x {size[0]} x {size[1]}, "
+          f"output N x {got.shape[1]}); ONNX Runtime vs torch max |diff| {diff:.2e}")
+    if diff >= 1e-3:
+        return 1
+    return _export_int8(args, recipe, spec, path, int8_path) if int8_path is not None else 0
+
+
+def _export_int8(args, recipe, spec, fp32_path: Path, int8_path: Path) -> int:
+    from ..data import build_dataset
+    from ..data.records import find_images
+    from .onnx_model import calibration_batches, compare_on_dataset, quantize_onnx
+    if args.calibration:
+        paths, source = [str(p) for p in find_images(args.calibration)], args.calibration
+    else:
+        dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
+        paths, source = [r.path for r in dataset.train], f"{dataset.name} train"
+    count = min(args.calibration_images, len(paths))
+    batches = calibration_batches(paths, spec.image_size, spec.mean, spec.std, count)
+    quantize_onnx(fp32_path, int8_path, batches, args.calibration_method)
+    print(f"int8 -> {int8_path} (static, {args.calibration_method} ranges from {counted(count, 'image')} of "
+          f"{source})")
+    if args.no_check:
+        return 0
+    results = compare_on_dataset({"fp32": fp32_path, "int8": int8_path}, recipe, progress=not args.no_progress)
+    for name, (result, speed) in results.items():
+        print(f"  {name}: mAP {100 * result.mAP:.2f}  rank-1 {100 * result.cmc[0]:.2f}  {speed:.1f} img/s")
+    drop = 100 * (results["fp32"][0].mAP - results["int8"][0].mAP)
+    speedup = results["int8"][1] / results["fp32"][1]
+    ok = drop <= args.max_map_drop
+    print(f"int8 vs fp32 on the recipe's query/gallery: {speedup:.2f}x the speed, mAP {-drop:+.2f} points "
+          f"({'within' if ok else 'BEYOND'} --max-map-drop {args.max_map_drop})")
+    return 0 if ok else 1
+
+
+def add_deploy_commands(sub) -> None:
+    """Register extract, search, import-onnx and export on the ``reidkit`` parser's subcommands."""
+    p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--weights", help="reidkit checkpoint, state_dict, or an exported .onnx (fp32 or int8, run "
+                   "by ONNX Runtime); with --add-to, the gallery's own unless given")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--recipe", help="take the model and image size from this recipe (checked against the "
+                                        "checkpoint)")
+    model.add_argument("--arch", help="model name, e.g. osnet_x0_25, for weights that do not record it (a bare "
+                                      "state_dict, an imported model); reidkit checkpoints record it")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted recipe overrides (with --recipe), e.g. --set model.last_stride=2")
+    p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="input size (default: the checkpoint's, else 256 128)")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--index", default=None, metavar="KIND",
+                   help="flat (exact, the default), ivf, hnsw, ivfpq or hnswpq (compressed), or a faiss "
+                        "index_factory text; see docs/MODELS.md")
+    p.add_argument("--ivf-lists", type=int, default=None,
+                   help="inverted lists of an ivf / ivfpq index (default 4 sqrt(N)); alone, means --index ivf")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--out", help="gallery file to write (.npz; replaced only once complete)")
+    p.add_argument("--add-to", metavar="GALLERY", help="embed the images with this gallery's model and add them "
+                   "to it (written to --out, default GALLERY itself; images already in it are left out)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable images out of the gallery (default: list them all and stop)")
+    p.add_argument("--dba", type=int, default=0, metavar="K",
+                   help="database-side augmentation: each embedding averaged with its K nearest (default off)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("search", help="rank a gallery file's images for query images")
+    p.add_argument("gallery", help="gallery file written by `reidkit extract`")
+    p.add_argument("queries", nargs="+", help="query image files and/or folders")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
+    p.add_argument("--nprobe", type=int, default=None, help="inverted lists scanned per query (ivf, ivfpq indices)")
+    p.add_argument("--ef-search", type=int, default=None, help="graph candidates per query (hnsw indices)")
+    p.add_argument("--refine", type=int, default=None,
+                   help="candidates re-ranked per result, as a multiple of --top-k (ivfpq, hnswpq indices)")
+    p.add_argument("--device", default="auto", help="where the queries are embedded (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--json", help="also write the ranked lists here")
+    p.add_argument("--picture", help="also draw the ranked lists into this PNG")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable query images out (default: list them all and stop)")
+    p.add_argument("--qe", type=int, default=0, metavar="K",
+                   help="alpha-query expansion over the K nearest gallery images (default off)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("import-onnx", help="map a BN-folded OSNet ONNX export onto reidkit's model")
+    p.add_argument("file")
+    p.add_argument("--arch", required=True, help="e.g. osnet_x0_25")
+    p.add_argument("--out", required=True, help="output .pth (a state_dict checkpoint)")
+    p.set_defaults(func=cmd_import_onnx)
+
+    p = sub.add_parser("export", help="trained weights -> ONNX (BN folded, dynamic batch), checked with onnxruntime")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.add_argument("--int8", action="store_true", help="also write OUT with .int8.onnx: ONNX Runtime static "
+                   "quantisation, then its mAP against the fp32 model's on the recipe's query/gallery")
+    p.add_argument("--calibration", metavar="DIR", help="images the int8 ranges are measured on "
+                   "(default: the recipe's training images)")
+    p.add_argument("--calibration-images", type=int, default=256, metavar="N",
+                   help="how many calibration images (a seeded random sample; default 256)")
+    p.add_argument("--calibration-method", default="percentile", choices=["percentile", "minmax", "entropy"],
+                   help="how activation ranges are set from the calibration images (default percentile)")
+    p.add_argument("--max-map-drop", type=float, default=0.5, metavar="POINTS",
+                   help="fail (exit 1) when int8 loses more mAP than this (default 0.5)")
+    p.add_argument("--no-check", action="store_true", help="skip the int8 accuracy check")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
