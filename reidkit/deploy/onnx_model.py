@@ -48,13 +48,14 @@ def write_spec(path: str | Path, spec: EmbeddingSpec) -> None:
 
 def read_spec(path: str | Path) -> EmbeddingSpec | None:
     """The :class:`EmbeddingSpec` a reidkit export recorded, or None for another tool's ONNX file."""
-    import onnxruntime as ort
+    import onnx
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
     try:
-        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ONNX model not found: {path}") from None
-    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types for a damaged file)
-        raise ValueError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001  (protobuf raises its own types for a damaged file)
+        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    props = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in props:
         return None
     d = json.loads(props[SPEC_KEY])

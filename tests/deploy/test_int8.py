@@ -85,3 +85,11 @@ def test_export_int8_reports_both_models_and_fails_beyond_the_tolerance(tiny_run
     gallery = reidkit.GalleryIndex.load(tmp_path / "g.npz")
     assert len(gallery) == len(list((tiny_data / "query").glob("*.jpg")))
     assert gallery.meta["arch"] == "resnet18_bnneck" and gallery.meta["weights"].endswith("a.int8.onnx")
+
+
+def test_a_missing_or_damaged_onnx_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ONNX model not found: .*nope.onnx"):
+        reidkit.FeatureExtractor(weights=tmp_path / "nope.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(ValueError, match="bad.onnx: not a readable ONNX model"):
+        read_spec(tmp_path / "bad.onnx")
