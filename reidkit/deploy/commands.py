@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from ..config import load_recipe
-from ..engine.checkpoint import load_trained_model
 from ..files import check_output_file, write_text_atomic
 from ..names import counted
 
@@ -146,17 +145,15 @@ def cmd_export(args) -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from ..engine.checkpoint import EmbeddingSpec, embedding_spec, load_checkpoint
+    from ..engine.checkpoint import load_recipe_model
     from .optimize import export_onnx
     recipe = load_recipe(args.recipe, args.overrides)
     int8_path = Path(args.out).with_suffix(".int8.onnx") if args.int8 else None
     for out in (args.out, int8_path):
         if out is not None:
             check_output_file(out)
-    model = load_trained_model(recipe, args.weights)
+    model, spec = load_recipe_model(recipe, args.weights)
     size = (recipe.data.height, recipe.data.width)
-    spec = embedding_spec(load_checkpoint(args.weights)) or EmbeddingSpec(recipe.model.name, recipe.model.options(),
-                                                                          size)
     path = export_onnx(model, args.out, size, spec=spec)
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():

@@ -44,7 +44,6 @@ from ..evaluation.distance import check_metric
 from ..files import write_atomic
 
 FORMAT_VERSION = 2
-INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq", "hnswpq")
 
 
 def _import_faiss():

@@ -48,13 +48,21 @@ def write_spec(path: str | Path, spec: EmbeddingSpec) -> None:
 
 def read_spec(path: str | Path) -> EmbeddingSpec | None:
     """The :class:`EmbeddingSpec` a reidkit export recorded, or None for another tool's ONNX file."""
+    return _spec_of(_load_onnx(path))
+
+
+def _load_onnx(path: str | Path):
+    """The ONNX model proto of ``path`` (weights kept external); a missing or damaged file is named."""
     import onnx
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001  (protobuf raises its own types for a damaged file)
         raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _spec_of(model) -> EmbeddingSpec | None:
     props = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in props:
         return None
@@ -132,8 +140,8 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
     if first is None:
         raise ValueError("no calibration images: int8 activation ranges are measured on images")
     source = Path(source)
-    spec = read_spec(source)
-    input_name = onnx_session(source, 1).get_inputs()[0].name
+    model = _load_onnx(source)
+    spec, input_name = _spec_of(model), model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="reidkit_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared))      # shape inference + graph optimisation first

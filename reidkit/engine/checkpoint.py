@@ -212,6 +212,13 @@ def model_from_checkpoint(model_name: str | None, weights: str | Path, **model_o
 def load_trained_model(recipe, weights: str | Path) -> nn.Module:
     """A model of the recipe's architecture with the weights of a reidkit checkpoint; a checkpoint trained with
     another architecture, head or input size than the recipe's is an error naming both."""
+    return load_recipe_model(recipe, weights)[0]
+
+
+def load_recipe_model(recipe, weights: str | Path) -> tuple[nn.Module, EmbeddingSpec]:
+    """:func:`load_trained_model` and the embedding spec: the checkpoint's, or the recipe's for weights that do
+    not describe themselves (a bare state_dict, an imported model)."""
+    size = (recipe.data.height, recipe.data.width)
     model, spec = load_embedding_model(weights, recipe.model.name, **recipe.model.options())
-    check_against_spec(spec, str(weights), image_size=(recipe.data.height, recipe.data.width))
-    return model
+    check_against_spec(spec, str(weights), image_size=size)
+    return model, spec or EmbeddingSpec(recipe.model.name, recipe.model.options(), size)
