@@ -20,7 +20,12 @@ same code (reidkit's caches and ``evaluate_model``, Euclidean, the recipe's
 protocol) every ``--eval-every`` epochs and at the end, so only training differs.
 Prints mAP, rank-1, training wall time and images/s for both.
 ``--torchreid-data`` trains reidkit's loop on torchreid's data loader instead,
-to tell a difference in the data from one in the training loop.
+to tell a difference in the data from one in the training loop.  ``--paired``
+starts both sides from the same initial weights (drawn once per seed by
+torchreid's builder; each side still draws its own batches), which removes the
+initialisation from the difference between a pair.  ``--device cuda`` trains
+both sides on a GPU (torchreid with ``use_gpu``), ``--data`` reads another copy
+of CUHK03-labeled (the GPU check carries the 128x64 one).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ import json
 import time
 import warnings
 from pathlib import Path
+
+import torch
 
 from bench import peers
 from bench.bench_train import CUHK03
@@ -45,9 +52,23 @@ RECIPES = {"paper": CONFIGS / "osnet_x0_25_cuhk03.yaml", "amsgrad": CONFIGS / "o
 
 def recipe_for(args):
     return load_recipe(RECIPES[args.recipe],
-                       [f"model.name={args.arch}", f"data.root={CUHK03}", f"train.epochs={args.epochs}",
-                        f"train.eval_every={args.epochs}", f"train.seed={args.seed}", "train.device=cpu",
-                        f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_{args.recipe}_reidkit", *args.set])
+                       [f"model.name={args.arch}", f"data.root={args.data}", f"train.epochs={args.epochs}",
+                        f"train.eval_every={args.epochs}", f"train.seed={args.seed}", f"train.device={args.device}",
+                        f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_{args.recipe}_{args.seed}_reidkit",
+                        *args.set])
+
+
+def initial_weights(args, num_classes: int) -> dict[str, torch.Tensor] | None:
+    """``--paired``: the seed's initial OSNet weights, drawn by torchreid's builder, for both sides."""
+    if not args.paired:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchreid.reid as tr
+    with torch.random.fork_rng(devices=[]):       # the runs' own random streams stay as they were
+        torch.manual_seed(10_000 + args.seed)
+        model = tr.models.build_model(args.arch, num_classes=num_classes, loss="softmax", pretrained=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 class TorchreidBatches:
@@ -67,10 +88,11 @@ class TorchreidBatches:
             yield Batch(data["img"], data["pid"], data["camid"])
 
 
-def torchreid_datamanager(recipe):
-    return peers.torchreid_cuhk03_datamanager(CUHK03, recipe.data.height, recipe.data.width, recipe.data.batch_size,
-                                              recipe.data.num_instances, 2, peers.torchreid_transforms(recipe),
-                                              peers.torchreid_sampler(recipe))
+def torchreid_datamanager(args, recipe):
+    return peers.torchreid_cuhk03_datamanager(args.data, recipe.data.height, recipe.data.width,
+                                              recipe.data.batch_size, recipe.data.num_instances, args.workers,
+                                              peers.torchreid_transforms(recipe), peers.torchreid_sampler(recipe),
+                                              use_gpu=args.device == "cuda")
 
 
 def evaluations_due(args, epoch: int) -> bool:
@@ -80,9 +102,12 @@ def evaluations_due(args, epoch: int) -> bool:
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
+    start = initial_weights(args, trainer.num_classes)
+    if start is not None:
+        trainer.model.load_state_dict(start)         # in place: the optimiser keeps its parameters
     if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
         seed_everything(args.seed)
-        trainer.loader = TorchreidBatches(torchreid_datamanager(trainer.recipe))
+        trainer.loader = TorchreidBatches(torchreid_datamanager(args, trainer.recipe))
     curve, eval_s = [], 0.0
     for epoch in range(args.epochs):
         stats = trainer.train_epoch(epoch, max_batches=args.max_batches)
@@ -106,15 +131,21 @@ def train_torchreid(args, trainer: Trainer) -> dict:
         warnings.simplefilter("ignore")
         import torchreid.reid as tr
         from torchreid.reid.engine import ImageSoftmaxEngine
+    r = trainer.recipe
+    start = initial_weights(args, trainer.num_classes)
     # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seeding them too makes its
     # runs reproduce, and "same seed" mean the same thing on both sides
     seed_everything(args.seed)
-    r = trainer.recipe
-    dm = torchreid_datamanager(r)
+    dm = torchreid_datamanager(args, r)
     model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
+    if start is not None:
+        model.load_state_dict(start)
+    gpu = args.device == "cuda"
+    model = model.cuda() if gpu else model          # before the optimiser, as torchreid's own scripts do
     optimizer, scheduler = peers.torchreid_optimizer(model, r)
-    engine = ImageSoftmaxEngine(dm, model, optimizer, scheduler=scheduler, label_smooth=True, use_gpu=False)
-    evaluate = lambda: evaluate_model(model.eval(), trainer.query_cache, trainer.gallery_cache, r.eval, 128)  # noqa: E731
+    engine = ImageSoftmaxEngine(dm, model, optimizer, scheduler=scheduler, label_smooth=True, use_gpu=gpu)
+    evaluate = lambda: evaluate_model(model.eval(), trainer.query_cache, trainer.gallery_cache, r.eval, 128,  # noqa: E731
+                                      device=args.device)
     t0, images, curve, eval_s = time.perf_counter(), 0, [], 0.0
     for epoch in range(args.epochs):
         model.train()
@@ -148,6 +179,11 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate both sides every N epochs")
     parser.add_argument("--arch", default="osnet_x0_25")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paired", action="store_true",
+                        help="both sides start from the same initial weights (drawn per seed)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument("--data", default=CUHK03, help="CUHK03-labeled root (default ../shared/data/cuhk03/labeled)")
+    parser.add_argument("--workers", type=int, default=2, help="torchreid's loader workers")
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (2 for timings; 1 to run two accuracy-only runs side by side)")

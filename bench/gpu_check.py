@@ -20,6 +20,10 @@ Steps, each timed and guarded (a failing step records its error; the summary sti
    re-ranking at Market-1501 size: seconds.
 6. A short real training on CUHK03-labeled (BoT ResNet-50 and OSNet x0.25, bf16, from scratch, as many
    epochs as the budget allows): val mAP / rank-1.
+7. ``studies`` (``--only tests studies``): many short trainings side by side on the one GPU
+   (``bench.seed_study``): torchreid's default OSNet x0.25 softmax recipe by reidkit and by torchreid over
+   seeds (issue 16) and each method beside its baseline with a validation split over seeds (issue 17),
+   with ``pytest -m gpu`` running beside them.
 
 Timings synchronise the device before reading the clock and follow warm-up iterations.
 """
@@ -49,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_CANDIDATES = [ROOT / ".gpu_data" / "cuhk03" / "labeled_128x64",
                    ROOT.parent / "shared" / "data" / "cuhk03" / "labeled_128x64"]
 SIZES = {"market1501": (3368, 15913, 751), "msmt17": (11659, 82161, 3060)}
+SCRATCH = Path("/tmp/gpu_check/studies")                     # the studies' run folders and logs
 QUICK = ["model.name=resnet18_bnneck", "data.height=64", "data.width=32"]     # --quick: a dry run of the steps
 
 
@@ -109,6 +114,46 @@ def run_tests(check: Check) -> dict:
     out = Path(check.args.out) / "pytest_gpu.log"
     out.write_text(proc.stdout + proc.stderr)
     return {"returncode": proc.returncode, "result": tail}
+
+
+def studies(check: Check, data: Path) -> dict:
+    """The two seed studies and ``pytest -m gpu`` at once, within the budget left; their summaries."""
+    seconds = max(60.0, check.left() - 20)
+    common = ["--device", str(check.device), "--data", str(data), "--out", check.args.out, "--threads", "1"]
+    quick = ["--quick", "--seeds", "0"] if check.args.quick else []
+    commands = {
+        "osnet_softmax": ["--study", "osnet_softmax", "--paired", "--jobs", "4", "--workers", "3",
+                          "--estimate", "150", "--scratch", str(SCRATCH / "osnet_softmax")],
+        "methods": ["--study", "methods", *([] if check.args.quick else ["--epochs", "16"]), "--jobs", "5",
+                    "--estimate", "90",
+                    "--scratch", str(SCRATCH / "methods")],
+    }
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    procs = {name: subprocess.Popen([sys.executable, "-m", "bench.seed_study", *argv, *common, *quick,
+                                     "--budget", str(seconds - 10)],
+                                    stdout=open(SCRATCH / f"study_{name}.log", "w"),
+                                    stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+             for name, argv in commands.items()}
+    result: dict = {}
+    if "tests" in check.args.only:
+        try:
+            result["tests"] = run_tests(check)
+        except Exception as e:  # noqa: BLE001 - a hung test must not lose the studies
+            result["tests"] = {"error": f"{type(e).__name__}: {e}"}
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, seconds - (time.perf_counter() - check.t0) + 30))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        report = Path(check.args.out) / f"study_{name}.json"
+        result[name] = (json.loads(report.read_text())["summary"] if report.is_file()
+                        else {"error": f"exit {proc.returncode}, see study_{name}.log"})
+    # every training's log in one file (the output folder brings back few files)
+    logs = sorted(str(p.relative_to(SCRATCH)) for p in SCRATCH.rglob("*.log"))
+    subprocess.run(["tar", "czf", str(Path(check.args.out) / "job_logs.tar.gz"), "-C", str(SCRATCH), *logs],
+                   check=False, capture_output=True)
+    return result
 
 
 def bot_recipe(data: Path, out: str, *extra: str):
@@ -290,6 +335,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step (CPU)")
     parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
     parser.add_argument("--tests", default=None, help="a pytest -k expression: only these GPU tests")
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="run only these steps; 'studies' runs the seed studies (with 'tests': beside them)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     check = Check(args)
@@ -298,6 +345,15 @@ def main() -> int:
         return 2
     data = find_data(args.data)
     batches = 3 if args.quick else 60
+    if args.only:
+        if "studies" in args.only:
+            check.step("studies", lambda: studies(check, data), 60)
+        elif "tests" in args.only:
+            check.step("tests", lambda: run_tests(check), 60)
+        check.summary["total_s"] = round(time.perf_counter() - check.t0, 1)
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(check.summary, indent=1))
+        print(json.dumps(check.summary, separators=(",", ":")))
+        return 0
     steps = [
         ("tests", lambda: run_tests(check), 120),
         ("train_reidkit_fp32", lambda: reidkit_speed(check, data, "off", batches), 40),

@@ -1,0 +1,230 @@
+"""Many short trainings side by side on one machine: seeds of method-vs-baseline pairs and of reidkit vs torchreid.
+
+    python -m bench.seed_study --study methods --seeds 0 1 2 --epochs 20 --device cuda --jobs 8 --out DIR
+    python -m bench.seed_study --study osnet_softmax --seeds 0 1 2 --device cuda --out DIR
+    python -m bench.seed_study --study methods --quick --device cpu --out /tmp/s   # a dry run
+
+Studies (CUHK03-labeled; ``--data`` may be the 128x64 copy):
+
+* ``methods`` (issue 17, "each method beside its baseline"): every recipe below with a validation split
+  of 100 training identities (``data.val_identities=100``); the checkpoint is selected on validation mAP
+  and the test figures of that checkpoint are reported, with the last epoch's beside them:
+
+  - ``softmax``: softmax_r18_cuhk03 (the plain baseline), ``bot``: bot_r18_cuhk03 (Bag of Tricks),
+  - ``camaware``: bot_camaware_r18_cuhk03 (camera-aware batch-hard, decay) vs ``bot`` (batch-hard),
+  - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4).
+
+* ``osnet_softmax`` (issue 16): torchreid's default softmax recipe for OSNet x0.25 from scratch
+  (osnet_x0_25_cuhk03_amsgrad, 10 epochs) by reidkit and by torchreid 0.2.5 on the same device, through
+  ``bench.bench_osnet_cuhk03`` (each side its own process); ``--paired`` adds pairs that start from the
+  same initial weights.
+
+Each training is a subprocess; ``--jobs`` run at once; a job is started only while the budget
+(``--budget`` seconds) leaves its estimated time (``--estimate``, then 1.1 x the longest finished job of
+its group), and jobs still running at the end are stopped and recorded as such.  Results go to
+``DIR/study_<name>.json``; the per-group mean and standard deviation are printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "reidkit" / "recipes"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cuhk03" / "labeled"
+
+#: name -> (recipe, overrides): the methods study's recipes, each beside its baseline
+METHODS = {
+    "softmax": ("softmax_r18_cuhk03.yaml", []),
+    "bot": ("bot_r18_cuhk03.yaml", []),
+    "camaware": ("bot_camaware_r18_cuhk03.yaml", []),
+    "adaptive_l2": ("adaptive_l2_r18_cuhk03.yaml", []),
+    "constant_l2": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.0005",
+                                                    "optim.weight_decay_bias=0.0005"]),
+}
+#: method -> its baseline, for the printed differences
+BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2"}
+
+
+@dataclass
+class Job:
+    group: str
+    seed: int
+    argv: list[str]
+    kind: str                               # "train" (reidkit train; reads history.json) or "bench" (JSON line)
+    run_dir: Path | None = None
+    estimate_s: float = 120.0
+    result: dict = field(default_factory=dict)
+
+
+def methods_jobs(args) -> list[Job]:
+    jobs = []
+    for seed in args.seeds:
+        for name, (recipe, extra) in METHODS.items():
+            if args.only and name not in args.only:
+                continue
+            run_dir = Path(args.scratch) / f"{name}_{seed}"
+            sets = [f"data.root={args.data}", f"train.device={args.device}", f"train.seed={seed}",
+                    f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "data.val_identities=100",
+                    f"train.output_dir={run_dir}", f"train.threads={args.threads}", *extra]
+            if args.quick:
+                sets += ["data.height=64", "data.width=32"]
+            argv = [sys.executable, "-m", "reidkit", "train", str(RECIPES / recipe), *sets, "--overwrite"]
+            jobs.append(Job(name, seed, argv, "train", run_dir, estimate_s=args.estimate))
+    return jobs
+
+
+def osnet_jobs(args) -> list[Job]:
+    jobs = []
+    pairings = [False, True] if args.paired else [False]
+    for paired in pairings:
+        for seed in args.seeds:
+            for side in ("reidkit", "torchreid"):
+                argv = [sys.executable, "-m", "bench.bench_osnet_cuhk03", "--recipe", "amsgrad", "--epochs",
+                        str(args.epochs), "--eval-every", "5", "--seed", str(seed), "--device", args.device,
+                        "--data", str(args.data), "--threads", str(args.threads), "--workers", str(args.workers),
+                        f"--{side}-only", *(["--paired"] if paired else [])]
+                if args.quick:
+                    argv += ["--max-batches", "3", "--set", "data.height=64", "data.width=32"]
+                jobs.append(Job(f"{side}{'_paired' if paired else ''}", seed, argv, "bench",
+                                estimate_s=args.estimate))
+    return jobs
+
+
+def read_history(run_dir: Path) -> dict:
+    """Test figures of the last epoch and of the validation-selected epoch, from the run's history.json."""
+    h = json.loads((run_dir / "history.json").read_text())
+    val = h.get("val/mAP") or []
+    best = max(range(len(val)), key=val.__getitem__) if val else len(h["mAP"]) - 1
+    return {"mAP": h["mAP"][-1], "rank1": h["rank1"][-1], "mINP": h["mINP"][-1],
+            "selected_epoch": h["eval_epoch"][best], "selected_val_mAP": val[best] if val else None,
+            "selected_mAP": h["mAP"][best], "selected_rank1": h["rank1"][best],
+            "images_per_s": h["images_per_s"][-1], "loss": h["loss/total"][-1] if "loss/total" in h else None}
+
+
+def read_bench(log: Path) -> dict:
+    """The side's figures from the last JSON line ``bench_osnet_cuhk03`` prints."""
+    line = [x for x in log.read_text().splitlines() if x.startswith("{")][-1]
+    (side,) = json.loads(line).values()
+    return {k: side[k] for k in ("mAP", "rank1", "train_s", "images_per_s", "loss", "curve")}
+
+
+def run_jobs(jobs: list[Job], args, logs: Path) -> None:
+    """Runs ``jobs`` ``args.jobs`` at a time within ``args.budget`` seconds, filling each job's ``result``."""
+    t0 = time.perf_counter()
+    left = lambda: args.budget - (time.perf_counter() - t0)  # noqa: E731
+    waiting, running = list(jobs), []
+    longest: dict[str, float] = {}                    # the longest finished job of each group, seconds
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            job = waiting.pop(0)
+            if left() < job.estimate_s:
+                job.result = {"skipped": f"{left():.0f} s left, needs ~{job.estimate_s:.0f}"}
+                continue
+            log = logs / f"{job.group}_{job.seed}.log"
+            handle = open(log, "w")
+            proc = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            running.append((job, proc, handle, log, time.perf_counter()))
+        time.sleep(1.0)
+        for entry in list(running):
+            job, proc, handle, log, start = entry
+            if proc.poll() is None and left() > 0:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            handle.close()
+            running.remove(entry)
+            seconds = round(time.perf_counter() - start, 1)
+            try:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"exit {proc.returncode}: " + " | ".join(log.read_text().splitlines()[-4:]))
+                job.result = read_history(job.run_dir) if job.kind == "train" else read_bench(log)
+            except Exception as e:  # noqa: BLE001 - recorded; the other jobs go on
+                job.result = {"error": f"{type(e).__name__}: {e}"[-600:]}
+            job.result["seconds"] = seconds
+            if "mAP" in job.result:                   # what the group's next jobs are expected to take
+                longest[job.group] = max(seconds, longest.get(job.group, 0.0))
+                for other in waiting:
+                    if other.group == job.group:
+                        other.estimate_s = 1.1 * longest[job.group]
+            print(f"[{time.perf_counter() - t0:5.0f} s] {job.group} seed {job.seed}: "
+                  f"{json.dumps({k: v for k, v in job.result.items() if k != 'curve'})[:300]}", flush=True)
+        if waiting and not running and left() < min(j.estimate_s for j in waiting):
+            for job in waiting:
+                job.result = {"skipped": f"{left():.0f} s left"}
+            waiting = []
+
+
+def summarise(jobs: list[Job]) -> dict:
+    """Per group: the seeds done and mean / standard deviation of each figure (percent)."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.group, []).append(job)
+    summary = {}
+    for name, members in groups.items():
+        done = [j for j in members if "mAP" in j.result]
+        entry: dict = {"seeds": [j.seed for j in done]}
+        for key in ("selected_mAP", "selected_rank1", "mAP", "rank1", "mINP"):
+            values = [100 * j.result[key] for j in done if j.result.get(key) is not None]
+            if values:
+                entry[key] = {"mean": round(statistics.fmean(values), 2),
+                              "std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
+                              "each": [round(v, 2) for v in values]}
+        summary[name] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", choices=["methods", "osnet_softmax"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="methods: 20; osnet_softmax: 10")
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=[], help="methods: these recipes only")
+    parser.add_argument("--paired", action="store_true", help="osnet_softmax: also pairs from the same weights")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--jobs", type=int, default=8, help="trainings at once")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training")
+    parser.add_argument("--workers", type=int, default=3, help="torchreid's loader workers per training")
+    parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole study")
+    parser.add_argument("--estimate", type=float, default=120.0, help="seconds one training is expected to take")
+    parser.add_argument("--quick", action="store_true", help="tiny images and epochs: a dry run")
+    parser.add_argument("--out", default="/tmp/seed_study")
+    parser.add_argument("--scratch", default="/tmp/seed_study_runs")
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = (1 if args.quick else 20) if args.study == "methods" else (1 if args.quick else 10)
+    out = Path(args.out)
+    logs = Path(args.scratch) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = methods_jobs(args) if args.study == "methods" else osnet_jobs(args)
+    t0 = time.perf_counter()
+    run_jobs(jobs, args, logs)
+    report = {"study": args.study, "device": args.device, "epochs": args.epochs, "seeds": args.seeds,
+              "data": str(args.data), "jobs_at_once": args.jobs, "seconds": round(time.perf_counter() - t0, 1),
+              "summary": summarise(jobs),
+              "runs": [{"group": j.group, "seed": j.seed, **j.result} for j in jobs]}
+    if args.study == "methods":
+        report["differences"] = {
+            f"{m} - {b}": round(report["summary"][m]["selected_mAP"]["mean"]
+                                - report["summary"][b]["selected_mAP"]["mean"], 2)
+            for m, b in BASELINES.items()
+            if "selected_mAP" in report["summary"].get(m, {}) and "selected_mAP" in report["summary"].get(b, {})}
+    (out / f"study_{args.study}.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in report if k != "runs"}))
+    return report
+
+
+if __name__ == "__main__":
+    main()
