@@ -122,7 +122,7 @@ def studies(check: Check, data: Path) -> dict:
     common = ["--device", str(check.device), "--data", str(data), "--out", check.args.out, "--threads", "1"]
     quick = ["--quick", "--seeds", "0"] if check.args.quick else []
     commands = {
-        "osnet_softmax": ["--study", "osnet_softmax", "--paired", "--jobs", "4", "--workers", "3",
+        "osnet_softmax": ["--study", "osnet_softmax", "--pairing", "both", "--jobs", "4", "--workers", "3",
                           "--estimate", "150", "--scratch", str(SCRATCH / "osnet_softmax")],
         "methods": ["--study", "methods", *([] if check.args.quick else ["--epochs", "16"]), "--jobs", "5",
                     "--estimate", "90",

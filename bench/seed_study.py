@@ -16,8 +16,8 @@ Studies (CUHK03-labeled; ``--data`` may be the 128x64 copy):
 
 * ``osnet_softmax`` (issue 16): torchreid's default softmax recipe for OSNet x0.25 from scratch
   (osnet_x0_25_cuhk03_amsgrad, 10 epochs) by reidkit and by torchreid 0.2.5 on the same device, through
-  ``bench.bench_osnet_cuhk03`` (each side its own process); ``--paired`` adds pairs that start from the
-  same initial weights.
+  ``bench.bench_osnet_cuhk03`` (each side its own process); ``--pairing paired|both`` runs pairs that start
+  from the same initial weights.
 
 Each training is a subprocess; ``--jobs`` run at once; a job is started only while the budget
 (``--budget`` seconds) leaves its estimated time (``--estimate``, then 1.1 x the longest finished job of
@@ -83,7 +83,7 @@ def methods_jobs(args) -> list[Job]:
 
 def osnet_jobs(args) -> list[Job]:
     jobs = []
-    pairings = [False, True] if args.paired else [False]
+    pairings = {"unpaired": [False], "paired": [True], "both": [False, True]}[args.pairing]
     for paired in pairings:
         for seed in args.seeds:
             for side in ("reidkit", "torchreid"):
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=None, help="methods: 20; osnet_softmax: 10")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=[], help="methods: these recipes only")
-    parser.add_argument("--paired", action="store_true", help="osnet_softmax: also pairs from the same weights")
+    parser.add_argument("--pairing", choices=["unpaired", "paired", "both"], default="unpaired",
+                        help="osnet_softmax: each side its own initial weights, both the same, or both kinds")
+    parser.add_argument("--name", default=None, help="the report is DIR/study_NAME.json (default: the study)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--jobs", type=int, default=8, help="trainings at once")
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 - report["summary"][b]["selected_mAP"]["mean"], 2)
             for m, b in BASELINES.items()
             if "selected_mAP" in report["summary"].get(m, {}) and "selected_mAP" in report["summary"].get(b, {})}
-    (out / f"study_{args.study}.json").write_text(json.dumps(report, indent=1))
+    (out / f"study_{args.name or args.study}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in report if k != "runs"}))
     return report
 
