@@ -45,9 +45,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .data import build_dataset
+    from .data.combine import build_recipe_dataset
     from .engine.device import resolve_device, set_threads
-    from .engine.evaluate import build_test_caches, evaluate_model
+    from .engine.evaluate import build_test_caches, evaluate_model, evaluate_other_datasets
     from .evaluation import evaluate_features
     overrides = list(args.overrides) + (["eval.rerank=true"] if args.rerank else [])
     recipe = load_recipe(args.recipe, overrides)
@@ -55,18 +55,19 @@ def cmd_eval(args) -> int:
     set_threads(recipe.train.threads)
     device = resolve_device(recipe.train.device)
     models = [_evaluated_model(recipe, w, len(args.weights) > 1) for w in args.weights]   # before any decoding
-    dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
+    dataset = build_recipe_dataset(recipe.data)
     first = args.weights[0]
     report = None if args.no_report else Path(args.report or Path(first).parent / "report_eval")
     if report is not None:
         check_output_file(report / "index.html")
     caches: dict[tuple[int, int], tuple] = {}        # decoded query / gallery images, per input size
+    sized: dict[tuple[int, int], Any] = {}            # the recipe at each input size
     results: dict[str, Any] = {}
     features: list[tuple[torch.Tensor, torch.Tensor]] = []
     for weights, (model, size) in zip(args.weights, models):
         if size not in caches:
-            sized = load_recipe(args.recipe, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"])
-            caches[size] = build_test_caches(sized, dataset, progress=not args.no_progress)
+            sized[size] = load_recipe(args.recipe, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"])
+            caches[size] = build_test_caches(sized[size], dataset, progress=not args.no_progress)
         query, gallery = caches[size]
         model = model.to(device)
         if recipe.train.channels_last:
@@ -74,8 +75,11 @@ def cmd_eval(args) -> int:
         result, qf, gf = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
                                         amp=recipe.train.amp, channels_last=recipe.train.channels_last,
                                         device=device, progress=not args.no_progress, return_features=True)
-        results[str(weights) if str(weights) not in results else f"{weights} (#{len(results) + 1})"] = result
+        label = str(weights) if str(weights) not in results else f"{weights} (#{len(results) + 1})"
+        results[label] = result
         features.append((qf, gf))
+        for name, other in evaluate_other_datasets(model, sized[size], device, progress=not args.no_progress).items():
+            results[f"{label} on {name} (cross-dataset)"] = other
     described = (f"{dataset.name}: {counted(len(query), 'query', 'queries')}, "
                  f"{counted(len(gallery), 'gallery image')}, metric {recipe.eval.metric}"
                  f"{', re-ranked' if recipe.eval.rerank else ''}")
@@ -86,9 +90,10 @@ def cmd_eval(args) -> int:
         results[f"ensemble of {len(features)}"] = evaluate_features(
             qf, gf, query.pids(), gallery.pids(), query.camids(), gallery.camids(), metric=recipe.eval.metric,
             max_rank=min(recipe.eval.max_rank, len(gallery)), rerank=recipe.eval.rerank)
+        described += f"; ensemble: the {len(features)} models' L2-normalised embeddings concatenated"
+    if len(results) > 1:
         for name, r in results.items():
             print(f"{name}:\n{r.summary()}")
-        described += f"; ensemble: the {len(features)} models' L2-normalised embeddings concatenated"
     else:
         print(result.summary())
     if report is not None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.combine import dataset_specs
 from .data.transforms import AugmentConfig
 from .names import did_you_mean
 
@@ -36,9 +37,11 @@ _RENAMED = {"data.num_identities": "data.batch_size (the global batch, = P x K w
 
 
 class DataConfig(Strict):
-    dataset: str = "synthetic"
-    root: str = "data/synthetic"
-    options: dict[str, Any] = Field(default_factory=dict)   # extra dataset arguments
+    # one dataset, or a list trained on together (identities kept apart, cameras offset; query / gallery of the
+    # first): then data.root is a list in the same order, and data.options a list of mappings (or {})
+    dataset: str | list[str] = "synthetic"
+    root: str | list[str] = "data/synthetic"
+    options: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)   # extra dataset arguments
     height: int = Field(256, gt=0)
     width: int = Field(128, gt=0)
     sampler: Literal["auto", "random", "identity", "camera_diverse"] = "auto"
@@ -62,6 +65,11 @@ class DataConfig(Strict):
                 if key.split(".")[1] in data:
                     raise ValueError(f"{key} was replaced by {now}")
         return data
+
+    @model_validator(mode="after")
+    def _one_root_per_dataset(self) -> DataConfig:
+        dataset_specs(self.dataset, self.root, self.options)
+        return self
 
     @property
     def num_identities(self) -> int:
@@ -122,6 +130,15 @@ class DistillConfig(Strict):
     weight: float = Field(0.8, ge=0)          # lambda (the paper: 0.8, with loss.ce_weight = 1 - lambda)
 
 
+class MutualConfig(Strict):
+    """Deep mutual learning (Zhang et al. 2018; the OSNet paper's appendix): the recipe's model and these peers
+    learn together, each with the objective plus ``weight * T^2 * KL`` to the others' softened predictions."""
+
+    peers: list[str] = Field(default_factory=list)    # the other peers' model names; [] = off
+    weight: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+
+
 class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
@@ -133,6 +150,7 @@ class LossConfig(Strict):
     center_lr: float = Field(0.5, gt=0)
     adaptive_l2: AdaptiveL2Config = Field(default_factory=AdaptiveL2Config)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    mutual: MutualConfig = Field(default_factory=MutualConfig)
 
 
 class OptimConfig(Strict):
@@ -197,6 +215,13 @@ class TrainConfig(Strict):
         return value
 
 
+class EvalDatasetConfig(Strict):
+    """Another dataset's query / gallery, evaluated beside the recipe's own (cross-dataset protocol)."""
+    dataset: str
+    root: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class EvalConfig(Strict):
     metric: Literal["euclidean", "cosine"] = "cosine"
     flip: bool = False                        # average features of the image and its mirror
@@ -209,6 +234,8 @@ class EvalConfig(Strict):
     # gallery image per identity, CMC averaged over single_shot_trials seeded draws; mAP stays multi-shot)
     protocol: Literal["market", "single_shot"] = "market"
     single_shot_trials: int = Field(20, gt=0)
+    # cross-dataset: these test sets too (after training, and in ``reidkit eval``), each reported on its own
+    datasets: list[EvalDatasetConfig] = Field(default_factory=list)
 
 
 class Recipe(Strict):

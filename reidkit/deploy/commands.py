@@ -168,13 +168,13 @@ def cmd_export(args) -> int:
 
 
 def _export_int8(args, recipe, spec, fp32_path: Path, int8_path: Path) -> int:
-    from ..data import build_dataset
+    from ..data.combine import build_recipe_dataset
     from ..data.records import find_images
     from .onnx_model import calibration_batches, compare_on_dataset, quantize_onnx
     if args.calibration:
         paths, source = [str(p) for p in find_images(args.calibration)], args.calibration
     else:
-        dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
+        dataset = build_recipe_dataset(recipe.data)
         paths, source = [r.path for r in dataset.train], f"{dataset.name} train"
     count = min(args.calibration_images, len(paths))
     batches = calibration_batches(paths, spec.image_size, spec.mean, spec.std, count)

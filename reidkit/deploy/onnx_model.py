@@ -179,9 +179,9 @@ def compare_on_dataset(models: dict[str, str | Path], recipe, progress: bool = F
     ``{name: (RankResult, images per second)}``.  The images are decoded once, before any timing."""
     import time
 
-    from ..data import build_dataset
+    from ..data.combine import build_recipe_dataset
     from ..engine.evaluate import build_test_caches, evaluate_model
-    dataset = build_dataset(recipe.data.dataset, recipe.data.root, **recipe.data.options)
+    dataset = build_recipe_dataset(recipe.data)
     query, gallery = build_test_caches(recipe, dataset, progress=progress)
     out = {}
     for name, path in models.items():

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..config import EvalConfig, Recipe
+from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult, compute_distance, evaluate_features, evaluate_single_shot
@@ -86,3 +87,19 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
                                    max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
     result = broadcast_object(result)
     return (result, qf, gf) if return_features else result
+
+
+def evaluate_other_datasets(model: nn.Module, recipe: Recipe, device: torch.device | str | None = None,
+                            env: DistEnv = ONE_PROCESS, progress: bool = False) -> dict[str, RankResult]:
+    """The cross-dataset protocol: ``model`` on each of the recipe's ``eval.datasets`` (query / gallery, at the
+    recipe's input size and with its evaluation settings), keyed by dataset name (and root, if a name repeats)."""
+    names = [spec.dataset for spec in recipe.eval.datasets]
+    results: dict[str, RankResult] = {}
+    for spec in recipe.eval.datasets:
+        dataset = build_dataset(spec.dataset, spec.root, **spec.options)
+        query, gallery = build_test_caches(recipe, dataset, progress, env)
+        label = spec.dataset if names.count(spec.dataset) == 1 else f"{spec.dataset} ({spec.root})"
+        results[label] = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,
+                                        recipe.train.amp, channels_last=recipe.train.channels_last, device=device,
+                                        env=env, dataset=dataset, progress=progress)
+    return results

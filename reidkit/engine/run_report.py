@@ -69,6 +69,10 @@ def write_run_report(trainer: Trainer, result: RankResult) -> Path:
              + (f", data parallel: {trainer.env.describe()}" if trainer.env.enabled else "")]
     ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (q_records, g_records)]
     cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
+    if trainer.cross_dataset:
+        notes.append("cross-dataset rows: the last epoch's model on another dataset's query / gallery "
+                     "(eval.datasets)")
+    rows = {f"epoch {epoch}": result, **{f"{name} (cross-dataset)": r for name, r in trainer.cross_dataset.items()}}
     return write_report(trainer.out / "report", f"reidkit train: {recipe.model.name} on {trainer.dataset.name}",
-                        {f"epoch {epoch}": result}, history, q_records, g_records, distmat, notes,
+                        rows, history, q_records, g_records, distmat, notes,
                         recipe=recipe_to_dict(recipe), data_summary=trainer.dataset.summary(), camera_table=cameras)

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Recipe, recipe_to_dict
-from ..data import build_dataset
 from ..data.cache import ImageCache, decode_each
+from ..data.combine import build_recipe_dataset
 from ..data.loader import Batch
 from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
@@ -42,7 +42,7 @@ from .checkpoint import (
 )
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
-from .evaluate import evaluate_model, test_cache_jobs
+from .evaluate import evaluate_model, evaluate_other_datasets, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
 from .guards import DivergenceGuard
 from .meter import StepMeter
@@ -89,7 +89,7 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         seed_everything(t.seed)
         check_model(recipe.model.name, pretrained=recipe.model.pretrained or "none", **recipe.model.options())
-        self.dataset = build_dataset(d.dataset, d.root, **d.options)
+        self.dataset = build_recipe_dataset(d)
         self.validation: ValidationSplit | None = None
         if d.val_identities is not None:
             self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
@@ -132,6 +132,7 @@ class Trainer:
                                                      for r in range(self.env.world_size)))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.cross_dataset: dict[str, RankResult] = {}     # eval.datasets, after the last epoch
         self.history: dict = {"epoch": [], "lr": [], "images_per_s": [],
                               "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
         self.writer: SummaryWriter | None = None
@@ -455,9 +456,14 @@ class Trainer:
                         self.best_map = selected.mAP
                         self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
+        self.cross_dataset = evaluate_other_datasets(self.model, self.recipe, self.device, self.env, self.progress)
+        self.history["cross_dataset"] = {name: r.as_dict() for name, r in self.cross_dataset.items()}
         if self.is_main:
             for line in selection_summary(self.select_on, self.history, self.validation):
                 log.info("%s", line)
+            for name, r in self.cross_dataset.items():
+                log.info("cross-dataset, %s (last epoch's model): mAP %.2f%%  rank-1 %.2f%%", name, 100 * r.mAP,
+                         100 * r.rank(1))
             self._write_outputs(result)
         return result
 
