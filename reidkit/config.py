@@ -87,7 +87,11 @@ class ModelConfig(Strict):
     feature_clip: tuple[float, float] | None = None   # clip pooled features (adaptive L2's objective module: [0, 1])
     bn_bias: Literal["frozen", "trained"] = "frozen"     # the BNNeck's bias (BoT: frozen; adaptive L2: trained)
     regions: int = Field(2, gt=0)             # *_regional models: horizontal stripes
-    region_dim: int = Field(256, gt=0)        # *_regional models: channels each stripe is reduced to
+    # *_regional models: channels each stripe is reduced to (None: 256 for the light reduction, the last stage's
+    # channels / regions for the authors'), and how: light = 1x1 conv + BN + ReLU (PCB's), authors = 3x3 conv with
+    # bias + ReLU (Ni et al.'s code; its biases make the paper's conv-bias category)
+    region_dim: int | None = Field(None, gt=0)
+    reduction: Literal["light", "authors"] = "light"
 
     def options(self) -> dict:
         """Keyword arguments for :func:`reidkit.models.build_model` that shape the network: the options whose
@@ -95,7 +99,7 @@ class ModelConfig(Strict):
         option (``model.pooling=gem`` for OSNet's full model) then refuses it by name instead of ignoring it.
         """
         shaping = ("last_stride", "pooling", "bnneck", "test_feature", "feature_clip", "bn_bias", "regions",
-                   "region_dim")
+                   "region_dim", "reduction")
         return {key: getattr(self, key) for key in shaping
                 if getattr(self, key) != type(self).model_fields[key].default}
 

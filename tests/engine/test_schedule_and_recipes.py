@@ -57,6 +57,10 @@ def test_every_shipped_recipe_loads():
     assert (al2.loss.adaptive_l2.amplitude, al2.loss.adaptive_l2.c, al2.loss.adaptive_l2.theta_init) == (0.005, 2.5, 0)
     assert (al2.optim.name, al2.optim.lr, al2.optim.weight_decay, al2.data.height) == ("adam", 2e-4, 0.0, 384)
     assert (al2.model.feature_clip, al2.model.test_feature, al2.model.regions) == ((0.0, 1.0), "before_bn", 2)
+    assert (al2.model.reduction, al2.loss.triplet_margin, al2.eval.flip) == ("authors", None, True)   # soft margin
+    assert (al2.schedule.kind, al2.schedule.milestones, al2.schedule.min_lr, al2.train.epochs) == (
+        "multistep", [40, 70], 2e-6, 200)                     # fixed steps: /10 every 30 epochs after 10 warmup
+    assert (al2.train.fixbase_epochs, al2.schedule.warmup_epochs, al2.schedule.warmup_factor) == (20, 10, 0.01)
     std = load_recipe(CONFIGS / "std_osnet_x0_25_cuhk03.yaml")             # PTL paper, STD (Eq. 4)
     assert (std.loss.distill.weight, std.loss.ce_weight, std.optim.lr, std.train.epochs) == (0.8, 0.2, 0.01, 50)
     assert std.schedule.milestones == [10, 20, 30, 40] and std.optim.name == "sgd"

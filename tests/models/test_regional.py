@@ -77,3 +77,28 @@ def test_recipe_options_reach_the_builder_and_unknown_ones_are_named():
         build_model("osnet_x0_25", 4, pretrained="none", **ModelConfig(name="osnet_x0_25", pooling="gem").options())
     with pytest.raises(ValueError, match="model 'osnet_x0_25_bnneck' does not take last_stride"):
         build_model("osnet_x0_25_bnneck", 4, pretrained="none", **ModelConfig(last_stride=2).options())
+
+
+def test_the_authors_reduction_block_and_its_conv_bias_category():
+    """Ni et al.'s Keras code reduces each stripe with a 3x3 convolution with bias to channels / regions, then
+    ReLU (no BatchNorm); its biases are what the paper's conv-bias category (Fig. 3 / 4) regularises."""
+    from reidkit.losses.adaptive_l2 import AdaptiveL2Regularizer
+    options = ModelConfig(name="resnet18_regional", reduction="authors").options()
+    assert options == {"reduction": "authors"}
+    model = build_model("resnet18_regional", 4, pretrained="none", **options)
+    conv, relu = model.reduce[0]
+    assert (conv.kernel_size, conv.in_channels, conv.out_channels) == ((3, 3), 512, 256)    # 512 / 2 regions
+    assert conv.bias is not None and torch.equal(conv.bias, torch.zeros(256)) and isinstance(relu, torch.nn.ReLU)
+    assert model.feature_dim == 512 + 2 * 256
+    x = torch.randn(1, 512, 4, 2)
+    torch.testing.assert_close(model.reduce[1](x), torch.relu(torch.nn.functional.conv2d(
+        x, model.reduce[1][0].weight, model.reduce[1][0].bias, padding=1)))
+    authors = AdaptiveL2Regularizer.for_model(model).categories
+    light = AdaptiveL2Regularizer.for_model(build_model("resnet18_regional", 4, pretrained="none")).categories
+    assert authors.count("conv_bias") == 2 and "conv_bias" not in light
+    # the light reduction keeps its 256 channels; an explicit region_dim applies to either
+    assert build_model("resnet18_regional", 4, pretrained="none").reduce[0][0].kernel_size == (1, 1)
+    wide = build_model("resnet18_regional", 4, pretrained="none", reduction="authors", region_dim=64, regions=4)
+    assert wide.reduce[0][0].out_channels == 64 and wide.feature_dim == 512 + 4 * 64
+    with pytest.raises(ValueError, match="model 'resnet18_bnneck' does not take reduction"):
+        build_model("resnet18_bnneck", 4, pretrained="none", reduction="authors")
