@@ -92,6 +92,10 @@ class ModelConfig(Strict):
     # bias + ReLU (Ni et al.'s code; its biases make the paper's conv-bias category)
     region_dim: int | None = Field(None, gt=0)
     reduction: Literal["light", "authors"] = "light"
+    # *_ptl models: BConv-Cell width = its block's channels // cell_ratio; the head: BNNeck, or the paper's (the
+    # pooled 1x1-conv output as the feature, three fully connected layers as the classifier)
+    cell_ratio: int = Field(4, gt=0)
+    ptl_head: Literal["bnneck", "paper"] = "bnneck"
 
     def options(self) -> dict:
         """Keyword arguments for :func:`reidkit.models.build_model` that shape the network: the options whose
@@ -99,7 +103,7 @@ class ModelConfig(Strict):
         option (``model.pooling=gem`` for OSNet's full model) then refuses it by name instead of ignoring it.
         """
         shaping = ("last_stride", "pooling", "bnneck", "test_feature", "feature_clip", "bn_bias", "regions",
-                   "region_dim", "reduction")
+                   "region_dim", "reduction", "cell_ratio", "ptl_head")
         return {key: getattr(self, key) for key in shaping
                 if getattr(self, key) != type(self).model_fields[key].default}
 

@@ -23,11 +23,14 @@ cell of block ``i`` reads a 1x1 convolution of the block's output concatenated
 with the previous cell's output (average-pooled to the block's resolution).  The
 last cell's output and the last block's output are concatenated and reduced by
 a 1x1 convolution to the feature map whose pooled vector is the embedding.
-Choices the paper leaves open, made here: cell widths of a quarter of their
-block's channels (16 on the image), 3x3 gate convolutions, the embedding as
-wide as the backbone's (so a PTL model can teach its plain backbone with
-:mod:`reidkit.losses.distillation`), and the BNNeck head instead of the paper's
-three-layer classifier.
+Choices the paper leaves open, made here: cell widths of their block's
+channels // ``cell_ratio`` (4 by default; 16 on the image), 3x3 gate
+convolutions, and the embedding as wide as the backbone's (so a PTL model can
+teach its plain backbone with :mod:`reidkit.losses.distillation`).  The head is
+the BNNeck by default; ``ptl_head="paper"`` is the paper's (sec. III-B): the
+pooled 1x1-convolution output is the feature, classified during training by
+three fully connected layers (:class:`ThreeLayerClassifier`).  Parameter counts
+against the paper's Table I: docs/MODELS.md.
 
 BConv-Cell-v2 (sec. II-B, Fig. 1 right; the PTL-v2 network, ``*_ptl_v2``, uses it in
 every place of the BConv-Cell): besides ``C`` the cell keeps its output ``y`` of
@@ -117,6 +120,21 @@ def _ptl_cells(ctx: PieceContext) -> CellReset | None:
     return CellReset() if any(isinstance(m, BConvCell) for m in ctx.model.modules()) else None
 
 
+class ThreeLayerClassifier(nn.Module):
+    """The PTL paper's head: the pooled feature is the embedding; three fully connected layers classify it in
+    training (``hidden`` wide, ReLU between; 1024: the width at which reidkit's ResNet-50 and DenseNet-161 with
+    this head have the paper's baseline parameter counts, docs/MODELS.md)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 1024):
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden, num_classes))
+
+    def forward(self, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        return (self.classifier(f_t), f_t) if self.training else f_t
+
+
 class PTLNetwork(nn.Module):
     """A backbone + BConv-Cells (PTL network; PTL-v2 with ``cell=BConvCellV2``); training mode
     ``(logits, f_t)``, eval mode the embedding.
@@ -127,18 +145,23 @@ class PTLNetwork(nn.Module):
 
     def __init__(self, backbone: ResNetBackbone | DenseNetBackbone, num_classes: int, pooling: str = "avg",
                  bnneck: bool = True, test_feature: str = "after_bn", image_cell_channels: int = 16,
-                 cell: type[BConvCell] = BConvCell, **head_options):
+                 cell: type[BConvCell] = BConvCell, cell_ratio: int = 4, ptl_head: str = "bnneck",
+                 **head_options):
         super().__init__()
+        if cell_ratio < 1 or ptl_head not in ("bnneck", "paper"):
+            raise ValueError(f"cell_ratio must be >= 1 and ptl_head 'bnneck' or 'paper', got {cell_ratio}, "
+                             f"{ptl_head!r}")
         self.backbone = b = backbone
         widths = list(b.stage_channels)
-        hidden = [image_cell_channels] + [w // 4 for w in widths]
+        hidden = [image_cell_channels] + [max(1, w // cell_ratio) for w in widths]
         self.image_cell = cell(3, hidden[0])
         self.mix = nn.ModuleList(nn.Conv2d(w + h_prev, h, 1) for w, h_prev, h in zip(widths, hidden, hidden[1:]))
         self.cells = nn.ModuleList(cell(h, h) for h in hidden[1:])
         self.fuse = nn.Sequential(nn.Conv2d(b.out_channels + hidden[-1], b.out_channels, 1, bias=False),
                                   nn.BatchNorm2d(b.out_channels), nn.ReLU(inplace=True))
         self.pool = build_pooling(pooling)
-        self.head = BNNeckHead(b.out_channels, num_classes, bnneck, test_feature, **head_options)
+        self.head: nn.Module = (ThreeLayerClassifier(b.out_channels, num_classes) if ptl_head == "paper"
+                                else BNNeckHead(b.out_channels, num_classes, bnneck, test_feature, **head_options))
         self.feature_dim = b.out_channels
         # how much each of the five stages shrinks the map, rounding up or down: the previous cell's output is
         # average-pooled the same way (static sizes, so the network exports to ONNX)
@@ -164,9 +187,12 @@ def _shrink(y: torch.Tensor, k: int, ceil_mode: bool) -> torch.Tensor:
 def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone], cell: type[BConvCell]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-              bn_bias: str = "frozen") -> PTLNetwork:
+              bn_bias: str = "frozen", cell_ratio: int = 4, ptl_head: str = "bnneck") -> PTLNetwork:
+        if ptl_head == "paper" and (not bnneck or test_feature != "after_bn" or feature_clip or bn_bias != "frozen"):
+            raise ValueError("ptl_head=paper has no BNNeck: model.bnneck, test_feature, feature_clip and bn_bias "
+                             "do not apply to it (leave them at their defaults)")
         return PTLNetwork(backbone_class(name, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
-                          cell=cell, clip=feature_clip, bn_bias=bn_bias)
+                          cell=cell, cell_ratio=cell_ratio, ptl_head=ptl_head, clip=feature_clip, bn_bias=bn_bias)
     build.__doc__ = f"{name} with {cell.__name__}s beside its blocks (PTL network, Yu et al.)."
     return build
 

@@ -67,9 +67,12 @@ def test_every_shipped_recipe_loads():
     ptl = load_recipe(CONFIGS / "ptl_r50_msmt17.yaml")                     # PTL paper: lr 0.01 /10 every 10, 50 ep.
     assert (ptl.model.name, ptl.optim.lr, ptl.schedule.milestones, ptl.train.epochs) == (
         "resnet50_ptl", 0.01, [10, 20, 30, 40], 50)
-    assert load_recipe(CONFIGS / "ptl_densenet161_msmt17.yaml").model_dump(exclude={"model", "train"}) == \
-        ptl.model_dump(exclude={"model", "train"})                           # the paper's backbone, same settings
-    assert load_recipe(CONFIGS / "ptl_densenet161_msmt17.yaml").model.name == "densenet161_ptl"
+    dense = load_recipe(CONFIGS / "ptl_densenet161_msmt17.yaml")           # the paper's backbone, same settings
+    assert dense.model_dump(exclude={"model", "train", "data"}) == ptl.model_dump(exclude={"model", "train", "data"})
+    assert (dense.model.name, dense.data.batch_size, ptl.data.batch_size) == ("densenet161_ptl", 32, 64)
+    for r in (ptl, dense):          # the paper's head and plain cross-entropy, ImageNet weights or an error
+        assert (r.model.ptl_head, r.loss.label_smoothing, r.model.pretrained) == ("paper", 0.0, "imagenet")
+    assert (dense.model.cell_ratio, ptl.model.cell_ratio) == (8, 4)
     scratch = load_recipe(CONFIGS / "osnet_x0_25_cuhk03.yaml")
     assert (scratch.optim.name, scratch.optim.lr, scratch.schedule.milestones) == ("sgd", 0.065, [150, 225, 300])
 

@@ -36,3 +36,25 @@ def test_objective_and_piece_combine_ce_and_l1_with_the_papers_weights():
     assert terms["distill"].item() == pytest.approx(0.8 * (student - teacher).abs().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs a single-branch student"):
         piece.extra_loss(StepOutputs(teacher, [logits] * 2, [student] * 2, [student] * 2, pids, pids, 0, 0))
+
+
+def test_the_student_is_distilled_on_the_feature_it_is_tested_with():
+    """A BNNeck student tested after its BatchNorm is matched through that BatchNorm (batch statistics, running
+    statistics untouched); one tested before it, on its training embedding."""
+    from reidkit.losses.distillation import DistillationPiece
+    from reidkit.models.heads import BNNeckHead
+    from reidkit.pieces import StepOutputs
+    torch.manual_seed(1)
+    head = BNNeckHead(4, 5).train()
+    with torch.no_grad():
+        head.bottleneck.weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+    f_t, teacher = 3 + 2 * torch.randn(8, 4), torch.randn(8, 4)
+    pids = torch.arange(8) % 4
+    expected_tested = head.bottleneck(f_t)                         # what the head tests with, batch statistics
+    running = head.bottleneck.running_mean.clone()
+    out = StepOutputs(teacher, [torch.randn(8, 5)], [f_t], [f_t], pids, pids, 0, 0)
+    after = DistillationPiece(torch.nn.Identity(), 1.0, head).extra_loss(out)["distill"]
+    assert after.item() == pytest.approx((expected_tested - teacher).abs().mean().item(), rel=1e-5)
+    torch.testing.assert_close(head.bottleneck.running_mean, running)           # no second update
+    before = DistillationPiece(torch.nn.Identity(), 1.0, BNNeckHead(4, 5, test_feature="before_bn"))
+    assert before.extra_loss(out)["distill"].item() == pytest.approx((f_t - teacher).abs().mean().item(), rel=1e-6)

@@ -95,3 +95,31 @@ def test_new_models_export_to_onnx_with_the_same_features(name, tmp_path):
     x = torch.randn(3, 3, 130, 66)
     out = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_papers_head_and_the_cell_width():
+    """ptl_head=paper: the pooled 1x1-conv output is the test embedding, three FC layers classify it; cell_ratio
+    sets the cells' width; both counted against the paper's Table I in docs/MODELS.md."""
+    from reidkit.models.ptl import ThreeLayerClassifier
+    torch.manual_seed(0)
+    model = build_model("resnet18_ptl", 7, pretrained="none", ptl_head="paper", cell_ratio=8)
+    assert isinstance(model.head, ThreeLayerClassifier)
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 1024), (1024, 1024), (1024, 7)]
+    assert [c.gates.out_channels for c in model.cells] == [4 * 64 // 8, 4 * 64 // 8, 4 * 128 // 8, 4 * 256 // 8]
+    x = torch.randn(4, 3, 64, 32)
+    logits, feature = model.train()(x)
+    assert logits.shape == (4, 7) and feature.shape == (4, 512)
+    model.eval()
+    fused = []
+    model.fuse.register_forward_hook(lambda m, i, out: fused.append(out))
+    with torch.no_grad():
+        embedding = model(x)
+    # the test embedding is the pooled output of the 1x1 conv (+ BN + ReLU), nothing after it
+    torch.testing.assert_close(embedding, fused[0].mean(dim=(2, 3)))
+    assert embedding.shape == (4, 512) and (embedding >= 0).all()
+    quarter = build_model("resnet18_ptl", 7, pretrained="none")
+    n = lambda m: sum(p.numel() for p in m.parameters())                                   # noqa: E731
+    assert n(quarter.cells) > 3 * n(model.cells)
+    with pytest.raises(ValueError, match="ptl_head=paper has no BNNeck"):
+        build_model("resnet18_ptl", 7, pretrained="none", ptl_head="paper", test_feature="before_bn")
