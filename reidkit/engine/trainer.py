@@ -8,7 +8,6 @@ launched by ``torchrun``, as one of several data-parallel processes
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Recipe, recipe_to_dict
+from ..config import Recipe
 from ..data.cache import ImageCache, decode_each
 from ..data.combine import build_recipe_dataset
 from ..data.loader import Batch
@@ -29,11 +28,9 @@ from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
-from ..files import write_text_atomic
 from ..logs import bar_disabled
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
-from ..reporting.plots import plot_curves
 from .batchnorm_modes import apply_bn_stats
 from .checkpoint import (
     EmbeddingSpec,
@@ -42,15 +39,14 @@ from .checkpoint import (
 )
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
-from .evaluate import evaluate_model, evaluate_other_datasets, test_cache_jobs
+from .evaluate import evaluate_model, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
 from .guards import DivergenceGuard
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .pipeline import build_train_loader
-from .run_folder import prepare_run_folder
-from .run_report import selection_summary, write_run_report
+from .run_outputs import finish_run, open_run_outputs
 from .run_state import embedding_spec_of, restore_training_state, training_state, weights_state
 from .schedulers import WarmupScheduler
 
@@ -379,20 +375,6 @@ class Trainer:
         if self.select_on != "last":                    # a plateau schedule needs val or an explicit test
             self.scheduler.observe(val.mAP if self.select_on == "val" and val is not None else result.mAP)
 
-    def _open_outputs(self, resume: str | Path | None, overwrite: bool) -> None:
-        """The run folder, its recipe and TensorBoard (the first process only)."""
-        if not self.is_main:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-        prepare_run_folder(self.out, resume, overwrite)
-        write_text_atomic(self.out / "recipe.json", json.dumps(recipe_to_dict(self.recipe), indent=2))
-        if self.validation is not None:
-            write_text_atomic(self.out / "validation_split.json", json.dumps(
-                {"held_out_identities": self.validation.identities, "seed": self.recipe.train.seed,
-                 "queries": [r.path for r in self.validation.query],
-                 "gallery": [r.path for r in self.validation.gallery]}, indent=1))
-        self.writer = SummaryWriter(str(self.out / "tensorboard"))
-
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:
             save_checkpoint(self.state(epoch) if name == "last.pth" else self.weights_state(epoch), self.out / name)
@@ -405,7 +387,7 @@ class Trainer:
         A run already in ``train.output_dir`` is continued only with ``resume`` (its ``last.pth``) and
         replaced only with ``overwrite``; otherwise :class:`~reidkit.engine.run_folder.RunFolderError`.
         """
-        self._open_outputs(resume, overwrite)
+        open_run_outputs(self, resume, overwrite)
         if resume:
             self.resume(resume)
         try:
@@ -456,27 +438,8 @@ class Trainer:
                         self.best_map = selected.mAP
                         self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
-        self.cross_dataset = evaluate_other_datasets(self.model, self.recipe, self.device, self.env, self.progress)
-        self.history["cross_dataset"] = {name: r.as_dict() for name, r in self.cross_dataset.items()}
-        if self.is_main:
-            for line in selection_summary(self.select_on, self.history, self.validation):
-                log.info("%s", line)
-            for name, r in self.cross_dataset.items():
-                log.info("cross-dataset, %s (last epoch's model): mAP %.2f%%  rank-1 %.2f%%", name, 100 * r.mAP,
-                         100 * r.rank(1))
-            self._write_outputs(result)
+        finish_run(self, result)
         return result
-
-    def _write_outputs(self, result: RankResult | None) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-        write_text_atomic(self.out / "history.json", json.dumps(self.history, indent=1))
-        for piece in self.pieces:
-            piece.write_outputs(self.out)
-        if self.history["epoch"]:
-            plot_curves(self.history, self.out / "curves.png")
-        if result is not None and self.last_features is not None:
-            write_run_report(self, result)
 
 
 #: tqdm's layout without its it/s (the postfix says img/s), so that the line fits 80 columns
