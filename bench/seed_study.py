@@ -12,7 +12,9 @@ Studies (CUHK03-labeled; ``--data`` may be the 128x64 copy):
 
   - ``softmax``: softmax_r18_cuhk03 (the plain baseline), ``bot``: bot_r18_cuhk03 (Bag of Tricks),
   - ``camaware``: bot_camaware_r18_cuhk03 (camera-aware batch-hard, decay) vs ``bot`` (batch-hard),
-  - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4).
+  - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4),
+  - ``dml``: the BoT recipe trained as one of a deep-mutual-learning pair (peer: another ResNet-18) vs ``bot``,
+  - ``ptl``: the BoT recipe on a ResNet-18 PTL network (from scratch, as everything here) vs ``bot``.
 
 * ``osnet_softmax`` (issue 16): torchreid's default softmax recipe for OSNet x0.25 from scratch
   (osnet_x0_25_cuhk03_amsgrad, 10 epochs) by reidkit and by torchreid 0.2.5 on the same device, through
@@ -48,9 +50,11 @@ METHODS = {
     "adaptive_l2": ("adaptive_l2_r18_cuhk03.yaml", []),
     "constant_l2": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.0005",
                                                     "optim.weight_decay_bias=0.0005"]),
+    "dml": ("bot_r18_cuhk03.yaml", ["loss.mutual.peers=[resnet18_bnneck]"]),    # peer 0 of a DML pair
+    "ptl": ("bot_r18_cuhk03.yaml", ["model.name=resnet18_ptl"]),                # BConv-Cells beside the blocks
 }
 #: method -> its baseline, for the printed differences
-BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2"}
+BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2", "dml": "bot", "ptl": "bot"}
 
 
 @dataclass
