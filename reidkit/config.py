@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.combine import dataset_specs
+from .data.datasets import check_dataset
 from .data.transforms import AugmentConfig
 from .names import did_you_mean
 
@@ -68,7 +69,8 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _one_root_per_dataset(self) -> DataConfig:
-        dataset_specs(self.dataset, self.root, self.options)
+        for name, _, options in dataset_specs(self.dataset, self.root, self.options):
+            check_dataset(name, options)
         return self
 
     @property
@@ -145,6 +147,7 @@ class MutualConfig(Strict):
     peers: list[str] = Field(default_factory=list)    # the other peers' model names; [] = off
     weight: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
+    pretrained: str | None = None     # the peers' initialisation (auto, none, imagenet, a file); None: model.pretrained
 
 
 class LossConfig(Strict):
@@ -228,6 +231,11 @@ class EvalDatasetConfig(Strict):
     dataset: str
     root: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> EvalDatasetConfig:
+        check_dataset(self.dataset, self.options, "eval.datasets options")
+        return self
 
 
 class EvalConfig(Strict):

@@ -89,14 +89,21 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
     return (result, qf, gf) if return_features else result
 
 
+def load_other_datasets(recipe: Recipe) -> list:
+    """The datasets of the recipe's ``eval.datasets`` (their layout checked now: before training, not after)."""
+    return [build_dataset(spec.dataset, spec.root, **spec.options) for spec in recipe.eval.datasets]
+
+
 def evaluate_other_datasets(model: nn.Module, recipe: Recipe, device: torch.device | str | None = None,
-                            env: DistEnv = ONE_PROCESS, progress: bool = False) -> dict[str, RankResult]:
+                            env: DistEnv = ONE_PROCESS, progress: bool = False,
+                            datasets: list | None = None) -> dict[str, RankResult]:
     """The cross-dataset protocol: ``model`` on each of the recipe's ``eval.datasets`` (query / gallery, at the
-    recipe's input size and with its evaluation settings), keyed by dataset name (and root, if a name repeats)."""
+    recipe's input size and with its evaluation settings), keyed by dataset name (and root, if a name repeats);
+    ``datasets``: those of :func:`load_other_datasets`, when already loaded."""
     names = [spec.dataset for spec in recipe.eval.datasets]
     results: dict[str, RankResult] = {}
-    for spec in recipe.eval.datasets:
-        dataset = build_dataset(spec.dataset, spec.root, **spec.options)
+    loaded = datasets if datasets is not None else load_other_datasets(recipe)
+    for spec, dataset in zip(recipe.eval.datasets, loaded, strict=True):
         query, gallery = build_test_caches(recipe, dataset, progress, env)
         label = spec.dataset if names.count(spec.dataset) == 1 else f"{spec.dataset} ({spec.root})"
         results[label] = evaluate_model(model, query, gallery, recipe.eval, recipe.data.test_batch_size,

@@ -41,7 +41,7 @@ def open_run_outputs(trainer: Trainer, resume: str | Path | None, overwrite: boo
 def finish_run(trainer: Trainer, result: RankResult | None) -> None:
     """After the last epoch: ``eval.datasets`` (cross-dataset), the selection summary, and every output file."""
     trainer.cross_dataset = evaluate_other_datasets(trainer.model, trainer.recipe, trainer.device, trainer.env,
-                                                    trainer.progress)
+                                                    trainer.progress, trainer.other_datasets)
     trainer.history["cross_dataset"] = {name: r.as_dict() for name, r in trainer.cross_dataset.items()}
     if not trainer.is_main:
         return

@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
-from .evaluate import evaluate_model, test_cache_jobs
+from .evaluate import evaluate_model, load_other_datasets, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
 from .guards import DivergenceGuard
 from .meter import StepMeter
@@ -128,7 +128,8 @@ class Trainer:
                                                      for r in range(self.env.world_size)))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.cross_dataset: dict[str, RankResult] = {}     # eval.datasets, after the last epoch
+        self.other_datasets = load_other_datasets(recipe)  # eval.datasets: their layout checked now
+        self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
         self.history: dict = {"epoch": [], "lr": [], "images_per_s": [],
                               "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
         self.writer: SummaryWriter | None = None

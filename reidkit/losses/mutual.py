@@ -138,7 +138,7 @@ def _mutual(ctx: PieceContext) -> MutualLearningPiece | None:
     r, t = ctx.recipe, ctx.recipe.train
     peers, groups, trainable = [], [], {}
     for k, arch in enumerate(cfg.peers, start=1):
-        peer = build_model(arch, ctx.num_classes, pretrained=r.model.pretrained or "none")
+        peer = build_model(arch, ctx.num_classes, pretrained=cfg.pretrained or r.model.pretrained or "none")
         peers.append(peer.to(ctx.device).to(memory_format=ctx.memory_format))
         groups += model_parameter_groups(peer, r.optim, prefix=f"peer {k} ")
         trainable[id(peer)] = {p for p in peer.parameters() if p.requires_grad}

@@ -48,6 +48,11 @@ def test_one_root_and_options_per_dataset():
         dataset_specs(["a", "b"], ["x", "y"], {"k": 1})
     with pytest.raises(ValueError, match="data.root"):      # at recipe load, naming the keys
         load_recipe(None, ["data.dataset=[synthetic,synthetic]", "data.root=x"])
+    # names and options are checked when the recipe loads, not when the last epoch ends
+    with pytest.raises(ValueError, match=r"unknown dataset 'market1502' \(did you mean 'market1501'"):
+        load_recipe(None, ["data.dataset=[synthetic,market1502]", "data.root=[a,b]"])
+    with pytest.raises(ValueError, match=r"dataset 'cuhk01' \(eval.datasets options\) does not take seeed"):
+        load_recipe(None, ["eval.datasets=[{dataset: cuhk01, root: x, options: {seeed: 1}}]"])
 
 
 @pytest.mark.slow

@@ -35,13 +35,14 @@ def loader_takes(name: str, option: str) -> bool:
     return name in _DATASETS and option in inspect.signature(_DATASETS[name]).parameters
 
 
-def check_dataset(name: str, **options) -> None:
-    """Raise ``ValueError`` now if ``name`` is not registered or its loader takes not ``options``."""
+def check_dataset(name: str, options: dict | None = None, where: str = "data.options") -> None:
+    """Raise ``ValueError`` now if ``name`` is not registered or its loader takes not ``options`` (the recipe key
+    ``where`` holds them)."""
     loader = look_up(_DATASETS, name, "dataset", "reidkit datasets")
-    check_keywords(loader, options, f"dataset {name!r} (data.options)", "root")
+    check_keywords(loader, options or {}, f"dataset {name!r} ({where})", "root")
 
 
 def build_dataset(name: str, root: str, **options) -> ReIDDataset:
     """Load the dataset registered as ``name`` from ``root``."""
-    check_dataset(name, **options)
+    check_dataset(name, options)
     return _DATASETS[name](root, **options)
