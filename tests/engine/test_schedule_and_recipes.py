@@ -97,17 +97,18 @@ def test_overrides_and_errors_name_the_key(tmp_path):
 
 
 def test_yaml_scalars_follow_yaml_1_2(tmp_path):
-    """'off' is a schedule name, not False; 1e-3 is a float, not a string (PyYAML's 1.1 rules)."""
+    """'off' is a schedule name, not False; 1e-3 is a float, not a string (PyYAML's 1.1 rules).  (Dataset options
+    are checked by name when the recipe loads: the keys below are ones their loaders take.)"""
     recipe = load_recipe(None, ["loss.camera_bias.schedule=off", "optim.lr=1e-3", "train.amp=true",
-                                "data.options={tag: on}"])
+                                "data.dataset=cuhk03", "data.options={boxes: on}"])
     assert recipe.loss.camera_bias.schedule == "off"
     assert recipe.optim.lr == 0.001 and isinstance(recipe.optim.lr, float)
     assert recipe.train.amp == "bf16"                       # true: bfloat16 autocast
-    assert recipe.data.options == {"tag": "on"}
+    assert recipe.data.options == {"boxes": "on"}
     path = tmp_path / "r.yaml"
-    path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  options: {scale: 2e-1}\n")
+    path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  dataset: cuhk01\n  options: {seed: 2e-1}\n")
     recipe = load_recipe(path)
-    assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["scale"] == 0.2
+    assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["seed"] == 0.2
 
 
 def test_recipes_choose_and_record_their_sampler():
