@@ -31,6 +31,14 @@ import torch
 import torch.nn as nn
 
 
+def branch_outputs(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A model's training output ``(logits, features)`` as one list of each: a multi-branch model gives lists
+    (one entry per branch), a single-branch one tensors."""
+    logits, features = output
+    return (list(logits) if isinstance(logits, (list, tuple)) else [logits],
+            list(features) if isinstance(features, (list, tuple)) else [features])
+
+
 @dataclass
 class StepOutputs:
     """What a piece sees of one training step.

@@ -30,7 +30,7 @@ from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
 from ..logs import bar_disabled
 from ..models import build_model, check_model
-from ..pieces import PieceContext, StepOutputs, TrainingPiece, build_pieces
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
 from .batchnorm_modes import apply_bn_stats
 from .checkpoint import (
     EmbeddingSpec,
@@ -271,9 +271,7 @@ class Trainer:
         camids = batch.global_camids if batch.global_camids is not None else batch.camids
         counts = self.shard_counts if self.env.enabled else None
         with autocast(self.device, self.recipe.train.amp):
-            logits, features = self.train_model(inputs)
-            logits = list(logits) if isinstance(logits, (list, tuple)) else [logits]
-            features = list(features) if isinstance(features, (list, tuple)) else [features]
+            logits, features = branch_outputs(self.train_model(inputs))
             gathered = [gather_rows(f, counts) for f in features]
             id_scale = inputs.shape[0] * self.env.world_size / len(pids)
             terms = self.objective(logits, gathered, pids, camids, logit_pids=batch.pids, id_scale=id_scale)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..numerics import full_precision
-from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, register_piece
 
 log = logging.getLogger("reidkit")
 
@@ -43,13 +43,6 @@ def mutual_kl(logits: Sequence[torch.Tensor], temperature: float = 1.0) -> list[
     return terms
 
 
-def _as_lists(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    logits, features = output
-    logits = list(logits) if isinstance(logits, (list, tuple)) else [logits]
-    features = list(features) if isinstance(features, (list, tuple)) else [features]
-    return logits, features
-
-
 class MutualLearningPiece(TrainingPiece):
     """The other peers, trained beside the recipe's model (peer 0) on the same batches.
 
@@ -64,7 +57,7 @@ class MutualLearningPiece(TrainingPiece):
         self.weight, self.temperature = float(weight), float(temperature)
         self._groups, self.image_size = parameter_groups, image_size
         self.set_modes = set_modes          # (peer, epoch): the recipe's fixbase epochs, as for peer 0
-        self._last: dict[str, float] = {}
+        self._last: dict[str, torch.Tensor] = {}
 
     def parameter_groups(self) -> list[dict]:
         return self._groups
@@ -82,7 +75,7 @@ class MutualLearningPiece(TrainingPiece):
                 peer.train()
 
     def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        outputs = [_as_lists(peer(out.inputs)) for peer in self.peers]
+        outputs = [branch_outputs(peer(out.inputs)) for peer in self.peers]
         first_logits = [out.logits[0]] + [logits[0] for logits, _ in outputs]   # the global branch of each
         kl = mutual_kl(first_logits, self.temperature)
         peers_total = out.logits[0].new_zeros((), dtype=torch.float32)
@@ -91,12 +84,12 @@ class MutualLearningPiece(TrainingPiece):
             peers_total = peers_total + sum(terms.values()) + self.weight * kl_k
         with torch.no_grad():
             agree = [(lg[0].argmax(1) == out.logits[0].argmax(1)).float().mean() for lg, _ in outputs]
-        self._last = {"kl": float(kl[0].detach()), "peer_loss": float(peers_total.detach()) / len(self.peers),
-                      "agreement": float(torch.stack(agree).mean())}
+            self._last = {"kl": kl[0].detach(), "peer_loss": peers_total.detach() / len(self.peers),
+                          "agreement": torch.stack(agree).mean()}
         return {"mutual": self.weight * kl[0], "peers": peers_total}
 
     def diagnostics(self) -> dict[str, float]:
-        return dict(self._last)
+        return {k: float(v) for k, v in self._last.items()}
 
     def panel(self) -> dict:
         return {"title": f"mutual learning ({len(self.peers) + 1} peers)", "ylabel": "KL / loss",
@@ -114,9 +107,8 @@ class MutualLearningPiece(TrainingPiece):
         paths = []
         for k, (peer, arch) in enumerate(zip(self.peers, self.names), start=1):
             path = Path(out_dir) / f"peer_{k}_{arch}.pth"
-            state = {k2: v.detach().cpu() for k2, v in peer.state_dict().items()}
-            save_checkpoint({"state_dict": state, "embedding": EmbeddingSpec(arch, {}, self.image_size).as_dict()},
-                            path)
+            save_checkpoint({"state_dict": peer.state_dict(),
+                             "embedding": EmbeddingSpec(arch, {}, self.image_size).as_dict()}, path)
             paths.append(path)
         log.info("mutual learning: the other peers saved as %s", ", ".join(p.name for p in paths))
         return paths
