@@ -28,7 +28,7 @@ from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
-from ..logs import bar_disabled
+from ..logs import TRAINING_BAR, bar_disabled, training_postfix
 from ..models import build_model, check_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
 from .batchnorm_modes import apply_bn_stats
@@ -249,7 +249,7 @@ class Trainer:
                 if self.step % self.recipe.train.log_every == 0:
                     self._log_step(shown, lr)
             bar.update(1)
-            bar.set_postfix_str(_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
+            bar.set_postfix_str(training_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
         bar.close()
         if meter.count:
             meter.read(where)                            # every step is checked before the epoch counts
@@ -439,16 +439,6 @@ class Trainer:
             self._save(epoch + 1, "last.pth")
         finish_run(self, result)
         return result
-
-
-#: tqdm's layout without its it/s (the postfix says img/s), so that the line fits 80 columns
-TRAINING_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
-
-
-def _postfix(terms: dict[str, float], lr: float, speed: float) -> str:
-    """``loss 6.435 lr 3.5e-04 45 img/s``: short enough that the bar stays on one 80-column line."""
-    loss = f"loss {terms['total']:.3f} " if "total" in terms else ""
-    return f"{loss}lr {lr:.1e} {speed:.0f} img/s"
 
 
 __all__ = ["Trainer", "seed_everything"]

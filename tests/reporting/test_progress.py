@@ -2,12 +2,11 @@ import io
 
 from tqdm import tqdm
 
-from reidkit.engine.trainer import TRAINING_BAR, _postfix
-from reidkit.logs import bar_disabled
+from reidkit.logs import TRAINING_BAR, bar_disabled, training_postfix
 
 
 def test_the_training_bar_fits_80_columns():
-    postfix = _postfix({"id": 6.5432, "triplet": 0.3123, "total": 123.4567}, 3.5e-4, 45.3)
+    postfix = training_postfix({"id": 6.5432, "triplet": 0.3123, "total": 123.4567}, 3.5e-4, 45.3)
     assert postfix == "loss 123.457 lr 3.5e-04 45 img/s"
     line = tqdm.format_meter(57, 113, 12.5, ncols=80, prefix="epoch 117/120", postfix=postfix,
                              bar_format=TRAINING_BAR)
