@@ -91,11 +91,12 @@ class CameraAwareBatchHardMiner(BatchHardMiner):
         positive = (d + pos_offset).masked_fill(~pos_mask, float("-inf")).argmax(dim=1)
         negative = (d + neg_offset).masked_fill(~neg_mask, float("inf")).argmin(dim=1)
         rows = torch.arange(len(pids), device=d.device)
-        self.stats = CameraMiningStats(
-            cross_camera_positives=float((~same_cam[rows, positive]).float().mean()),
-            same_camera_negatives=float(same_cam[rows, negative].float().mean()),
-            bias_positive=bias_p, bias_negative=bias_n)
-        self.unread.append(self.stats)
+        if self.recording:
+            self.stats = CameraMiningStats(
+                cross_camera_positives=float((~same_cam[rows, positive]).float().mean()),
+                same_camera_negatives=float(same_cam[rows, negative].float().mean()),
+                bias_positive=bias_p, bias_negative=bias_n)
+            self.unread.append(self.stats)
         if self.bias_in_loss:
             return Triplets(positive, negative, pos_offset[rows, positive], neg_offset[rows, negative])
         return Triplets(positive, negative)

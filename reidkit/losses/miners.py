@@ -1,6 +1,8 @@
 """Miners: choose, for every anchor, the positive and negative its triplet uses."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,18 @@ class BatchHardMiner:
     with gradients.  Each anchor needs at least one other image of its identity
     and one of another identity (P x K batches with K >= 2 guarantee it).
     """
+
+    recording = True        # whether a call keeps the statistics a miner may record (see :meth:`unrecorded`)
+
+    @contextmanager
+    def unrecorded(self) -> Iterator[None]:
+        """Calls inside keep no statistics, so that a miner's diagnostics describe the recipe's model alone
+        (deep mutual learning's other peers mine with the same miner, on the same schedule)."""
+        self.recording = False
+        try:
+            yield
+        finally:
+            self.recording = True
 
     @staticmethod
     def masks(dist: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -79,8 +80,10 @@ class MutualLearningPiece(TrainingPiece):
         first_logits = [out.logits[0]] + [logits[0] for logits, _ in outputs]   # the global branch of each
         kl = mutual_kl(first_logits, self.temperature)
         peers_total = out.logits[0].new_zeros((), dtype=torch.float32)
+        miner = getattr(self.objective, "miner", None)
         for (logits, features), kl_k in zip(outputs, kl[1:]):
-            terms = self.objective(logits, features, out.pids, out.camids)
+            with miner.unrecorded() if miner is not None else nullcontext():    # diagnostics: peer 0's mining
+                terms = self.objective(logits, features, out.pids, out.camids)
             peers_total = peers_total + sum(terms.values()) + self.weight * kl_k
         with torch.no_grad():
             agree = [(lg[0].argmax(1) == out.logits[0].argmax(1)).float().mean() for lg, _ in outputs]

@@ -137,3 +137,17 @@ def test_multi_branch_diagnostics_average_the_branches():
     both = piece.diagnostics()
     for key in both:
         assert both[key] == pytest.approx((per_branch[0][key] + per_branch[1][key]) / 2)
+
+
+def test_unrecorded_calls_mine_alike_and_keep_no_statistics():
+    d, pids, camids = hand_batch()
+    miner = CameraAwareBatchHardMiner(k=5.0, m=0.0, schedule="constant")
+    recorded = miner(d, pids, camids)
+    first = miner.take_stats()
+    with miner.unrecorded():
+        quiet = miner(d + torch.eye(5), pids, camids)
+    assert miner.take_stats() == {} and miner.recording
+    torch.testing.assert_close(quiet.positive, recorded.positive)
+    torch.testing.assert_close(quiet.negative, recorded.negative)
+    miner(d, pids, camids)
+    assert miner.take_stats() == first

@@ -90,3 +90,32 @@ def test_the_fixbase_epochs_apply_to_every_peer():
         mutual._mutual(PieceContext(load_recipe(None, ["train.fixbase_epochs=1", "train.open_layers=[head_fc]",
                                                        "loss.mutual.peers=[osnet_x0_25]", "model.pretrained=none"]),
                                     model, 5, model.feature_dim, torch.device("cpu"), ReIDObjective(recipe.loss)))
+
+
+def test_the_camera_miner_diagnostics_describe_the_recipe_model_alone():
+    """The peers mine with the recipe's camera-aware miner (same schedule) but leave its statistics alone."""
+    from reidkit.config import LossConfig
+    from reidkit.engine.objective import ReIDObjective
+    from reidkit.losses.camera_miner import CameraMiningPiece
+    from reidkit.losses.mutual import MutualLearningPiece
+    from reidkit.pieces import StepOutputs
+    g = torch.Generator().manual_seed(3)
+    pids, camids = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 1, 0])
+    mine = torch.randn(6, 4, generator=g)
+    peer_features = mine.flip(0) * torch.tensor([1.0, 3.0, 0.1, 2.0])      # another geometry: other choices
+
+    class Peer(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(6, 3), peer_features
+
+    objective = ReIDObjective(LossConfig(miner="camera_aware", center_weight=0.0))
+    mining = CameraMiningPiece(objective.miner)
+    objective(torch.zeros(6, 3), peer_features, pids, camids)
+    peer_alone = mining.diagnostics()
+    objective(torch.zeros(6, 3), mine, pids, camids)
+    model_alone = mining.diagnostics()
+    assert peer_alone != model_alone
+    piece = MutualLearningPiece([Peer()], ["peer"], objective, 1.0, 1.0, [], (4, 2))
+    objective(torch.zeros(6, 3), mine, pids, camids)                     # the recipe's model's step ...
+    piece.extra_loss(StepOutputs(torch.zeros(6, 3, 4, 2), [torch.zeros(6, 3)], [mine], [mine], pids, camids, 0, 0))
+    assert mining.diagnostics() == model_alone                            # ... and only its mining is reported
