@@ -14,7 +14,11 @@ Studies (CUHK03-labeled; ``--data`` may be the 128x64 copy):
   - ``camaware``: bot_camaware_r18_cuhk03 (camera-aware batch-hard, decay) vs ``bot`` (batch-hard),
   - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4),
   - ``dml``: the BoT recipe trained as one of a deep-mutual-learning pair (peer: another ResNet-18) vs ``bot``,
-  - ``ptl``: the BoT recipe on a ResNet-18 PTL network (from scratch, as everything here) vs ``bot``.
+  - ``ptl``: the BoT recipe on a ResNet-18 PTL network (from scratch, as everything here) vs ``bot``,
+  - ``std``: student-teacher distillation (std_osnet_x0_25_cuhk03: OSNet x0.25 from scratch at 256x128,
+    0.2 CE + 0.8 L1 to the frozen MSMT17 OSNet x0.25 teacher, ``--teacher``) vs ``student`` (the same student,
+    CE alone); both with the AMSGrad optimiser of torchreid's softmax recipe, which trains OSNet from scratch
+    within this budget (the paper's SGD lr 0.01 is for an ImageNet-initialised student).
 
 * ``osnet_softmax`` (issue 16): torchreid's default softmax recipe for OSNet x0.25 from scratch
   (osnet_x0_25_cuhk03_amsgrad, 10 epochs) by reidkit and by torchreid 0.2.5 on the same device, through
@@ -42,7 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "reidkit" / "recipes"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cuhk03" / "labeled"
 
-#: name -> (recipe, overrides): the methods study's recipes, each beside its baseline
+#: torchreid's softmax-recipe optimiser (osnet_x0_25_cuhk03_amsgrad), constant lr, for the OSNet students
+AMSGRAD = ["optim.name=amsgrad", "optim.lr=0.0015", "optim.betas=[0.9,0.99]", "schedule.milestones=[1000]"]
+DEFAULT_TEACHER_ONNX = ROOT.parent / "shared" / "data" / "weights" / "osnet_x0_25_msmt17.onnx"
+#: name -> (recipe, overrides): the methods study's recipes, each beside its baseline ({teacher}: --teacher)
 METHODS = {
     "softmax": ("softmax_r18_cuhk03.yaml", []),
     "bot": ("bot_r18_cuhk03.yaml", []),
@@ -52,9 +59,12 @@ METHODS = {
                                                     "optim.weight_decay_bias=0.0005"]),
     "dml": ("bot_r18_cuhk03.yaml", ["loss.mutual.peers=[resnet18_bnneck]"]),    # peer 0 of a DML pair
     "ptl": ("bot_r18_cuhk03.yaml", ["model.name=resnet18_ptl"]),                # BConv-Cells beside the blocks
+    "student": ("std_osnet_x0_25_cuhk03.yaml", ["loss.distill.teacher=null", "loss.ce_weight=1.0", *AMSGRAD]),
+    "std": ("std_osnet_x0_25_cuhk03.yaml", ["loss.distill.teacher={teacher}", *AMSGRAD]),
 }
 #: method -> its baseline, for the printed differences
-BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2", "dml": "bot", "ptl": "bot"}
+BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2", "dml": "bot", "ptl": "bot",
+             "std": "student"}
 
 
 @dataclass
@@ -77,12 +87,24 @@ def methods_jobs(args) -> list[Job]:
             run_dir = Path(args.scratch) / f"{name}_{seed}"
             sets = [f"data.root={args.data}", f"train.device={args.device}", f"train.seed={seed}",
                     f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "data.val_identities=100",
-                    f"train.output_dir={run_dir}", f"train.threads={args.threads}", *extra]
+                    f"train.output_dir={run_dir}", f"train.threads={args.threads}",
+                    *(x.format(teacher=args.teacher) for x in extra)]
             if args.quick:
                 sets += ["data.height=64", "data.width=32"]
             argv = [sys.executable, "-m", "reidkit", "train", str(RECIPES / recipe), *sets, "--overwrite"]
             jobs.append(Job(name, seed, argv, "train", run_dir, estimate_s=args.estimate))
     return jobs
+
+
+def ensure_teacher(args) -> None:
+    """``--teacher`` exists: imported from ``--teacher-onnx`` (the MSMT17 OSNet x0.25) when it does not."""
+    if Path(args.teacher).is_file():
+        return
+    if not Path(args.teacher_onnx).is_file():
+        raise SystemExit(f"the std study needs a teacher: neither {args.teacher} nor {args.teacher_onnx} exists")
+    Path(args.teacher).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "reidkit", "import-onnx", str(args.teacher_onnx), "--arch", "osnet_x0_25",
+                    "--out", str(args.teacher)], cwd=ROOT, check=True)
 
 
 def osnet_jobs(args) -> list[Job]:
@@ -205,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole study")
     parser.add_argument("--estimate", type=float, default=120.0, help="seconds one training is expected to take")
     parser.add_argument("--quick", action="store_true", help="tiny images and epochs: a dry run")
+    parser.add_argument("--teacher", default=None,
+                        help="std: the teacher checkpoint (default SCRATCH/osnet_x0_25_msmt17.pth, imported if absent)")
+    parser.add_argument("--teacher-onnx", default=str(DEFAULT_TEACHER_ONNX), help="std: where the teacher comes from")
     parser.add_argument("--out", default="/tmp/seed_study")
     parser.add_argument("--scratch", default="/tmp/seed_study_runs")
     args = parser.parse_args(argv)
@@ -214,7 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
     logs = Path(args.scratch) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    args.teacher = args.teacher or str(Path(args.scratch) / "osnet_x0_25_msmt17.pth")
     jobs = methods_jobs(args) if args.study == "methods" else osnet_jobs(args)
+    if any(j.group == "std" for j in jobs):
+        ensure_teacher(args)
     t0 = time.perf_counter()
     run_jobs(jobs, args, logs)
     report = {"study": args.study, "device": args.device, "epochs": args.epochs, "seeds": args.seeds,
