@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..numerics import full_precision
+from ..numerics import exact_batch_norm, full_precision, needs_exact_statistics
 
 log = logging.getLogger("reidkit")
 
@@ -200,7 +200,7 @@ class GlobalBatchNorm(_BatchNorm):
         synced = (self.training and dist.is_available() and dist.is_initialized()
                   and dist.get_world_size() > 1)
         if not synced:
-            return super().forward(x)
+            return exact_batch_norm(self, x) if needs_exact_statistics(self, x) else super().forward(x)
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)

@@ -30,6 +30,7 @@ from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
 from ..logs import TRAINING_BAR, bar_disabled, training_postfix
 from ..models import build_model, check_model
+from ..numerics import exact_cpu_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
 from .batchnorm_modes import apply_bn_stats
 from .checkpoint import (
@@ -148,7 +149,8 @@ class Trainer:
         model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
         if self.env.enabled and t.sync_bn:
             model = convert_batchnorm(model, self.device)
-        self.model = model.to(self.device).to(memory_format=self.memory_format)
+        self.model = exact_cpu_batchnorm(model.to(self.device).to(memory_format=self.memory_format), self.device,
+                                         self.memory_format)
         if t.fixbase_epochs:
             find_modules(self.model, t.open_layers)      # fail now on a wrong name, not at epoch 1
         self.trainable = {p for p in self.model.parameters() if p.requires_grad}

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..numerics import full_precision
+from ..numerics import exact_cpu_batchnorm, full_precision
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, register_piece
 
 log = logging.getLogger("reidkit")
@@ -134,7 +134,8 @@ def _mutual(ctx: PieceContext) -> MutualLearningPiece | None:
     peers, groups, trainable = [], [], {}
     for k, arch in enumerate(cfg.peers, start=1):
         peer = build_model(arch, ctx.num_classes, pretrained=cfg.pretrained or r.model.pretrained or "none")
-        peers.append(peer.to(ctx.device).to(memory_format=ctx.memory_format))
+        peers.append(exact_cpu_batchnorm(peer.to(ctx.device).to(memory_format=ctx.memory_format), ctx.device,
+                                         ctx.memory_format))
         groups += model_parameter_groups(peer, r.optim, prefix=f"peer {k} ")
         trainable[id(peer)] = {p for p in peer.parameters() if p.requires_grad}
         if t.fixbase_epochs:
