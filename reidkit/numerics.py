@@ -2,6 +2,8 @@
 BatchNorm statistics stay exact in channels_last on the CPU."""
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn as nn
 
@@ -28,12 +30,25 @@ def needs_exact_statistics(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor)
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
+_scratch = threading.local()
+
+
+def _scratch_like(rows: torch.Tensor) -> torch.Tensor:
+    """A buffer of ``rows``' shape and dtype, reused from call to call in this thread (a fresh allocation of this
+    size costs more than the arithmetic: the allocator maps and faults in new pages each time)."""
+    buf = getattr(_scratch, "buffer", None)
+    if buf is None or buf.dtype != rows.dtype or buf.numel() < rows.numel():
+        buf = _scratch.buffer = torch.empty(rows.numel(), dtype=rows.dtype)
+    return buf[:rows.numel()].view(rows.shape)
+
+
 def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a channels_last ``N x C x H x W`` tensor, by pairwise sums (the
-    deviations summed in a second pass)."""
+    """Per-channel mean and biased variance of a channels_last ``N x C x H x W`` CPU tensor, by pairwise sums
+    (the squared deviations summed in a second pass)."""
     rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])          # a view: channels_last is N x H x W x C
     mean = rows.sum(0) / rows.shape[0]
-    var = torch.sub(rows, mean).pow_(2).sum(0) / rows.shape[0]
+    deviations = torch.sub(rows, mean, out=_scratch_like(rows))
+    var = deviations.square_().sum(0) / rows.shape[0]
     return mean, var
 
 
