@@ -37,7 +37,8 @@ def run_reidkit(args, amp: bool, torch_batchnorm: bool = False) -> tuple[float, 
     instead of ``ExactBatchNorm2d`` (how reidkit trained on CPUs before 2026-11-27)."""
     recipe = load_recipe(None, [f"train.amp={amp}", "train.channels_last=true",
         "data.dataset=cuhk03_labeled", f"data.root={CUHK03}", f"data.height={args.height}",
-        f"data.width={args.width}", f"model.name={REIDKIT_NAMES[args.arch]}", "model.last_stride=2",
+        f"data.width={args.width}", f"model.name={REIDKIT_NAMES[args.arch]}",
+        *(["model.last_stride=2"] if args.arch.startswith("resnet") else []),   # OSNet has no last_stride
         "model.pretrained=none", "loss.center_weight=0", "schedule.warmup_epochs=0",
         "train.output_dir=/tmp/reidkit_bench_train", "augment.erasing=0.5"])
     t0 = time.perf_counter()
