@@ -17,7 +17,7 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 # torch's CPU BatchNorm kernel for channels_last input sums each channel row after row in float32, one running
 # sum per channel over N * H * W values (524,288 for a batch of 64 at 128x64): its batch mean and variance are
 # about 1000x less exact than the default layout's (relative error ~1e-4 against ~1e-7), and from-scratch
-# OSNet x0.25 amplifies that into a gradient 6-19% away from the float64 one (1% in the default layout).
+# OSNet x0.25 amplifies that into a gradient 3-19% away from the float64 one (1% in the default layout).
 # :class:`ExactBatchNorm2d` computes the statistics with torch's pairwise sums instead and keeps torch's own
 # kernels for the normalisation and the backward pass (docs/RESULTS.md, issue 16).
 
