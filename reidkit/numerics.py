@@ -78,7 +78,8 @@ def exact_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> to
     """``bn(x)`` in training mode with exact batch statistics; the running statistics are updated as
     ``torch.nn.BatchNorm2d`` updates them (momentum, or a cumulative average when it is None; unbiased
     variance)."""
-    if bn.training and x.numel() // x.shape[1] < 2:
+    n = x.numel() // x.shape[1]                                   # values per channel
+    if bn.training and n < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     with torch.no_grad():
         mean, var = channel_statistics(x.detach())
@@ -86,7 +87,6 @@ def exact_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> to
             assert bn.num_batches_tracked is not None and bn.running_var is not None
             bn.num_batches_tracked.add_(1)
             m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            n = x.numel() // x.shape[1]
             bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
             bn.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
     return _NormaliseWithStatistics.apply(x, bn.weight, bn.bias, mean, var, bn.eps)
