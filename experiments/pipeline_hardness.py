@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.bench_osnet_cuhk03 import torchreid_datamanager
 from bench.bench_train import CUHK03
+from bench.peers import torchreid_cuhk03_datamanager, torchreid_sampler, torchreid_transforms
 from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
@@ -80,7 +80,9 @@ def main() -> None:
     head = fit_classifier(F.normalize(feats, dim=1) * 16, pids, dataset.num_train_pids)
     print("clean:", score(model, head, ((x, pids[i:i + 256]) for i, x in zip(range(0, len(cache), 256),
                                                                              iter_test_batches(cache, 256)))))
-    datamanager = torchreid_datamanager(recipe)      # built once; each pass draws a new epoch
+    datamanager = torchreid_cuhk03_datamanager(CUHK03, d.height, d.width, d.batch_size, d.num_instances, 2,
+                                               torchreid_transforms(recipe), torchreid_sampler(recipe))
+    # built once; each pass draws a new epoch
     for epoch in range(args.epochs):
         loader = build_train_loader(recipe, cache, seed=epoch)
         print(f"reidkit   epoch {epoch}:", score(model, head, ((b.images, b.pids) for b in loader)), flush=True)
