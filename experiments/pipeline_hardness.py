@@ -80,9 +80,9 @@ def main() -> None:
     head = fit_classifier(F.normalize(feats, dim=1) * 16, pids, dataset.num_train_pids)
     print("clean:", score(model, head, ((x, pids[i:i + 256]) for i, x in zip(range(0, len(cache), 256),
                                                                              iter_test_batches(cache, 256)))))
+    # built once; each pass draws a new epoch
     datamanager = torchreid_cuhk03_datamanager(CUHK03, d.height, d.width, d.batch_size, d.num_instances, 2,
                                                torchreid_transforms(recipe), torchreid_sampler(recipe))
-    # built once; each pass draws a new epoch
     for epoch in range(args.epochs):
         loader = build_train_loader(recipe, cache, seed=epoch)
         print(f"reidkit   epoch {epoch}:", score(model, head, ((b.images, b.pids) for b in loader)), flush=True)
