@@ -23,7 +23,10 @@ Prints mAP, rank-1, training wall time and images/s for both.
 to tell a difference in the data from one in the training loop.  ``--paired``
 starts both sides from the same initial weights (drawn once per seed by
 torchreid's builder; each side still draws its own batches), which removes the
-initialisation from the difference between a pair.  ``--device cuda`` trains
+initialisation from the difference between a pair.  ``--init-like-torchreid``
+starts reidkit's side from exactly the weights torchreid's run of the same seed
+starts from (its batches and augmentation stay reidkit's): with a torchreid run
+and a reidkit run of that seed, it tells the initial weights from the data.  ``--device cuda`` trains
 both sides on a GPU (torchreid with ``use_gpu``), ``--data`` reads another copy
 of CUHK03-labeled (the GPU check carries the 128x64 one).
 """
@@ -31,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench import peers
@@ -99,10 +104,37 @@ def evaluations_due(args, epoch: int) -> bool:
     return bool(args.eval_every) and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs
 
 
+def torchreid_start(args, recipe, start: dict[str, torch.Tensor] | None = None):
+    """torchreid's data manager and model as its run of ``args.seed`` builds them (``start``: its weights)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchreid.reid as tr
+    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seeding them too makes its
+    # runs reproduce, and "same seed" mean the same thing on both sides
+    seed_everything(args.seed)
+    dm = torchreid_datamanager(args, recipe)
+    model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
+    if start is not None:
+        model.load_state_dict(start)
+    return dm, model
+
+
+def torchreid_run_weights(args, recipe) -> dict[str, torch.Tensor]:
+    """``--init-like-torchreid``: the initial weights of torchreid's run of this seed; every global random
+    stream (torch, NumPy, Python) is left as it was."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        _, model = torchreid_start(args, recipe)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
-    start = initial_weights(args, trainer.num_classes)
+    start = (torchreid_run_weights(args, trainer.recipe) if args.init_like_torchreid
+             else initial_weights(args, trainer.num_classes))
     if start is not None:
         trainer.model.load_state_dict(start)         # in place: the optimiser keeps its parameters
     if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
@@ -129,17 +161,9 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
 def train_torchreid(args, trainer: Trainer) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import torchreid.reid as tr
         from torchreid.reid.engine import ImageSoftmaxEngine
     r = trainer.recipe
-    start = initial_weights(args, trainer.num_classes)
-    # torchreid's RandomIdentitySampler draws from Python's ``random`` and NumPy: seeding them too makes its
-    # runs reproduce, and "same seed" mean the same thing on both sides
-    seed_everything(args.seed)
-    dm = torchreid_datamanager(args, r)
-    model = tr.models.build_model(args.arch, num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
-    if start is not None:
-        model.load_state_dict(start)
+    dm, model = torchreid_start(args, r, initial_weights(args, trainer.num_classes))
     gpu = args.device == "cuda"
     model = model.cuda() if gpu else model          # before the optimiser, as torchreid's own scripts do
     optimizer, scheduler = peers.torchreid_optimizer(model, r)
@@ -181,6 +205,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--paired", action="store_true",
                         help="both sides start from the same initial weights (drawn per seed)")
+    parser.add_argument("--init-like-torchreid", action="store_true",
+                        help="reidkit's side starts from the weights torchreid's run of the same seed starts from")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument("--data", default=CUHK03, help="CUHK03-labeled root (default ../shared/data/cuhk03/labeled)")
     parser.add_argument("--workers", type=int, default=2, help="torchreid's loader workers")
@@ -198,6 +224,8 @@ def main() -> None:
     side.add_argument("--torchreid-only", action="store_true",
                       help="train torchreid's side only (reidkit still builds the evaluation caches)")
     args = parser.parse_args()
+    if args.paired and args.init_like_torchreid:
+        parser.error("--paired and --init-like-torchreid each choose reidkit's initial weights: give one")
     set_threads(args.threads)
     if args.torchreid_only:
         theirs = train_torchreid(args, Trainer(recipe_for(args), progress=False))
