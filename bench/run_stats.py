@@ -32,6 +32,11 @@ class Run:
     seed: int
     mAP: float
 
+    @property
+    def key(self) -> str:
+        """``setting/variant``, the name of the group the run belongs to."""
+        return f"{self.setting}/{self.variant}"
+
 
 @dataclass
 class Comparison:
@@ -76,7 +81,7 @@ def compare(runs: list[Run], ours_key: str, peer_key: str, seeds: list[int] | No
     def by_seed(key: str) -> dict[int, float]:
         found: dict[int, float] = {}
         for r in runs:
-            if f"{r.setting}/{r.variant}" == key and (seeds is None or r.seed in seeds):
+            if r.key == key and (seeds is None or r.seed in seeds):
                 if r.seed in found:
                     raise ValueError(f"{key}: seed {r.seed} is recorded twice")
                 found[r.seed] = r.mAP
@@ -128,9 +133,8 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
                         help="compare these two instead (repeatable), e.g. cpu_fullres/cl_exact h100_copy/gpu")
     args = parser.parse_args(argv)
     runs = read_runs(args.path)
-    pairs = args.versus or [(f"{r.setting}/{r.variant}", f"{r.setting}/{PEER}")
-                            for r in dict.fromkeys(Run(r.setting, r.variant, 0, 0.0) for r in runs
-                                                   if r.variant != PEER)]
+    groups = dict.fromkeys((r.key, r.setting) for r in runs if r.variant != PEER)   # in file order, once each
+    pairs = args.versus or [(key, f"{setting}/{PEER}") for key, setting in groups]
     out = [compare(runs, a, b, args.seeds) for a, b in pairs]
     for c in out:
         print(describe(c))
