@@ -26,7 +26,11 @@ torchreid's builder; each side still draws its own batches), which removes the
 initialisation from the difference between a pair.  ``--init-like-torchreid``
 starts reidkit's side from exactly the weights torchreid's run of the same seed
 starts from (its batches and augmentation stay reidkit's): with a torchreid run
-and a reidkit run of that seed, it tells the initial weights from the data.  ``--device cuda`` trains
+and a reidkit run of that seed, it tells the initial weights from the data.  Both
+flags together replay torchreid's run of the seed through reidkit's loop (its
+weights, its loader, the random streams its workers are seeded from): with
+``--set train.channels_last=false`` it ends at torchreid's mAP to the last digit
+(tests/bench/test_osnet_cuhk03_lockstep.py).  ``--device cuda`` trains
 both sides on a GPU (torchreid with ``use_gpu``), ``--data`` reads another copy
 of CUHK03-labeled (the GPU check carries the 128x64 one).
 """
@@ -133,13 +137,20 @@ def torchreid_run_weights(args, recipe) -> dict[str, torch.Tensor]:
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
-    start = (torchreid_run_weights(args, trainer.recipe) if args.init_like_torchreid
-             else initial_weights(args, trainer.num_classes))
-    if start is not None:
-        trainer.model.load_state_dict(start)         # in place: the optimiser keeps its parameters
-    if args.torchreid_data:                          # reidkit's training loop on torchreid's batches
-        seed_everything(args.seed)
-        trainer.loader = TorchreidBatches(torchreid_datamanager(args, trainer.recipe))
+    if args.torchreid_data and args.init_like_torchreid:
+        # torchreid's run of the seed, but reidkit's loop: its weights, its loader and the random streams its
+        # loader's workers are seeded from, all as torchreid's run has them when its first epoch starts
+        dm, model = torchreid_start(args, trainer.recipe)
+        trainer.model.load_state_dict(model.state_dict())
+        trainer.loader = TorchreidBatches(dm)
+    else:
+        start = (torchreid_run_weights(args, trainer.recipe) if args.init_like_torchreid
+                 else initial_weights(args, trainer.num_classes))
+        if start is not None:
+            trainer.model.load_state_dict(start)     # in place: the optimiser keeps its parameters
+        if args.torchreid_data:                      # reidkit's training loop on torchreid's batches
+            seed_everything(args.seed)
+            trainer.loader = TorchreidBatches(torchreid_datamanager(args, trainer.recipe))
     curve, eval_s = [], 0.0
     for epoch in range(args.epochs):
         stats = trainer.train_epoch(epoch, max_batches=args.max_batches)
