@@ -30,7 +30,7 @@ and a reidkit run of that seed, it tells the initial weights from the data.  Bot
 flags together replay torchreid's run of the seed through reidkit's loop (its
 weights, its loader, the random streams its workers are seeded from): with
 ``--set train.channels_last=false`` it ends at torchreid's mAP to the last digit
-(tests/bench/test_osnet_cuhk03_lockstep.py).  ``--device cuda`` trains
+(tests/bench/test_osnet_cuhk03_lockstep.py).  ``--save-weights DIR`` keeps each trained model.  ``--device cuda`` trains
 both sides on a GPU (torchreid with ``use_gpu``), ``--data`` reads another copy
 of CUHK03-labeled (the GPU check carries the 128x64 one).
 """
@@ -134,6 +134,14 @@ def torchreid_run_weights(args, recipe) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def save_weights(args, side: str, model: torch.nn.Module) -> None:
+    """``--save-weights DIR``: the trained model's state_dict as DIR/{side}_seed{N}.pth (both sides load it)."""
+    if args.save_weights:
+        folder = Path(args.save_weights)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / f"{side}_seed{args.seed}.pth")
+
+
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
@@ -165,6 +173,7 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
                   flush=True)
     wall = time.perf_counter() - t0 - eval_s
     result = trainer.evaluate()
+    save_weights(args, "reidkit", trainer.model)
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
             "loss": stats["total"], "curve": curve}, trainer
 
@@ -202,6 +211,7 @@ def train_torchreid(args, trainer: Trainer) -> dict:
                   flush=True)
     wall = time.perf_counter() - t0 - eval_s
     result = evaluate()
+    save_weights(args, "torchreid", model)
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
             "loss": sum(losses) / len(losses), "curve": curve}
 
@@ -222,6 +232,7 @@ def main() -> None:
     parser.add_argument("--data", default=CUHK03, help="CUHK03-labeled root (default ../shared/data/cuhk03/labeled)")
     parser.add_argument("--workers", type=int, default=2, help="torchreid's loader workers")
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
+    parser.add_argument("--save-weights", metavar="DIR", help="keep each trained model as DIR/{side}_seed{N}.pth")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (2 for timings; 1 to run two accuracy-only runs side by side)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",

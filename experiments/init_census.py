@@ -1,6 +1,7 @@
-"""Initial weights as functions: reidkit's and torchreid's OSNet x0.25 starts, seed by seed, on real images.
+"""Initial (and trained) weights as functions: reidkit's and torchreid's OSNet x0.25, seed by seed, on real images.
 
     python -m experiments.init_census --seeds 0 1 2 ... [--images 256] [--height 256 --width 128]
+    python -m experiments.init_census --weights DIR/*.pth        # models kept by bench_osnet_cuhk03 --save-weights
 
 For each seed, the weights reidkit's run of issue 16 starts from (``Trainer``'s order: seed, build) and the
 weights torchreid's run starts from (``bench.bench_osnet_cuhk03.torchreid_run_weights``), each in training mode
@@ -8,6 +9,10 @@ on the same fixed CUHK03 training images (no augmentation): per aggregation gate
 (image, stream) pairs for which each hidden unit of the gate's first FC is active (x0.25 gates have 1 or 2
 hidden units: a unit never active passes no gradient to the gate's first layer), the initial loss, the
 feature and logit scales.  One JSON line per (seed, side).
+
+``--weights``: the same census of trained models, their test mAP as trained, and their test mAP after the
+BatchNorm running statistics are re-estimated as plain averages over ``--bn-images`` clean training images
+(train-mode passes, no gradient): a model whose running statistics lag what its layers now compute gains there.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
+from reidkit.engine.evaluate import build_test_caches, evaluate_model
 from reidkit.engine.trainer import seed_everything
 from reidkit.models import build_model, check_model
 
@@ -62,6 +68,39 @@ def census(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
             "feature_std": round(feat / n, 4), "logit_std": round(logit / n, 5), "gates": shares}
 
 
+@torch.no_grad()
+def population_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Every BatchNorm's running statistics re-estimated as the plain average over ``images`` (train mode)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(images) - batch_size + 1, batch_size):
+        model(images[i:i + batch_size])
+    model.eval()
+
+
+def trained_census(files: list[str], batches, args) -> None:
+    recipe = load_recipe(RECIPES["amsgrad"], [f"data.root={args.data}", f"data.height={args.height}",
+                                              f"data.width={args.width}"])
+    dataset = build_dataset("cuhk03_labeled", args.data)
+    query, gallery = build_test_caches(recipe, dataset, progress=False)
+    step = max(1, len(dataset.train) // args.bn_images)
+    bn_cache = ImageCache(dataset.train[::step][:args.bn_images], (args.height, args.width), workers=1,
+                          progress=False)
+    bn_images = torch.cat(list(iter_test_batches(bn_cache, 64)))
+    for path in files:
+        state = torch.load(path, map_location="cpu")
+        model = build_model("osnet_x0_25", state["classifier.weight"].shape[0], pretrained="none")
+        model.load_state_dict(state)
+        row: dict = {"weights": path, "mAP": round(100 * evaluate_model(model, query, gallery, recipe.eval).mAP, 2)}
+        row |= census(model, batches)                 # (train-mode passes: after the evaluation as trained)
+        population_batchnorm(model, bn_images)
+        row["mAP_population_bn"] = round(100 * evaluate_model(model, query, gallery, recipe.eval).mAP, 2)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
@@ -69,6 +108,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--data", default=CUHK03)
+    parser.add_argument("--weights", nargs="+", help="trained models (state_dicts) instead of the seeds' starts")
+    parser.add_argument("--bn-images", type=int, default=2048, help="--weights: images for population statistics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = build_dataset("cuhk03_labeled", args.data)
@@ -77,6 +118,9 @@ def main() -> None:
     pids = torch.as_tensor([r.pid for r in dataset.train[::step][:args.images]])
     images = torch.cat(list(iter_test_batches(cache, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))))
     batches = [(images[i:i + 64], pids[i:i + 64]) for i in range(0, len(images), 64)]
+    if args.weights:
+        trained_census(args.weights, batches, args)
+        return
     recipe = load_recipe(RECIPES["amsgrad"], [f"data.root={args.data}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
