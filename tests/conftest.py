@@ -1,4 +1,5 @@
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def torchreid():
+    """torchreid 0.2.5's ``torchreid.reid`` package (the peer the parity tests compare with); skip when absent."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchreid.reid as tr
+    except Exception as e:  # noqa: BLE001 - a broken peer install is a skip too
+        pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
+    return tr
 
 
 @pytest.fixture

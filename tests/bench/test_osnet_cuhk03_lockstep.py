@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,7 @@ def run(*args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_reidkit_loop_on_torchreid_data_and_weights_is_torchreid_run(shared_data):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchreid.reid  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
+def test_reidkit_loop_on_torchreid_data_and_weights_is_torchreid_run(shared_data, torchreid):
     root = str(shared_data / "cuhk03" / "labeled")
     ours = run("--data", root, "--reidkit-only", "--torchreid-data", "--init-like-torchreid")["reidkit"]
     theirs = run("--data", root, "--torchreid-only")["torchreid"]

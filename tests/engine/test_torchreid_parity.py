@@ -6,7 +6,6 @@ AMSGrad with torchreid's betas) against torchreid's ``CrossEntropyLoss(label_smo
 and ``build_optimizer`` with its defaults.
 """
 import copy
-import warnings
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,8 @@ RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"
 
 
 @pytest.mark.parametrize("recipe_file", ["osnet_x0_25_cuhk03.yaml", "osnet_x0_25_cuhk03_amsgrad.yaml"])
-def test_osnet_recipe_steps_equal_torchreid(recipe_file):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchreid.reid as tr
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
+def test_osnet_recipe_steps_equal_torchreid(recipe_file, torchreid):
+    tr = torchreid
     recipe = load_recipe(ROOT / "configs" / recipe_file)
     classes = 9
     torch.manual_seed(0)
@@ -68,7 +62,7 @@ def test_osnet_recipe_steps_equal_torchreid(recipe_file):
 
 
 @pytest.mark.slow
-def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_path):
+def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_path, torchreid):
     """reidkit's whole training loop (``Trainer.train_epoch``: loader, objective, optimiser, schedule, BN
     statistics) against torchreid's ``ImageSoftmaxEngine.forward_backward``, same weights, same batches.
 
@@ -78,12 +72,6 @@ def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_pat
     real difference (lr, schedule, weight decay, momentum, loss, which batch) still shows as an O(1)
     difference in the updates.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchreid.reid  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
     from bench.peers import TorchreidLockstep
     from reidkit.data.synthesis import generate
     from reidkit.engine import Trainer

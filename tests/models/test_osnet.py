@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,13 +34,8 @@ def test_ibn_has_instance_norm_early_only():
 
 
 @pytest.mark.parametrize("name", ["osnet_x1_0", "osnet_x0_25", "osnet_ibn_x1_0"])
-def test_torchreid_weights_give_equal_outputs(name):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from torchreid.reid.models import build_model as torchreid_build
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"torchreid 0.2.5 not installed ({e}); `make bench-peers` installs it")
+def test_torchreid_weights_give_equal_outputs(name, torchreid):
+    torchreid_build = torchreid.models.build_model
     torch.manual_seed(0)
     theirs = torchreid_build(name, num_classes=11, loss="triplet", pretrained=False)
     for m in theirs.modules():                      # non-trivial BN statistics
