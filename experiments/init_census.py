@@ -116,7 +116,7 @@ def main() -> None:
     step = max(1, len(dataset.train) // args.images)
     cache = ImageCache(dataset.train[::step][:args.images], (args.height, args.width), workers=1, progress=False)
     pids = torch.as_tensor([r.pid for r in dataset.train[::step][:args.images]])
-    images = torch.cat(list(iter_test_batches(cache, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))))
+    images = torch.cat(list(iter_test_batches(cache, 64)))              # normalised as the recipes normalise
     batches = [(images[i:i + 64], pids[i:i + 64]) for i in range(0, len(images), 64)]
     if args.weights:
         trained_census(args.weights, batches, args)
