@@ -81,10 +81,9 @@ def population_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_siz
     model.eval()
 
 
-def trained_census(files: list[str], batches, args) -> None:
+def trained_census(files: list[str], batches, dataset, args) -> None:
     recipe = load_recipe(RECIPES["amsgrad"], [f"data.root={args.data}", f"data.height={args.height}",
                                               f"data.width={args.width}"])
-    dataset = build_dataset("cuhk03_labeled", args.data)
     query, gallery = build_test_caches(recipe, dataset, progress=False)
     step = max(1, len(dataset.train) // args.bn_images)
     bn_cache = ImageCache(dataset.train[::step][:args.bn_images], (args.height, args.width), workers=1,
@@ -119,7 +118,7 @@ def main() -> None:
     images = torch.cat(list(iter_test_batches(cache, 64)))              # normalised as the recipes normalise
     batches = [(images[i:i + 64], pids[i:i + 64]) for i in range(0, len(images), 64)]
     if args.weights:
-        trained_census(args.weights, batches, args)
+        trained_census(args.weights, batches, dataset, args)
         return
     recipe = load_recipe(RECIPES["amsgrad"], [f"data.root={args.data}"])
     with warnings.catch_warnings():

@@ -21,7 +21,8 @@ def run(*args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_reidkit_loop_on_torchreid_data_and_weights_is_torchreid_run(shared_data, torchreid):
+@pytest.mark.usefixtures("torchreid")
+def test_reidkit_loop_on_torchreid_data_and_weights_is_torchreid_run(shared_data):
     root = str(shared_data / "cuhk03" / "labeled")
     ours = run("--data", root, "--reidkit-only", "--torchreid-data", "--init-like-torchreid")["reidkit"]
     theirs = run("--data", root, "--torchreid-only")["torchreid"]

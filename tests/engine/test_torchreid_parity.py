@@ -62,7 +62,8 @@ def test_osnet_recipe_steps_equal_torchreid(recipe_file, torchreid):
 
 
 @pytest.mark.slow
-def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_path, torchreid):
+@pytest.mark.usefixtures("torchreid")
+def test_osnet_trainer_epochs_equal_torchreid_engine_on_the_same_batches(tmp_path):
     """reidkit's whole training loop (``Trainer.train_epoch``: loader, objective, optimiser, schedule, BN
     statistics) against torchreid's ``ImageSoftmaxEngine.forward_backward``, same weights, same batches.
 
