@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -72,18 +73,19 @@ class Job:
     group: str
     seed: int
     argv: list[str]
-    kind: str                               # "train" (reidkit train; reads history.json) or "bench" (JSON line)
+    kind: str                               # "train" (history.json), "bench" (JSON line), "eval" (ensemble)
     run_dir: Path | None = None
     estimate_s: float = 120.0
     result: dict = field(default_factory=dict)
+    then: Job | None = None                 # queued first once this one has finished well (dml: its ensemble)
 
 
 def methods_jobs(args) -> list[Job]:
+    """Group by group in ``--only``'s order (the longest first keeps the card busy to the end), seed by seed."""
     jobs = []
-    for seed in args.seeds:
-        for name, (recipe, extra) in METHODS.items():
-            if args.only and name not in args.only:
-                continue
+    for name in args.only or list(METHODS):
+        recipe, extra = METHODS[name]
+        for seed in args.seeds:
             run_dir = Path(args.scratch) / f"{name}_{seed}"
             sets = [f"data.root={args.data}", f"train.device={args.device}", f"train.seed={seed}",
                     f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "data.val_identities=100",
@@ -92,8 +94,17 @@ def methods_jobs(args) -> list[Job]:
             if args.quick:
                 sets += ["data.height=64", "data.width=32"]
             argv = [sys.executable, "-m", "reidkit", "train", str(RECIPES / recipe), *sets, "--overwrite"]
-            jobs.append(Job(name, seed, argv, "train", run_dir, estimate_s=args.estimate))
+            jobs.append(Job(name, seed, argv, "train", run_dir, estimate_s=args.estimate,
+                            then=ensemble_job(name, seed, recipe, sets, run_dir) if name == "dml" else None))
     return jobs
+
+
+def ensemble_job(name: str, seed: int, recipe: str, sets: list[str], run_dir: Path) -> Job:
+    """The two peers of a DML run (both as of its last epoch) evaluated alone and as one ensemble."""
+    peers = ["--weights", str(run_dir / "last.pth"), "--weights", str(run_dir / "peer_1_resnet18_bnneck.pth")]
+    argv = [sys.executable, "-m", "reidkit", "eval", str(RECIPES / recipe), *sets, *peers, "--no-report",
+            "--no-progress"]
+    return Job(f"{name}_ensemble", seed, argv, "eval", run_dir, estimate_s=30.0)
 
 
 def ensure_teacher(args) -> None:
@@ -142,6 +153,17 @@ def read_bench(log: Path) -> dict:
     return {k: side[k] for k in ("mAP", "rank1", "train_s", "images_per_s", "loss", "curve")}
 
 
+def read_eval(log: Path) -> dict:
+    """The ensemble's figures and each member's mAP from what ``reidkit eval`` with several weights prints."""
+    blocks = re.findall(r"^(.+):\nmAP: ([\d.]+)%  mINP: ([\d.]+)%\nRank-1  : ([\d.]+)%", log.read_text(), re.M)
+    figures = {name: (float(m) / 100, float(inp) / 100, float(r1) / 100) for name, m, inp, r1 in blocks}
+    ensemble = [name for name in figures if name.startswith("ensemble of")]
+    if len(ensemble) != 1 or len(figures) < 3:
+        raise ValueError(f"expected the members' and one ensemble's figures in {log}, found {sorted(figures)}")
+    m, inp, r1 = figures.pop(ensemble[0])
+    return {"mAP": m, "mINP": inp, "rank1": r1, "members_mAP": [f[0] for f in figures.values()]}
+
+
 def run_jobs(jobs: list[Job], args, logs: Path) -> None:
     """Runs ``jobs`` ``args.jobs`` at a time within ``args.budget`` seconds, filling each job's ``result``."""
     t0 = time.perf_counter()
@@ -173,7 +195,11 @@ def run_jobs(jobs: list[Job], args, logs: Path) -> None:
             try:
                 if proc.returncode != 0:
                     raise RuntimeError(f"exit {proc.returncode}: " + " | ".join(log.read_text().splitlines()[-4:]))
-                job.result = read_history(job.run_dir) if job.kind == "train" else read_bench(log)
+                job.result = read_history(job.run_dir) if job.kind == "train" else (
+                    read_bench(log) if job.kind == "bench" else read_eval(log))
+                if job.then is not None:
+                    waiting.insert(0, job.then)
+                    jobs.append(job.then)
             except Exception as e:  # noqa: BLE001 - recorded; the other jobs go on
                 job.result = {"error": f"{type(e).__name__}: {e}"[-600:]}
             job.result["seconds"] = seconds
