@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
     args = parser.parse_args(argv)
     runs = read_runs(args.path)
     groups = dict.fromkeys((r.key, r.setting) for r in runs if r.variant != PEER)   # in file order, once each
-    pairs = args.versus or [(key, f"{setting}/{PEER}") for key, setting in groups]
+    with_peer = {r.setting for r in runs if r.variant == PEER}
+    alone = [key for key, setting in groups if setting not in with_peer]
+    if alone and not args.versus:
+        print(f"no {PEER} runs beside {', '.join(alone)} (compare them with --versus)")
+    pairs = args.versus or [(key, f"{setting}/{PEER}") for key, setting in groups if setting in with_peer]
     out = [compare(runs, a, b, args.seeds) for a, b in pairs]
     for c in out:
         print(describe(c))

@@ -68,3 +68,9 @@ def test_the_recorded_issue_16_runs_read_and_compare(capsys):
     first = next(c for c in out if c.ours_key == "cpu_fullres/cl_exact")
     assert first.seeds == [0, 1, 2] and first.peer_key == "cpu_fullres/torchreid"
     assert "cpu_fullres/cl_exact against cpu_fullres/torchreid" in capsys.readouterr().out
+
+
+def test_settings_without_peer_runs_are_named_not_compared(tmp_path, capsys):
+    out = main([str(write(tmp_path, ROWS + "rerun,ours,0,12.0,,\n"))])
+    assert [c.ours_key for c in out] == ["cpu/ours"]          # gpu and rerun have no torchreid runs
+    assert "no torchreid runs beside gpu/ours, rerun/ours" in capsys.readouterr().out
