@@ -52,6 +52,7 @@ from bench.measure import set_threads
 from reidkit.config import load_recipe
 from reidkit.data.loader import Batch
 from reidkit.engine import Trainer
+from reidkit.engine.batchnorm_modes import precise_batchnorm
 from reidkit.engine.evaluate import evaluate_model
 from reidkit.engine.trainer import seed_everything
 
@@ -142,6 +143,19 @@ def save_weights(args, side: str, model: torch.nn.Module) -> None:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / f"{side}_seed{args.seed}.pth")
 
 
+def precise_bn_figures(args, model: torch.nn.Module, trainer: Trainer, memory_format: torch.memory_format,
+                       evaluate) -> dict:
+    """``--precise-bn N``: the trained model evaluated again after its BatchNorm statistics are re-measured on N
+    clean training images (reidkit's ``train.precise_bn``, the same function for both sides)."""
+    if not args.precise_bn:
+        return {}
+    r = trainer.recipe
+    precise_batchnorm(model, trainer.train_cache, args.precise_bn, r.data.test_batch_size, r.augment.mean,
+                      r.augment.std, torch.device(args.device), memory_format)
+    result = evaluate()
+    return {"mAP_precise_bn": result.mAP, "rank1_precise_bn": result.rank(1)}
+
+
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
@@ -175,7 +189,8 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
     result = trainer.evaluate()
     save_weights(args, "reidkit", trainer.model)
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
-            "loss": stats["total"], "curve": curve}, trainer
+            "loss": stats["total"], "curve": curve,
+            **precise_bn_figures(args, trainer.model, trainer, trainer.memory_format, trainer.evaluate)}, trainer
 
 
 def train_torchreid(args, trainer: Trainer) -> dict:
@@ -213,7 +228,8 @@ def train_torchreid(args, trainer: Trainer) -> dict:
     result = evaluate()
     save_weights(args, "torchreid", model)
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
-            "loss": sum(losses) / len(losses), "curve": curve}
+            "loss": sum(losses) / len(losses), "curve": curve,
+            **precise_bn_figures(args, model, trainer, torch.contiguous_format, evaluate)}
 
 
 def main() -> None:
@@ -233,6 +249,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="torchreid's loader workers")
     parser.add_argument("--max-batches", type=int, default=None, help="cut epochs short (a smoke test)")
     parser.add_argument("--save-weights", metavar="DIR", help="keep each trained model as DIR/{side}_seed{N}.pth")
+    parser.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                        help="also evaluate each trained model after re-measuring its BatchNorm statistics on N "
+                             "clean training images (reidkit's train.precise_bn; both sides alike)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (2 for timings; 1 to run two accuracy-only runs side by side)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from bench.bench_osnet_cuhk03 import RECIPES, torchreid_run_weights
 from bench.bench_train import CUHK03
@@ -68,16 +69,9 @@ def census(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
             "feature_std": round(feat / n, 4), "logit_std": round(logit / n, 5), "gates": shares}
 
 
-@torch.no_grad()
 def population_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
-    """Every BatchNorm's running statistics re-estimated as the plain average over ``images`` (train mode)."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for i in range(0, len(images) - batch_size + 1, batch_size):
-        model(images[i:i + batch_size])
+    """Every BatchNorm's running statistics re-estimated as the plain average over ``images`` (whole batches)."""
+    update_bn((images[i:i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)), model)
     model.eval()
 
 

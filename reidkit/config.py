@@ -209,6 +209,9 @@ class TrainConfig(Strict):
     # training images without changing the function, then update: for BN-folded imports), auto (what
     # model.pretrained's checkpoint asks for, as `reidkit import-onnx` writes; else update)
     bn_stats: Literal["auto", "update", "frozen", "recalibrate"] = "auto"
+    # before each evaluation, every BatchNorm's running statistics re-measured as plain averages over this many
+    # clean training images (fast-reid's precise BN; 0: off, the running averages of the last batches stay)
+    precise_bn: int = Field(0, ge=0)
     open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)
@@ -224,6 +227,13 @@ class TrainConfig(Strict):
         if not _DEVICE.match(value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _precise_bn_needs_updated_statistics(self) -> TrainConfig:
+        if self.precise_bn and self.bn_stats == "frozen":
+            raise ValueError(f"precise_bn={self.precise_bn} re-measures BatchNorm statistics that bn_stats=frozen "
+                             "keeps fixed: choose one")
+        return self
 
 
 class EvalDatasetConfig(Strict):

@@ -32,7 +32,7 @@ from ..logs import TRAINING_BAR, bar_disabled, training_postfix
 from ..models import build_model, check_model
 from ..numerics import exact_cpu_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
-from .batchnorm_modes import apply_bn_stats
+from .batchnorm_modes import apply_bn_stats, precise_batchnorm
 from .checkpoint import (
     EmbeddingSpec,
     model_from_checkpoint,
@@ -141,6 +141,10 @@ class Trainer:
         self.guard = DivergenceGuard()
         # (other data-parallel processes log warnings only, so the info lines come once)
         self.frozen_bn = apply_bn_stats(recipe, self.model, self.train_cache, self.device, self.memory_format)
+        if self.frozen_bn and t.precise_bn:
+            raise ValueError(f"train.precise_bn={t.precise_bn} re-measures BatchNorm statistics that "
+                             f"train.bn_stats=auto freezes for {recipe.model.pretrained}: set train.bn_stats=update "
+                             "or train.precise_bn=0")
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -335,6 +339,14 @@ class Trainer:
         return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
                            self.validation.gallery)
 
+    def measure_batchnorm(self) -> None:
+        """``train.precise_bn``: population BatchNorm statistics of the current weights, from training images."""
+        r = self.recipe
+        n = precise_batchnorm(self.model, self.train_cache, r.train.precise_bn, r.data.test_batch_size,
+                              r.augment.mean, r.augment.std, self.device, self.memory_format, self.env)
+        if self.is_main:
+            log.info("precise BN: BatchNorm statistics re-measured on %d training images", n)
+
     def evaluate(self) -> RankResult:
         """mAP / CMC of the current model on the test set; its features stay in ``last_features``."""
         t = self.recipe.train
@@ -420,6 +432,8 @@ class Trainer:
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                if t.precise_bn:
+                    self.measure_batchnorm()
                 val = self.evaluate_validation() if self.validation is not None else None
                 result = self.evaluate()
                 self._record_eval(epoch, result, val)

@@ -1,0 +1,87 @@
+"""``train.precise_bn``: population BatchNorm statistics before each evaluation (fast-reid's precise BN)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import tiny_overrides
+from reidkit.config import RecipeError, load_recipe
+from reidkit.data.transforms import normalize
+from reidkit.engine import Trainer
+from reidkit.engine.batchnorm_modes import precise_batchnorm
+
+
+class FakeCache:
+    """What precise_batchnorm reads of an ImageCache: uint8 images and a length."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def small_model() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3), nn.BatchNorm1d(3))
+
+
+def test_statistics_are_plain_averages_over_the_chosen_images_and_nothing_else_changes():
+    torch.manual_seed(0)
+    model = small_model()
+    for bn in (model[1], model[6]):                       # stale running statistics, to be replaced
+        bn.running_mean.uniform_(-5, 5)
+        bn.running_var.uniform_(3, 9)
+    model.eval()
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    images = torch.randint(0, 256, (13, 3, 8, 6), dtype=torch.uint8)
+    count = precise_batchnorm(model, FakeCache(images), images=10, batch_size=4, mean=None, std=None,
+                              device=torch.device("cpu"), memory_format=torch.contiguous_format)
+    assert count == 10 and not model.training
+    assert all(torch.equal(v, params[k]) for k, v in model.named_parameters())
+    # by hand: the 10 images spread evenly over 13 (0, 1, 3, 4, 5, 7, 8, 9, 11, 12), batches of 4, 4, 2, each
+    # through the model in train mode (every BatchNorm normalising with its batch's statistics); a BatchNorm's
+    # running mean (variance) is the plain average of its input's batch means (unbiased variances)
+    x = normalize(images[[0, 1, 3, 4, 5, 7, 8, 9, 11, 12]])
+    conv_in, head_in = [], []
+    for part in (slice(0, 4), slice(4, 8), slice(8, 10)):
+        c = model[0](x[part])
+        h = nn.functional.batch_norm(c, None, None, model[1].weight, model[1].bias, training=True)
+        conv_in.append(c)
+        head_in.append(model[5](model[4](model[3](model[2](h)))))
+    for bn, inputs, dims in ((model[1], conv_in, (0, 2, 3)), (model[6], head_in, (0,))):
+        mean = torch.stack([b.mean(dims) for b in inputs]).mean(0)
+        var = torch.stack([b.var(dims, unbiased=True) for b in inputs]).mean(0)
+        torch.testing.assert_close(bn.running_mean, mean.detach())
+        torch.testing.assert_close(bn.running_var, var.detach())
+
+
+def test_frozen_statistics_and_precise_bn_are_refused_together():
+    with pytest.raises(RecipeError, match="precise_bn=64 .*bn_stats=frozen"):
+        load_recipe(None, ["train.precise_bn=64", "train.bn_stats=frozen"])
+
+
+@pytest.mark.slow
+def test_training_is_unchanged_and_evaluations_read_population_statistics(tiny_data, tmp_path):
+    """The train-mode passes change no weight and no later batch: the losses equal a run without precise BN's;
+    the statistics the evaluations read are those of the final weights measured afresh."""
+    plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "plain", epochs=2)), progress=False)
+    plain.fit()
+    precise = Trainer(load_recipe(None, [*tiny_overrides(tiny_data, tmp_path / "precise", epochs=2),
+                                         "train.precise_bn=40"]), progress=False)
+    precise.fit()
+    assert precise.history["loss/total"] == plain.history["loss/total"]
+    weights = {k: v for k, v in precise.model.state_dict().items() if "running" not in k and "tracked" not in k}
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in weights.items())
+    bn = [m for m in precise.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    measured = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    precise.measure_batchnorm()                             # again, on the same weights: the same statistics
+    for m, (mean, var) in zip(bn, measured):
+        torch.testing.assert_close(m.running_mean, mean, rtol=0, atol=0)
+        torch.testing.assert_close(m.running_var, var, rtol=0, atol=0)
+    plain_bn = [m for m in plain.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert any(not torch.allclose(a.running_var, b.running_var) for a, b in zip(bn, plain_bn))
+    saved = torch.load(tmp_path / "precise" / "last.pth", map_location="cpu", weights_only=True)["state_dict"]
+    first = next(k for k in saved if k.endswith("running_var"))
+    torch.testing.assert_close(saved[first], dict(precise.model.state_dict())[first])
