@@ -85,3 +85,65 @@ def test_training_is_unchanged_and_evaluations_read_population_statistics(tiny_d
     saved = torch.load(tmp_path / "precise" / "last.pth", map_location="cpu", weights_only=True)["state_dict"]
     first = next(k for k in saved if k.endswith("running_var"))
     torch.testing.assert_close(saved[first], dict(precise.model.state_dict())[first])
+
+
+def _measure_in_group(rank: int, world: int, port: int, synced: bool, out: str) -> None:
+    """One of ``world`` gloo processes: precise BN on the shared images; writes its statistics."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from reidkit.engine.distributed import DistEnv, convert_batchnorm
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    try:
+        torch.manual_seed(0)
+        model = small_model()
+        if synced:
+            model = convert_batchnorm(model, torch.device("cpu"))
+        images = torch.randint(0, 256, (17, 3, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        count = precise_batchnorm(model, FakeCache(images), images=16, batch_size=4, mean=None, std=None,
+                                  device=torch.device("cpu"), memory_format=torch.contiguous_format,
+                                  env=DistEnv(rank=rank, world_size=world))
+        torch.save({"count": count, "bn": [(m.running_mean, m.running_var) for m in (model[1], model[6])]},
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("synced", [True, False], ids=["sync_bn", "per_process_bn"])
+def test_two_processes_measure_each_image_once_and_agree(tmp_path, synced):
+    """16 images, 2 processes x 2 batches of 4: the running means equal one process's over the same 16 images
+    (every batch full, so the average of batch means is the images' mean), and both processes hold the same
+    statistics; with synchronised BatchNorm the first layer's variance is the average over the two global
+    batches (process 0's k-th batch with process 1's) of their unbiased variance."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "stats")
+    mp.start_processes(_measure_in_group, args=(2, port, synced, out), nprocs=2, join=True, start_method="spawn")
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    assert ranks[0]["count"] == ranks[1]["count"] == 16
+    for (m0, v0), (m1, v1) in zip(ranks[0]["bn"], ranks[1]["bn"]):
+        assert torch.equal(m0, m1) and torch.equal(v0, v1)
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        model = small_model()
+        images = torch.randint(0, 256, (17, 3, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        x = normalize(images[torch.linspace(0, 16, 16).round().long()]).double()
+        conv = model[0](x)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    torch.testing.assert_close(ranks[0]["bn"][0][0], conv.mean((0, 2, 3)).detach())
+    if synced:                        # global batch k: images 4k..4k+3 (process 0) and 8+4k..8+4k+3 (process 1)
+        batches = [torch.cat([conv[4 * k:4 * k + 4], conv[8 + 4 * k:12 + 4 * k]]) for k in range(2)]
+        var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+        torch.testing.assert_close(ranks[0]["bn"][0][1], var.detach())
