@@ -61,7 +61,7 @@ def precise_batchnorm(model: nn.Module, cache: ImageCache, images: int, batch_si
     ``images`` clean training images spread evenly over ``cache`` (train-mode passes through
     ``torch.optim.swa_utils.update_bn``; parameters and the train-mode function are untouched).
 
-    The running averages a model ends training with weigh the last few hundred batches most, and at short
+    The running averages a model ends training with weigh its last ten or twenty batches most, and at short
     budgets they move a model's test mAP by points (docs/RESULTS.md, issue 16); population statistics
     measured on the training set do not read the test set.  Under DDP each process measures an equal share
     and the statistics are averaged over the processes.  Returns the number of images measured.
