@@ -196,6 +196,9 @@ class TrainConfig(Strict):
     # true / false are read as bf16 / off
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = True                # NHWC memory format for model and batches
+    # GPU runs that repeat bit for bit (deterministic cuDNN / cuBLAS kernels, no autotuning; slower); without it
+    # a GPU run of a seed differs from the next in the last bits, which a short training amplifies
+    deterministic: bool = False
     threads: int | None = Field(None, gt=0)   # torch CPU threads (None: torch's default or $REIDKIT_THREADS)
     sync_bn: bool = True                      # under DDP: BatchNorm statistics over the global batch
     dist_timeout: float = Field(1800.0, gt=0)    # seconds a collective waits for the other processes

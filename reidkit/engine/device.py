@@ -77,6 +77,20 @@ def set_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def choose_kernels(device: torch.device, deterministic: bool) -> None:
+    """``train.deterministic``: on a GPU, kernels that give the same bits on every run (cuDNN's deterministic
+    algorithms, no autotuning, cuBLAS with a fixed workspace; ``torch.use_deterministic_algorithms`` warns
+    naming any operation that has no deterministic kernel); else cuDNN's autotuned fastest kernels, whose
+    sums run in an order that varies from run to run.  CPU runs are deterministic either way."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")    # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True          # fixed input sizes: let cuDNN pick its fastest kernels
+
+
 def describe(device: torch.device) -> str:
     """``cpu (16 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``, for logs and reports."""
     if device.type == "cuda":

@@ -38,7 +38,7 @@ from .checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from .device import autocast, describe, gradient_scaler, resolve_device, set_threads
+from .device import autocast, choose_kernels, describe, gradient_scaler, resolve_device, set_threads
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, load_other_datasets, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
@@ -79,8 +79,7 @@ class Trainer:
         self.env = DistEnv.current()
         self.device = resolve_device(t.device, self.env.local_rank if self.env.enabled else None)
         set_threads(t.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True        # fixed input sizes: let cuDNN pick its fastest kernels
+        choose_kernels(self.device, t.deterministic)
         self.out = Path(t.output_dir)
         self.is_main = self.env.is_main
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format

@@ -8,7 +8,14 @@ from reidkit.config import load_recipe
 from reidkit.data.transforms import AugmentConfig, BatchAugment, _enlarge, _pad, apply_crop, apply_erasing
 from reidkit.engine import DeviceError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, save_checkpoint, to_cpu
-from reidkit.engine.device import THREADS_ENV, autocast, gradient_scaler, resolve_device, set_threads
+from reidkit.engine.device import (
+    THREADS_ENV,
+    autocast,
+    choose_kernels,
+    gradient_scaler,
+    resolve_device,
+    set_threads,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +66,25 @@ def test_threads_follow_the_recipe_then_the_environment(monkeypatch):
 
 
 @pytest.mark.slow
+def test_deterministic_kernels_are_chosen_and_the_default_autotunes(monkeypatch):
+    """The flags ``train.deterministic`` sets (a GPU test checks two runs repeat bit for bit)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        choose_kernels(torch.device("cuda"), deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        choose_kernels(torch.device("cuda"), deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert load_recipe(None, ["train.deterministic=true"]).train.deterministic
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
 def test_fp16_training_keeps_the_scaler_in_checkpoints_and_resumes_exactly(tiny_data, tmp_path):
     """fp16 autocast with a gradient scaler runs on a CPU too: the same code path as on a GPU."""
     fp16 = ["train.amp=fp16", "train.channels_last=false"]

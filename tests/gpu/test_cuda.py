@@ -1,5 +1,6 @@
 """On a CUDA GPU: the GPU gives the CPU's losses, features, batches and evaluation; fp16 / bf16 training;
 data parallelism through torchrun.  Skipped without CUDA (bench/gpu_check.sh runs them on a GPU)."""
+import json
 import os
 import subprocess
 import sys
@@ -148,6 +149,25 @@ def test_gpu_and_cpu_training_start_alike(tiny_data, tmp_path):
     assert (grads["cuda"] - grads["cpu"]).norm() <= 1e-2 * grads["cpu"].norm()
     assert torch.nn.functional.cosine_similarity(grads["cuda"], grads["cpu"], dim=0) > 0.999
     assert losses["cuda"][1] == pytest.approx(losses["cpu"][1], rel=1e-2)
+
+
+def test_deterministic_gpu_training_repeats_bit_for_bit(tiny_data, tmp_path):
+    """``train.deterministic=true``: two runs of a seed on the GPU (each its own process, as cuBLAS reads its
+    workspace setting when it starts) give the same losses and mAP to the last bit."""
+    histories = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        overrides = ["data.dataset=synthetic", f"data.root={tiny_data}", "data.options={num_cameras: 3}",
+                     "data.height=64", "data.width=32", "data.batch_size=16", "data.num_instances=2",
+                     "model.name=resnet18_bnneck", "model.pretrained=none", "train.epochs=2", "train.eval_every=1",
+                     "train.device=cuda", "train.deterministic=true", f"train.output_dir={out}"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run([sys.executable, "-m", "reidkit", "train", str(ROOT / "configs" / "bot_r18_cuhk03.yaml"),
+                               "--no-progress", *overrides], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        histories.append(json.loads((out / "history.json").read_text()))
+    assert histories[0]["loss/total"] == histories[1]["loss/total"]
+    assert histories[0]["mAP"] == histories[1]["mAP"]
 
 
 def test_torchrun_on_one_gpu(tiny_data, tmp_path):
