@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
     if alone and not args.versus:
         print(f"no {PEER} runs beside {', '.join(alone)} (compare them with --versus)")
     pairs = args.versus or [(key, f"{setting}/{PEER}") for key, setting in groups if setting in with_peer]
+    if args.seeds and not args.versus:
+        ran = {r.key for r in runs if r.seed in args.seeds}
+        if missing := [a for a, b in pairs if a not in ran or b not in ran]:
+            print(f"no runs of seeds {' '.join(map(str, args.seeds))} on both sides in {', '.join(missing)}")
+        pairs = [(a, b) for a, b in pairs if a in ran and b in ran]
     out = [compare(runs, a, b, args.seeds) for a, b in pairs]
     for c in out:
         print(describe(c))

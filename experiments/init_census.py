@@ -12,7 +12,8 @@ feature and logit scales.  One JSON line per (seed, side).
 
 ``--weights``: the same census of trained models, their test mAP as trained, and their test mAP after the
 BatchNorm running statistics are re-estimated as plain averages over ``--bn-images`` clean training images
-(train-mode passes, no gradient): a model whose running statistics lag what its layers now compute gains there.
+spread over the training set, by ``train.precise_bn``'s function (train-mode passes, no gradient, batches of the
+recipe's 128): a model whose running statistics lag what its layers now compute gains there.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import update_bn
 
 from bench.bench_osnet_cuhk03 import RECIPES, torchreid_run_weights
 from bench.bench_train import CUHK03
@@ -31,6 +31,7 @@ from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
+from reidkit.engine.batchnorm_modes import precise_batchnorm
 from reidkit.engine.evaluate import build_test_caches, evaluate_model
 from reidkit.engine.trainer import seed_everything
 from reidkit.models import build_model, check_model
@@ -69,27 +70,19 @@ def census(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
             "feature_std": round(feat / n, 4), "logit_std": round(logit / n, 5), "gates": shares}
 
 
-def population_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
-    """Every BatchNorm's running statistics re-estimated as the plain average over ``images`` (whole batches)."""
-    update_bn((images[i:i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)), model)
-    model.eval()
-
-
 def trained_census(files: list[str], batches, dataset, args) -> None:
     recipe = load_recipe(RECIPES["amsgrad"], [f"data.root={args.data}", f"data.height={args.height}",
                                               f"data.width={args.width}"])
     query, gallery = build_test_caches(recipe, dataset, progress=False)
-    step = max(1, len(dataset.train) // args.bn_images)
-    bn_cache = ImageCache(dataset.train[::step][:args.bn_images], (args.height, args.width), workers=1,
-                          progress=False)
-    bn_images = torch.cat(list(iter_test_batches(bn_cache, 64)))
+    train_cache = ImageCache(dataset.train, (args.height, args.width), workers=2, progress=False)
     for path in files:
         state = torch.load(path, map_location="cpu")
         model = build_model("osnet_x0_25", state["classifier.weight"].shape[0], pretrained="none")
         model.load_state_dict(state)
         row: dict = {"weights": path, "mAP": round(100 * evaluate_model(model, query, gallery, recipe.eval).mAP, 2)}
         row |= census(model, batches)                 # (train-mode passes: after the evaluation as trained)
-        population_batchnorm(model, bn_images)
+        precise_batchnorm(model, train_cache, args.bn_images, recipe.data.test_batch_size,   # as train.precise_bn
+                          recipe.augment.mean, recipe.augment.std, torch.device("cpu"), torch.contiguous_format)
         row["mAP_population_bn"] = round(100 * evaluate_model(model, query, gallery, recipe.eval).mAP, 2)
         print(json.dumps(row), flush=True)
 

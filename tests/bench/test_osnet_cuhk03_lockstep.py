@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "bench.bench_osnet_cuhk03", "--recipe", "amsgrad", "--epochs", "2",
                           "--eval-every", "1", "--max-batches", "4", "--seed", "3", "--threads", "1",
-                          "--set", "data.height=64", "data.width=32", "train.channels_last=false", *args],
+                          "--set", "data.height=64", "data.width=32", "train.channels_last=false",
+                          "train.precise_bn=0", *args],                   # evaluated as torchreid evaluates
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -74,3 +74,9 @@ def test_settings_without_peer_runs_are_named_not_compared(tmp_path, capsys):
     out = main([str(write(tmp_path, ROWS + "rerun,ours,0,12.0,,\n"))])
     assert [c.ours_key for c in out] == ["cpu/ours"]          # gpu and rerun have no torchreid runs
     assert "no torchreid runs beside gpu/ours, rerun/ours" in capsys.readouterr().out
+
+
+def test_seeds_that_a_setting_lacks_leave_it_out_by_name(tmp_path, capsys):
+    out = main([str(write(tmp_path, ROWS + "late,ours,7,12.0,,\nlate,torchreid,7,11.0,,\n")), "--seeds", "0", "1"])
+    assert [c.ours_key for c in out] == ["cpu/ours"] and out[0].seeds == [0, 1]
+    assert "no runs of seeds 0 1 on both sides in late/ours" in capsys.readouterr().out
