@@ -16,10 +16,10 @@ from pathlib import Path
 
 from bench import peers
 from bench.measure import set_threads
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.engine.pipeline import build_train_loader
+from reidkit.recipe_files import load_recipe
 
 CUHK03 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk03" / "labeled")
 

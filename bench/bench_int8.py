@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from bench.measure import set_threads
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.deploy.onnx_model import calibration_batches, compare_on_dataset, quantize_onnx
 from reidkit.deploy.optimize import export_onnx
 from reidkit.engine.checkpoint import EmbeddingSpec, load_embedding_model
+from reidkit.recipe_files import load_recipe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

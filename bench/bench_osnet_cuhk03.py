@@ -49,12 +49,12 @@ import torch
 from bench import peers
 from bench.bench_train import CUHK03
 from bench.measure import set_threads
-from reidkit.config import load_recipe
 from reidkit.data.loader import Batch
 from reidkit.engine import Trainer
 from reidkit.engine.batchnorm_modes import precise_batchnorm
 from reidkit.engine.evaluate import evaluate_model
 from reidkit.engine.trainer import seed_everything
+from reidkit.recipe_files import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = {"paper": CONFIGS / "osnet_x0_25_cuhk03.yaml", "amsgrad": CONFIGS / "osnet_x0_25_cuhk03_amsgrad.yaml"}

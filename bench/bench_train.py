@@ -24,8 +24,8 @@ import torch
 
 from bench import peers
 from bench.measure import set_threads
-from reidkit.config import load_recipe
 from reidkit.engine import Trainer
+from reidkit.recipe_files import load_recipe
 
 REIDKIT_NAMES = {"resnet18": "resnet18_bnneck", "resnet50": "resnet50_bnneck",
                  "osnet_x0_25": "osnet_x0_25", "osnet_x1_0": "osnet_x1_0"}

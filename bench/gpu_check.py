@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidkit.config import load_recipe
 from reidkit.engine import Trainer
 from reidkit.evaluation import evaluate_features
 from reidkit.models import build_model
+from reidkit.recipe_files import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -47,8 +47,8 @@ def recorded() -> set[tuple]:
 
 
 def run(args) -> None:
-    from reidkit.config import load_recipe
     from reidkit.engine import Trainer
+    from reidkit.recipe_files import load_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

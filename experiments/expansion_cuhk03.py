@@ -12,12 +12,12 @@ import torch
 
 from bench.bench_train import CUHK03
 from reidkit.cli import load_trained_model
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.engine.evaluate import build_test_caches
 from reidkit.engine.features import extract_features
 from reidkit.evaluation import evaluate_features
 from reidkit.evaluation.expansion import database_augment, query_expand
+from reidkit.recipe_files import load_recipe
 
 
 def main() -> None:

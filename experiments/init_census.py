@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from bench.bench_osnet_cuhk03 import RECIPES, torchreid_run_weights
 from bench.bench_train import CUHK03
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
@@ -35,6 +34,7 @@ from reidkit.engine.batchnorm_modes import precise_batchnorm
 from reidkit.engine.evaluate import build_test_caches, evaluate_model
 from reidkit.engine.trainer import seed_everything
 from reidkit.models import build_model, check_model
+from reidkit.recipe_files import load_recipe
 
 
 def reidkit_start(seed: int, num_classes: int) -> torch.nn.Module:

@@ -26,9 +26,9 @@ import torch
 from bench.bench_osnet_cuhk03 import RECIPES
 from bench.bench_train import CUHK03
 from bench.peers import TorchreidLockstep
-from reidkit.config import load_recipe
 from reidkit.engine import Trainer
 from reidkit.engine.evaluate import evaluate_model
+from reidkit.recipe_files import load_recipe
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ from PIL import Image
 from bench.bench_osnet_cuhk03 import RECIPES
 from bench.bench_train import CUHK03
 from bench.peers import torchreid_cuhk03_datamanager, torchreid_sampler, torchreid_transforms
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.transforms import erasing_value, normalize
 from reidkit.engine.pipeline import build_train_loader
 from reidkit.engine.trainer import seed_everything
+from reidkit.recipe_files import load_recipe
 
 
 def check_cache(dataset, size: tuple[int, int]) -> None:

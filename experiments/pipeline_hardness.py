@@ -22,13 +22,13 @@ import torch.nn.functional as F
 
 from bench.bench_train import CUHK03
 from bench.peers import torchreid_cuhk03_datamanager, torchreid_sampler, torchreid_transforms
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
 from reidkit.engine.checkpoint import model_from_checkpoint
 from reidkit.engine.pipeline import build_train_loader
 from reidkit.engine.trainer import seed_everything
+from reidkit.recipe_files import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"

@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
-from .config import RecipeError, load_recipe
+from .config import RecipeError
 from .deploy.commands import add_deploy_commands
 from .engine.checkpoint import load_trained_model
 from .engine.distributed import DistributedError
 from .files import OutputError, check_output_file
 from .logs import setup_logging
 from .names import counted
+from .recipe_files import load_recipe
 
 log = logging.getLogger("reidkit")
 
@@ -170,7 +171,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .config import describe_recipes
+    from .recipe_files import describe_recipes
     for name, doc in describe_recipes():
         print(f"{name:32s} {doc}")
     return 0

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .config import load_recipe
 from .evaluation import RankResult, compute_distance, evaluate_rank
 from .logs import setup_logging
 from .names import counted
+from .recipe_files import load_recipe
 from .reporting import metrics_table, write_report
 
 log = logging.getLogger("reidkit")

@@ -39,8 +39,8 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_run(tiny_data, tmp_path_factory) -> Path:
     """One epoch of the :func:`tiny_overrides` run, trained once per session: its folder (last.pth, best.pth,
     history.json, recipe.json).  Tests must not write into it."""
-    from reidkit.config import load_recipe
     from reidkit.engine import Trainer
+    from reidkit.recipe_files import load_recipe
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     Trainer(load_recipe(None, tiny_overrides(tiny_data, out, epochs=1)), progress=False).fit()
     return out

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ..config import load_recipe
 from ..files import check_output_file, write_text_atomic
 from ..names import counted
+from ..recipe_files import load_recipe
 
 
 def cmd_extract(args) -> int:

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import recipe_to_dict
 from ..evaluation import RankResult
 from ..files import write_text_atomic
+from ..recipe_files import recipe_to_dict
 from ..reporting.plots import plot_curves
 from .evaluate import evaluate_other_datasets
 from .run_folder import prepare_run_folder

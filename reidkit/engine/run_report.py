@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import recipe_to_dict
 from ..data.validation import ValidationSplit
 from ..evaluation import RankResult
 from ..evaluation.cameras import camera_pair_map
 from ..evaluation.distance import compute_distance
+from ..recipe_files import recipe_to_dict
 from ..reporting import write_report
 from .device import describe
 from .distributed import unwrap

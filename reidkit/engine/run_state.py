@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import __version__
-from ..config import Recipe, recipe_to_dict
+from ..config import Recipe
+from ..recipe_files import recipe_to_dict
 from .checkpoint import CheckpointError, EmbeddingSpec, load_checkpoint, load_model_weights
 from .guards import check_optimizer_fits
 

@@ -5,13 +5,14 @@ import re
 import pytest
 
 from conftest import make_tiny_synthetic, tiny_overrides
-from reidkit.config import EvalConfig, load_recipe
+from reidkit.config import EvalConfig
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.combine import build_recipe_dataset, combine_datasets, dataset_specs
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import model_from_checkpoint
 from reidkit.engine.evaluate import evaluate_model
+from reidkit.recipe_files import load_recipe
 
 
 @pytest.fixture(scope="module")

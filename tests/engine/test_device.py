@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from conftest import make_tiny_synthetic
-from reidkit.config import load_recipe
 from reidkit.data.transforms import AugmentConfig, BatchAugment, _enlarge, _pad, apply_crop, apply_erasing
 from reidkit.engine import DeviceError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, save_checkpoint, to_cpu
@@ -16,6 +15,7 @@ from reidkit.engine.device import (
     resolve_device,
     set_threads,
 )
+from reidkit.recipe_files import load_recipe
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import make_tiny_synthetic
-from reidkit.config import load_recipe
+from reidkit.recipe_files import load_recipe
 
 # BoT with center loss, camera-aware mining (camera-diverse P x K batches) and adaptive L2, augmentation on
 METHODS = ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.center_weight=0.0005",

@@ -33,7 +33,7 @@ def test_eval_of_several_weights_reports_each_and_their_ensemble(tiny_run, tiny_
 
     from conftest import tiny_overrides
     from reidkit.cli import main
-    from reidkit.config import load_recipe
+    from reidkit.recipe_files import load_recipe
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "unused") +
                                                  ["eval.metric=cosine"]).model_dump(mode="json")))

@@ -6,10 +6,11 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_overrides
-from reidkit.config import RecipeError, load_recipe
+from reidkit.config import RecipeError
 from reidkit.data.transforms import normalize
 from reidkit.engine import Trainer
 from reidkit.engine.batchnorm_modes import precise_batchnorm
+from reidkit.recipe_files import load_recipe
 
 
 class FakeCache:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import tiny_overrides
 from reidkit.cli import main
-from reidkit.config import RecipeError, load_recipe
+from reidkit.config import RecipeError
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.data.images import BadImageError, load_rgb
@@ -26,6 +26,7 @@ from reidkit.engine.run_folder import RunFolderError, prepare_run_folder
 from reidkit.files import OutputError, write_atomic
 from reidkit.models import build_model
 from reidkit.models.pretrained import load_matching_weights
+from reidkit.recipe_files import load_recipe
 
 
 def fake_run(folder, mAP=0.338):

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidkit.config import RecipeError, ScheduleConfig, load_recipe
+from reidkit.config import RecipeError, ScheduleConfig
 from reidkit.engine.schedulers import WarmupScheduler
+from reidkit.recipe_files import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -143,7 +144,7 @@ def test_device_and_precision_keys():
 
 def test_recipes_ship_with_the_package_and_inherit_from_a_base(tmp_path, capsys):
     from reidkit.cli import main
-    from reidkit.config import PACKAGED_RECIPES, recipe_to_dict
+    from reidkit.recipe_files import PACKAGED_RECIPES, recipe_to_dict
     assert load_recipe("bot_r50_market1501") == load_recipe(PACKAGED_RECIPES / "bot_r50_market1501.yaml")
     assert load_recipe("bot_r50_market1501.yaml").model.name == "resnet50_bnneck"
     with pytest.raises(RecipeError, match=r"recipe not found: bot_r50_market1502 .*did you mean 'bot_r50_market1501'"):

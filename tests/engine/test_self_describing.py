@@ -6,12 +6,12 @@ import torch
 
 import reidkit
 from reidkit.cli import main
-from reidkit.config import load_recipe
 from reidkit.data import build_dataset
 from reidkit.data.cache import ImageCache
 from reidkit.engine import CheckpointError
 from reidkit.engine.checkpoint import embedding_spec, load_checkpoint, model_from_checkpoint
 from reidkit.engine.features import extract_features
+from reidkit.recipe_files import load_recipe
 
 
 def test_a_checkpoint_says_how_to_embed_with_it(tiny_run, tiny_data):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidkit.config import load_recipe
 from reidkit.engine.objective import ReIDObjective
 from reidkit.engine.optim import build_optimizer
 from reidkit.models import build_model
+from reidkit.recipe_files import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "osnet_x0_25_cuhk03.yaml"

@@ -6,10 +6,10 @@ import yaml
 
 from conftest import tiny_overrides
 from reidkit.cli import main
-from reidkit.config import load_recipe
 from reidkit.engine import CheckpointError, NonFiniteLossError, Trainer
 from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
 from reidkit.models import build_model
+from reidkit.recipe_files import load_recipe
 
 
 @pytest.mark.slow

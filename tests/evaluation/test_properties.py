@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, assume, example, given, settings  # noqa: E4
 from hypothesis import strategies as st  # noqa: E402
 
 from reference import literal_evaluate, literal_rerank  # noqa: E402
-from reidkit.config import Recipe, RecipeError, load_recipe, parse_yaml, section_fields  # noqa: E402
+from reidkit.config import Recipe, RecipeError  # noqa: E402
 from reidkit.evaluation import compute_distance, evaluate_rank  # noqa: E402
 from reidkit.evaluation.rerank import re_ranking  # noqa: E402
+from reidkit.recipe_files import load_recipe, parse_yaml, section_fields
 
 # derandomize: CI runs the same examples every time (a failure reproduces; nothing is flaky)
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

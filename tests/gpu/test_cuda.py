@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidkit.config import LossConfig, load_recipe
+from reidkit.config import LossConfig
 from reidkit.data.transforms import IMAGENET_STD
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -19,6 +19,7 @@ from reidkit.evaluation import evaluate_features
 from reidkit.losses.center import CenterLossPiece
 from reidkit.models import build_model
 from reidkit.pieces import StepOutputs
+from reidkit.recipe_files import load_recipe
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]

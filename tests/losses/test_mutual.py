@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_overrides
-from reidkit.config import load_recipe
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, load_embedding_model
 from reidkit.losses import mutual_kl
+from reidkit.recipe_files import load_recipe
 
 
 def kl_by_hand(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

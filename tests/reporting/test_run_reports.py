@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import tiny_overrides
 from reidkit.cli import main
-from reidkit.config import load_recipe
+from reidkit.recipe_files import load_recipe
 
 
 def test_training_writes_a_report_with_the_camera_table_ranked_lists_data_and_recipe(tiny_run):

@@ -1,0 +1,172 @@
+"""Recipe files: YAML with ``_base_`` inheritance, dotted command-line overrides, the recipes shipped with
+reidkit, and loading into the schema of :mod:`reidkit.config` with errors that name the key and the file."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config import Recipe, RecipeError
+from .names import did_you_mean
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe ({source}):"]
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):   # models / dataclass sections
+            lines.append(f"  unknown key '{key}'{did_you_mean(str(e['loc'][-1]), _keys_beside(e['loc']))}")
+        elif isinstance(e.get("input"), dict):          # a whole section: the message names the keys
+            lines.append(f"  {key + ': ' if key else ''}{msg}")
+        else:
+            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _keys_beside(loc: tuple) -> list[str]:
+    """The keys the recipe section holding ``loc`` (e.g. ``("train", "epohcs")``) accepts."""
+    fields = section_fields(Recipe)
+    for part in loc[:-1]:
+        field = fields.get(str(part))
+        inner = getattr(field, "annotation", None) if field is not None else None
+        if not section_fields(inner):
+            return []
+        fields = section_fields(inner)
+    return list(fields)
+
+
+def section_fields(section: Any) -> dict:
+    """The fields of a recipe section (a pydantic model or pydantic dataclass); empty for a plain value."""
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return dict(section.model_fields)
+    return dict(getattr(section, "__pydantic_fields__", {}) or {})
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans, so ``schedule: off`` stays the string 'off'."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+# and 1e-3 is a float (YAML 1.1 wants a dot: 1.0e-3)
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} must look like key.path=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {override!r}: '{part}' is not a section")
+    node[parts[-1]] = parse_yaml(raw)
+
+
+#: the recipes that ship with reidkit (the repository's configs/ points here)
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Name (file name without .yaml) -> path of every recipe shipped with reidkit."""
+    return {p.stem: p for p in sorted(PACKAGED_RECIPES.glob("*.yaml"))}
+
+
+def describe_recipes() -> list[tuple[str, str]]:
+    """``(name, the first line of its header comment)`` for every packaged recipe."""
+    out = []
+    for name, path in packaged_recipes().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        out.append((name, first))
+    return out
+
+
+def find_recipe(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file: ``name_or_path`` as a path (relative to ``relative_to``'s folder first, for ``_base_``),
+    else a packaged recipe by name (``bot_r50_market1501`` or ``bot_r50_market1501.yaml``)."""
+    path = Path(name_or_path)
+    candidates = ([relative_to.parent / path] if relative_to is not None and not path.is_absolute() else []) + [path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    packaged = packaged_recipes()
+    stem = path.name.removesuffix(".yaml")
+    if stem in packaged and len(path.parts) == 1:
+        return packaged[stem]
+    raise RecipeError(f"recipe not found: {name_or_path} (a YAML file, or one of the recipes shipped with reidkit"
+                      f"{did_you_mean(stem, packaged)}: `reidkit recipes` lists them)")
+
+
+def read_recipe_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at ``path`` as a nested dict, with its ``_base_`` recipe (if any) merged underneath: a recipe
+    states only what differs from its base, as fast-reid's ``_BASE_``."""
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError(f"recipe inheritance loops: {' -> '.join(str(p) for p in (*chain, path))}")
+    try:
+        tree = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not tree:
+        raise RecipeError(f"{path}: the recipe is empty (no sections, only comments or blank lines); "
+                          "it would silently run every default. Start from a recipe in configs/ and "
+                          "change what differs")
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    base = tree.pop("_base_", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: _base_ must name one recipe file, got {base!r}")
+    return merge_trees(read_recipe_tree(find_recipe(base, relative_to=path), (*chain, path)), tree)
+
+
+def merge_trees(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, section by section (a mapping merges key by key; any other value replaces)."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe (a path, or the name of a packaged recipe; None: the defaults), merge it over its
+    ``_base_`` recipe if it names one, and apply dotted overrides."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = find_recipe(path)
+        tree = read_recipe_tree(path)
+        source = str(path)
+    for override in overrides:
+        apply_override(tree, override)
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, source)) from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain Python types only (for checkpoints and reports)."""
+    return recipe.model_dump(mode="json")
