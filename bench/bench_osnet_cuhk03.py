@@ -156,13 +156,6 @@ def precise_bn_figures(args, model: torch.nn.Module, trainer: Trainer, memory_fo
     return {"mAP_precise_bn": result.mAP, "rank1_precise_bn": result.rank(1)}
 
 
-def evaluate_as_recipe(trainer: Trainer):
-    """What ``reidkit train`` evaluates: the recipe's ``train.precise_bn`` first, when it has one."""
-    if trainer.recipe.train.precise_bn:
-        trainer.measure_batchnorm()
-    return trainer.evaluate()
-
-
 def train_reidkit(args) -> tuple[dict, Trainer]:
     t0, images = time.perf_counter(), 0              # the one-off decode into the caches counts
     trainer = Trainer(recipe_for(args), progress=False)
@@ -187,14 +180,16 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
         print(f"reidkit epoch {epoch + 1}: {stats['images_per_s']:.1f} img/s, loss {stats['total']:.3f}", flush=True)
         if evaluations_due(args, epoch):
             e0 = time.perf_counter()
-            result = evaluate_as_recipe(trainer)
+            trainer.measure_batchnorm()                  # as reidkit train evaluates (train.precise_bn)
+            result = trainer.evaluate()
             eval_s += time.perf_counter() - e0
             curve.append((epoch + 1, result.mAP, result.rank(1)))
             print(f"reidkit epoch {epoch + 1}: mAP {100 * result.mAP:.2f} rank-1 {100 * result.rank(1):.2f}",
                   flush=True)
     wall = time.perf_counter() - t0 - eval_s
     save_weights(args, "reidkit", trainer.model)                 # as trained (before the last precise BN)
-    result = evaluate_as_recipe(trainer)
+    trainer.measure_batchnorm()
+    result = trainer.evaluate()
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
             "loss": stats["total"], "curve": curve,
             **precise_bn_figures(args, trainer.model, trainer, trainer.memory_format, trainer.evaluate)}, trainer

@@ -339,8 +339,11 @@ class Trainer:
                            self.validation.gallery)
 
     def measure_batchnorm(self) -> None:
-        """``train.precise_bn``: population BatchNorm statistics of the current weights, from training images."""
+        """``train.precise_bn``: population BatchNorm statistics of the current weights, from training images
+        (nothing when the recipe has none); called before every evaluation."""
         r = self.recipe
+        if not r.train.precise_bn:
+            return
         n = precise_batchnorm(self.model, self.train_cache, r.train.precise_bn, r.data.test_batch_size,
                               r.augment.mean, r.augment.std, self.device, self.memory_format, self.env)
         if self.is_main:
@@ -431,8 +434,7 @@ class Trainer:
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                if t.precise_bn:
-                    self.measure_batchnorm()
+                self.measure_batchnorm()
                 val = self.evaluate_validation() if self.validation is not None else None
                 result = self.evaluate()
                 self._record_eval(epoch, result, val)
