@@ -27,7 +27,6 @@ def open_run_outputs(trainer: Trainer, resume: str | Path | None, overwrite: boo
     ``validation_split.json`` and the TensorBoard writer."""
     if not trainer.is_main:
         return
-    from torch.utils.tensorboard import SummaryWriter
     prepare_run_folder(trainer.out, resume, overwrite)
     write_text_atomic(trainer.out / "recipe.json", json.dumps(recipe_to_dict(trainer.recipe), indent=2))
     if trainer.validation is not None:
@@ -35,7 +34,7 @@ def open_run_outputs(trainer: Trainer, resume: str | Path | None, overwrite: boo
         write_text_atomic(trainer.out / "validation_split.json", json.dumps(
             {"held_out_identities": v.identities, "seed": trainer.recipe.train.seed,
              "queries": [r.path for r in v.query], "gallery": [r.path for r in v.gallery]}, indent=1))
-    trainer.writer = SummaryWriter(str(trainer.out / "tensorboard"))
+    trainer.record.open_tensorboard(trainer.out / "tensorboard")
 
 
 def finish_run(trainer: Trainer, result: RankResult | None) -> None:
@@ -50,8 +49,7 @@ def finish_run(trainer: Trainer, result: RankResult | None) -> None:
     for name, r in trainer.cross_dataset.items():
         log.info("cross-dataset, %s (last epoch's model): mAP %.2f%%  rank-1 %.2f%%", name, 100 * r.mAP,
                  100 * r.rank(1))
-    if trainer.writer is not None:
-        trainer.writer.flush()
+    trainer.record.flush()
     write_text_atomic(trainer.out / "history.json", json.dumps(trainer.history, indent=1))
     for piece in trainer.pieces:
         piece.write_outputs(trainer.out)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,11 +48,9 @@ from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .pipeline import build_train_loader
 from .run_outputs import finish_run, open_run_outputs
+from .run_record import DiagnosticSums, RunRecord
 from .run_state import embedding_spec_of, restore_training_state, training_state, weights_state
 from .schedulers import WarmupScheduler
-
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("reidkit")
 
@@ -130,13 +128,10 @@ class Trainer:
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
         self.other_datasets = load_other_datasets(recipe)  # eval.datasets: their layout checked now
         self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
-        self.history: dict = {"epoch": [], "lr": [], "images_per_s": [],
-                              "eval_epoch": [], "mAP": [], "rank1": [], "rank5": [], "mINP": []}
-        self.writer: SummaryWriter | None = None
+        self.record = RunRecord()                          # history.json and TensorBoard
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
-        self._step_diagnostics: dict[str, dict[str, float]] = {}
         self.guard = DivergenceGuard()
         # (other data-parallel processes log warnings only, so the info lines come once)
         self.frozen_bn = apply_bn_stats(recipe, self.model, self.train_cache, self.device, self.memory_format)
@@ -189,6 +184,15 @@ class Trainer:
     def gallery_cache(self) -> ImageCache:
         return self.test_caches[1]
 
+    @property
+    def history(self) -> dict:
+        """What ``history.json`` holds so far (:class:`~reidkit.engine.run_record.RunRecord`)."""
+        return self.record.history
+
+    @history.setter
+    def history(self, values: dict) -> None:
+        self.record.history = values
+
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
         """Everything a resume needs (``last.pth``; :func:`reidkit.engine.run_state.training_state`)."""
@@ -227,7 +231,7 @@ class Trainer:
             piece.on_epoch_start(self.model, epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         meter = StepMeter(self.device, self.recipe.train.log_every)
-        diagnostics: dict[str, dict[str, dict[str, float]]] = {}
+        diagnostics: DiagnosticSums = {}
         images, t0 = 0, time.perf_counter()
         total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
@@ -245,14 +249,14 @@ class Trainer:
             for piece in self.pieces:
                 values = piece.diagnostics()
                 if values:
-                    self._record_diagnostics(piece, values, diagnostics)
+                    self.record.add_piece_values(piece, values, self.step, diagnostics)
             images += len(batch.global_pids) if batch.global_pids is not None else batch.images.shape[0]
             if meter.due(self.step) or self.step % self.recipe.train.log_every == 0:
                 shown = meter.read(where)
                 if self.on_check is not None:
                     self.on_check(self.step, shown)
                 if self.step % self.recipe.train.log_every == 0:
-                    self._log_step(shown, lr)
+                    self.record.add_step(self.step, shown, lr)
             bar.update(1)
             bar.set_postfix_str(training_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
         bar.close()
@@ -308,31 +312,6 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _record_diagnostics(self, piece: TrainingPiece, values: dict[str, float],
-                            sums: dict[str, dict[str, dict[str, float]]]) -> None:
-        acc = sums.setdefault(piece.name, {})
-        for k, v in values.items():
-            slot = acc.setdefault(k, {"sum": 0.0, "count": 0})
-            slot["sum"] += float(v)
-            slot["count"] += 1
-        if piece.trace:                                  # per-iteration trace for the piece's panel
-            trace = self.history.setdefault(f"trace/{piece.name}", {"step": []})
-            trace["step"].append(self.step)
-            for k, v in values.items():
-                trace.setdefault(k, []).append(float(v))
-        self.history.setdefault("panels", {})[piece.name] = piece.panel()
-        self._step_diagnostics[piece.name] = values
-
-    def _log_step(self, terms: dict[str, float], lr: float) -> None:
-        if self.writer is None:
-            return
-        for k, v in terms.items():
-            self.writer.add_scalar(f"loss/{k}", v, self.step)
-        self.writer.add_scalar("lr", lr, self.step)
-        for name, values in self._step_diagnostics.items():
-            for k, v in values.items():
-                self.writer.add_scalar(f"{name}/{k}", float(v), self.step)
-
     def _val_dataset(self) -> ReIDDataset:
         assert self.validation is not None
         return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
@@ -368,28 +347,6 @@ class Trainer:
                               channels_last=t.channels_last, device=self.device, env=self.env,
                               dataset=self._val_dataset(), progress=self.progress)
 
-    def _record_epoch(self, epoch: int, means: dict[str, float]) -> None:
-        self.history["epoch"].append(epoch + 1)
-        for k, v in means.items():
-            key = k if k in ("lr", "images_per_s") or "/" in k else f"loss/{k}"
-            self.history.setdefault(key, []).append(float(v))
-            if self.writer is not None:
-                self.writer.add_scalar(f"epoch/{key}", float(v), epoch + 1)
-
-    def _record_eval(self, epoch: int, result: RankResult, val: RankResult | None = None) -> None:
-        self.history["eval_epoch"].append(epoch + 1)
-        for prefix, r in (("", result), ("val/", val)):
-            if r is None:
-                continue
-            values = {"mAP": r.mAP, "rank1": r.rank(1), "rank5": r.rank(min(5, len(r.cmc))), "mINP": r.mINP}
-            for k, v in values.items():
-                self.history.setdefault(prefix + k, []).append(float(v))
-                if self.writer is not None:           # percent, as the console shows them (history: fractions)
-                    self.writer.add_scalar(f"metrics/{prefix}{k}", 100 * float(v), epoch + 1)
-        self.history["selected_on"] = self.select_on
-        if self.select_on != "last":                    # a plateau schedule needs val or an explicit test
-            self.scheduler.observe(val.mAP if self.select_on == "val" and val is not None else result.mAP)
-
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:
             save_checkpoint(self.state(epoch) if name == "last.pth" else self.weights_state(epoch), self.out / name)
@@ -415,9 +372,7 @@ class Trainer:
                     f"died or hung. Resume with --resume {self.out / 'last.pth'}") from e
             raise
         finally:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+            self.record.close()
 
     def _fit(self) -> RankResult | None:
         t = self.recipe.train
@@ -428,33 +383,40 @@ class Trainer:
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"{e} {self.guard.last_finite()}") from None
             self.guard.check_epoch(self.model, epoch, self.step, means)
-            self._record_epoch(epoch, means)
+            self.record.add_epoch(epoch, means)
             if self.is_main:
                 line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                self.measure_batchnorm()
-                val = self.evaluate_validation() if self.validation is not None else None
-                result = self.evaluate()
-                self._record_eval(epoch, result, val)
-                if self.is_main:
-                    if val is not None:
-                        log.info("epoch %d  validation mAP %.2f%%  rank-1 %.2f%%", epoch + 1, 100 * val.mAP,
-                                 100 * val.rank(1))
-                    log.info("epoch %d  test%s mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
-                             " (monitoring, not used for selection)" if self.select_on == "val" else "",
-                             100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
-                if self.select_on == "last":
-                    self.best_map = result.mAP                   # recorded, not compared
-                    self._save(epoch + 1, "best.pth")
-                else:
-                    selected = val if self.select_on == "val" and val is not None else result
-                    if selected.mAP > self.best_map:
-                        self.best_map = selected.mAP
-                        self._save(epoch + 1, "best.pth")
+                result = self._evaluate_epoch(epoch)
             self._save(epoch + 1, "last.pth")
         finish_run(self, result)
+        return result
+
+    def _evaluate_epoch(self, epoch: int) -> RankResult:
+        """After an epoch due for evaluation: precise BN, validation and test, the record, the lr plateau's
+        reading and ``best.pth`` (selected on ``select_on``: validation, test, or simply the latest)."""
+        self.measure_batchnorm()
+        val = self.evaluate_validation() if self.validation is not None else None
+        result = self.evaluate()
+        self.record.add_evaluation(epoch, result, val, self.select_on)
+        selected = val if self.select_on == "val" and val is not None else result
+        if self.select_on != "last":                    # a plateau schedule needs val or an explicit test
+            self.scheduler.observe(selected.mAP)
+        if self.is_main:
+            if val is not None:
+                log.info("epoch %d  validation mAP %.2f%%  rank-1 %.2f%%", epoch + 1, 100 * val.mAP,
+                         100 * val.rank(1))
+            log.info("epoch %d  test%s mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
+                     " (monitoring, not used for selection)" if self.select_on == "val" else "",
+                     100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
+        if self.select_on == "last":
+            self.best_map = result.mAP                   # recorded, not compared
+            self._save(epoch + 1, "best.pth")
+        elif selected.mAP > self.best_map:
+            self.best_map = selected.mAP
+            self._save(epoch + 1, "best.pth")
         return result
 
 
