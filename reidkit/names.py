@@ -4,6 +4,9 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, TypeVar
+
+Factory = TypeVar("Factory", bound=Callable)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -24,6 +27,39 @@ def describe(registry: Mapping[str, Callable]) -> list[tuple[str, str]]:
     """``(name, the first line of its factory's docstring)`` for every registered name, sorted."""
     return [(n, (inspect.getdoc(registry[n]) or "").splitlines()[0] if inspect.getdoc(registry[n]) else "")
             for n in sorted(registry)]
+
+
+class Registry(Generic[Factory]):
+    """Recipe names -> factories, filled by the ``register(name)`` decorator; looked up with suggestions.
+
+    ``kind`` names what it holds in messages ("model"), ``lister`` the command that lists them."""
+
+    def __init__(self, kind: str, lister: str):
+        self.kind, self.lister = kind, lister
+        self.factories: dict[str, Factory] = {}
+
+    def register(self, name: str) -> Callable[[Factory], Factory]:
+        def add(factory: Factory) -> Factory:
+            if name in self.factories:
+                raise ValueError(f"{self.kind} name {name!r} is registered twice "
+                                 f"({self.factories[name].__module__} and {factory.__module__})")
+            self.factories[name] = factory
+            return factory
+        return add
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.factories
+
+    def __getitem__(self, name: str) -> Factory:
+        """The factory of ``name``, or a ``ValueError`` with suggestions and every registered name."""
+        look_up(self.factories, name, self.kind, self.lister)
+        return self.factories[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.factories)
+
+    def describe(self) -> list[tuple[str, str]]:
+        return describe(self.factories)
 
 
 def check_keywords(factory: Callable, given: Iterable[str], what: str, positional: str) -> None:

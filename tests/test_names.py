@@ -1,6 +1,6 @@
 import pytest
 
-from reidkit.names import check_keywords, counted, did_you_mean, look_up
+from reidkit.names import Registry, check_keywords, counted, did_you_mean, look_up
 
 
 def test_counted_says_one_and_many():
@@ -25,3 +25,23 @@ def test_look_up_and_keyword_checks_name_what_is_wrong():
     check_keywords(loader, ["seed"], "dataset 'market1501'", "root")
     with pytest.raises(ValueError, match=r"does not take root, size \(it takes: seed\)"):
         check_keywords(loader, ["root", "size"], "dataset 'market1501'", "root")
+
+
+def test_registry_registers_once_and_looks_up_with_suggestions():
+    models: Registry = Registry("model", "reidkit models")
+
+    @models.register("osnet_x0_25")
+    def osnet(num_classes):
+        """OSNet x0.25 (Zhou et al. 2019).
+
+        More text."""
+        return num_classes
+
+    assert models["osnet_x0_25"] is osnet and "osnet_x0_25" in models and "osnet" not in models
+    assert models.names() == ["osnet_x0_25"]
+    assert models.describe() == [("osnet_x0_25", "OSNet x0.25 (Zhou et al. 2019).")]
+    with pytest.raises(ValueError, match=r"unknown model 'osnet_x025' \(did you mean 'osnet_x0_25'\?\)"):
+        models["osnet_x025"]
+    with pytest.raises(ValueError, match=r"model name 'osnet_x0_25' is registered twice \((tests\.)?test_names and"):
+        models.register("osnet_x0_25")(lambda num_classes: num_classes)
+    assert models["osnet_x0_25"] is osnet                   # the first registration stays

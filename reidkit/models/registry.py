@@ -5,33 +5,28 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from ..names import check_keywords, describe, look_up
+from ..names import Registry, check_keywords
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "reidkit models")
 
 
-def register_model(name: str):
-    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model name {name!r} is registered twice ({_MODELS[name].__module__} and "
-                             f"{fn.__module__})")
-        _MODELS[name] = fn
-        return fn
-    return add
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: the builder ``(num_classes, pretrained=..., **options) -> nn.Module`` is the model ``name``."""
+    return _MODELS.register(name)
 
 
 def model_names() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def describe_models() -> list[tuple[str, str]]:
     """``(name, the first line of its builder's docstring)`` for every registered model."""
-    return describe(_MODELS)
+    return _MODELS.describe()
 
 
 def check_model(name: str, **kwargs) -> None:
     """Raise ``ValueError`` now (before data is decoded) if ``name`` is not registered or takes not ``kwargs``."""
-    check_keywords(look_up(_MODELS, name, "model", "reidkit models"), kwargs, f"model {name!r}", "num_classes")
+    check_keywords(_MODELS[name], kwargs, f"model {name!r}", "num_classes")
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:

@@ -4,30 +4,25 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from ...names import check_keywords, describe, look_up
+from ...names import Registry, check_keywords
 from ..records import ReIDDataset
 
 DatasetFactory = Callable[..., ReIDDataset]
-_DATASETS: dict[str, DatasetFactory] = {}
+_DATASETS: Registry[DatasetFactory] = Registry("dataset", "reidkit datasets")
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
-    def add(factory: DatasetFactory) -> DatasetFactory:
-        if name in _DATASETS:
-            raise ValueError(f"dataset name {name!r} is registered twice ({_DATASETS[name].__module__} and "
-                             f"{factory.__module__})")
-        _DATASETS[name] = factory
-        return factory
-    return add
+    """Decorator: the loader ``(root, **options) -> ReIDDataset`` is the dataset ``name``."""
+    return _DATASETS.register(name)
 
 
 def dataset_names() -> list[str]:
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def describe_datasets() -> list[tuple[str, str]]:
     """``(name, the first line of its loader's docstring)`` for every registered dataset."""
-    return describe(_DATASETS)
+    return _DATASETS.describe()
 
 
 def loader_takes(name: str, option: str) -> bool:
@@ -38,7 +33,7 @@ def loader_takes(name: str, option: str) -> bool:
 def check_dataset(name: str, options: dict | None = None, where: str = "data.options") -> None:
     """Raise ``ValueError`` now if ``name`` is not registered or its loader takes not ``options`` (the recipe key
     ``where`` holds them)."""
-    loader = look_up(_DATASETS, name, "dataset", "reidkit datasets")
+    loader = _DATASETS[name]
     check_keywords(loader, options or {}, f"dataset {name!r} ({where})", "root")
 
 
