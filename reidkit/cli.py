@@ -28,19 +28,27 @@ def cmd_train(args) -> int:
     from .engine import Trainer
     from .engine.device import resolve_device
     from .engine.distributed import init_from_env, shutdown
-    from .engine.run_folder import prepare_run_folder
+    from .engine.run_folder import prepare_run_folder, record_run_file, release_run_folder
+    from .engine.run_outputs import recipe_inputs
     recipe = load_recipe(args.recipe, args.overrides)
     env = init_from_env(resolve_device(recipe.train.device).type, recipe.train.dist_timeout)
+    out = Path(recipe.train.output_dir)
     try:
         if env.is_main:              # before the log file is opened there, and before minutes of decoding
-            prepare_run_folder(recipe.train.output_dir, args.resume, args.overwrite)
-        setup_logging(recipe.train.output_dir, main_process=env.is_main)
+            inputs = recipe_inputs(recipe) | ({"the recipe file": args.recipe} if Path(args.recipe).is_file() else {})
+            prepare_run_folder(out, args.resume, args.overwrite, inputs)
+            new_log = not (out / "log.txt").exists()
+        setup_logging(out, main_process=env.is_main)
+        if env.is_main and new_log:
+            record_run_file(out / "log.txt")
         trainer = Trainer(recipe, progress=not args.no_progress)
         result = trainer.fit(resume=args.resume)
         if result is not None:
             log.info("final:\n%s", result.summary())
         log.info("checkpoints and TensorBoard logs in %s", recipe.train.output_dir)
     finally:
+        if env.is_main:
+            release_run_folder(out)
         shutdown()
     return 0
 
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in train.output_dir (deleted first; refused without this flag)")
+                   help="replace a run already in train.output_dir: the files it wrote (run_manifest.json) are "
+                        "deleted first, nothing else; refused without this flag")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -259,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ValueError, FileNotFoundError, FloatingPointError, DistributedError, OutputError) as e:
         print(f"reidkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:                  # Ctrl-C: what was left, not a traceback
+        print(f"reidkit {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ key or a value of the wrong type raises :class:`RecipeError` naming the key path
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,6 +17,10 @@ from .data.transforms import AugmentConfig
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the source."""
+
+
+#: input sizes a recipe may ask for, per side and in all (a 100000-pixel side would allocate gigabytes per image)
+MIN_SIDE, MAX_SIDE, MAX_PIXELS = 8, 2048, 2048 * 1024
 
 
 class Strict(BaseModel):
@@ -39,10 +43,10 @@ class DataConfig(Strict):
     dataset: str | list[str] = "synthetic"
     root: str | list[str] = "data/synthetic"
     options: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)   # extra dataset arguments
-    height: int = Field(256, gt=0)
-    width: int = Field(128, gt=0)
+    height: int = Field(256, ge=MIN_SIDE, le=MAX_SIDE)
+    width: int = Field(128, ge=MIN_SIDE, le=MAX_SIDE)
     sampler: Literal["auto", "random", "identity", "camera_diverse"] = "auto"
-    batch_size: int = Field(64, gt=0)         # the global batch: all processes together
+    batch_size: int = Field(64, ge=2)         # the global batch: all processes together (BatchNorm needs 2)
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
@@ -67,6 +71,12 @@ class DataConfig(Strict):
     def _one_root_per_dataset(self) -> DataConfig:
         for name, _, options in dataset_specs(self.dataset, self.root, self.options):
             check_dataset(name, options)
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_input(self) -> DataConfig:
+        if self.height * self.width > MAX_PIXELS:
+            raise ValueError(f"height x width = {self.height} x {self.width} is over {MAX_PIXELS} pixels")
         return self
 
     @property
@@ -150,7 +160,7 @@ class LossConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
-    triplet_margin: float | None = 0.3     # null = soft margin
+    triplet_margin: Annotated[float, Field(ge=0)] | None = 0.3     # null = soft margin
     miner: Literal["batch_hard", "camera_aware"] = "batch_hard"
     camera_bias: CameraBiasConfig = Field(default_factory=CameraBiasConfig)
     center_weight: float = Field(5e-4, ge=0)
@@ -186,7 +196,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 class TrainConfig(Strict):
     epochs: int = Field(120, gt=0)
     eval_every: int = Field(10, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     device: str = "auto"                      # auto (CUDA when available), cpu, cuda, cuda:N
     # mixed precision: bf16 (autocast; CPU and CUDA), fp16 (autocast + gradient scaler), off;
     # true / false are read as bf16 / off

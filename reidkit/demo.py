@@ -58,7 +58,7 @@ def evaluate_reference(onnx_file: Path, dataset, metric: str, progress: bool):
 def run_demo(output: str | Path = "demo_output", epochs: int | None = None, progress: bool = True,
              reference: str | None = None, overwrite: bool = False) -> Path:
     from .engine import Trainer
-    from .engine.run_folder import prepare_run_folder
+    from .engine.run_folder import prepare_run_folder, release_run_folder
 
     output = Path(output)
     overrides = [f"data.root={output / 'data'}", f"train.output_dir={output / 'run'}"]
@@ -66,11 +66,14 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
         overrides.append(f"train.epochs={epochs}")
     recipe = load_recipe(demo_recipe_path(), overrides)
     prepare_run_folder(recipe.train.output_dir, overwrite=overwrite)    # before minutes of work, not after
-    setup_logging(str(output))
-    t0 = time.perf_counter()
-    trainer = Trainer(recipe, progress=progress)
-    result = trainer.fit()
-    train_s = time.perf_counter() - t0
+    try:
+        setup_logging(str(output))
+        t0 = time.perf_counter()
+        trainer = Trainer(recipe, progress=progress)
+        result = trainer.fit()
+        train_s = time.perf_counter() - t0
+    finally:
+        release_run_folder(recipe.train.output_dir)
 
     if result is None or trainer.last_features is None:
         raise RuntimeError("the demo recipe trained no epoch")

@@ -11,7 +11,8 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 #: what :func:`write_atomic` appends to its temporary files
@@ -50,6 +51,16 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
+#: called with each file :func:`write_atomic` has put in place (a run's manifest records its own files)
+_write_observers: list[Callable[[Path], None]] = []
+
+
+def observe_writes(callback: Callable[[Path], None]) -> None:
+    """Call ``callback(path)`` after every completed :func:`write_atomic` (once per callback)."""
+    if callback not in _write_observers:
+        _write_observers.append(callback)
+
+
 def write_atomic(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(temporary_path)``, then move the result to ``path`` in one step.
 
@@ -75,6 +86,8 @@ def write_atomic(path: str | Path, write: Callable[[str], object]) -> Path:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    for observe in _write_observers:
+        observe(path)
     return path
 
 
@@ -137,3 +150,100 @@ def remove_orphan_temporaries(folder: str | Path, names: Iterable[str] | None = 
             p.unlink(missing_ok=True)
             removed.append((p, size))
     return removed
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (after resolving links; an absent file by its resolved path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_outputs_over_inputs(outputs: Mapping[str, str | Path | None],
+                               inputs: Mapping[str, str | Path | Iterable[str | Path] | None]) -> None:
+    """Raise :class:`OutputError` when an output (``{"--json": path}``) is one of the command's inputs
+    (``{"the gallery": path, "a query image": [paths]}``), the same file after resolving links: writing it
+    would destroy the input."""
+    for out_name, out in outputs.items():
+        if out is None:
+            continue
+        for in_name, given in inputs.items():
+            if given is None:
+                continue
+            for candidate in ([given] if isinstance(given, (str, Path)) else given):
+                if same_file(out, candidate):
+                    raise OutputError(f"{out_name} {out} is {in_name} ({candidate}): writing it would destroy "
+                                      "an input of this command; choose another output path")
+
+
+class BusyError(OutputError):
+    """Another process is writing the same output (a gallery, a run folder, a cache) right now."""
+
+
+_held_locks: dict[str, tuple[object, int]] = {}
+
+
+def acquire_lock(target: str | Path, what: str, wait_s: float = 0.0) -> Path:
+    """Take ``TARGET.lock`` (an OS file lock through :mod:`filelock`) before writing ``target``; returns the
+    lock file.  Another process holding it: wait up to ``wait_s`` seconds, then :class:`BusyError` naming
+    ``what``.  Re-entrant within one process (each acquire needs a :func:`release_lock`).  The lock file stays
+    afterwards: removing it would race with a process waiting on it."""
+    import filelock
+    lock_path = Path(f"{target}.lock")
+    key = str(lock_path.resolve())
+    held = _held_locks.get(key)
+    if held is not None:
+        _held_locks[key] = (held[0], held[1] + 1)
+        return lock_path
+    ensure_writable_dir(lock_path.parent)
+    lock = filelock.FileLock(str(lock_path), timeout=wait_s)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise BusyError(f"{what} is being written by another process (it holds {lock_path}); wait until it "
+                        "finishes, or write to another path") from None
+    except OSError as e:
+        raise OutputError(f"cannot lock {what} through {lock_path}: {e.strerror or e}") from e
+    _held_locks[key] = (lock, 1)
+    return lock_path
+
+
+def release_lock(target: str | Path) -> None:
+    """Undo one :func:`acquire_lock` of ``target`` by this process (nothing when it holds none)."""
+    key = str(Path(f"{target}.lock").resolve())
+    held = _held_locks.get(key)
+    if held is None:
+        return
+    if held[1] > 1:
+        _held_locks[key] = (held[0], held[1] - 1)
+    else:
+        del _held_locks[key]
+        held[0].release()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def exclusive_lock(target: str | Path, what: str, wait_s: float = 0.0) -> Iterator[Path]:
+    """:func:`acquire_lock` for the duration of a ``with`` block."""
+    lock_path = acquire_lock(target, what, wait_s)
+    try:
+        yield lock_path
+    finally:
+        release_lock(target)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def printable(path: str | Path) -> str:
+    """``path`` as text any terminal can print: bytes that are not UTF-8 (kept by Python as surrogates) shown as
+    U+FFFD, control characters such as a newline escaped."""
+    text = os.fsencode(str(path)).decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

@@ -12,9 +12,26 @@ def setup_logging(output_dir: str | Path | None = None, main_process: bool = Tru
                         stream=sys.stdout, force=True)
     if output_dir and main_process:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(output_dir) / "log.txt")
+        handler = QuietFileHandler(Path(output_dir) / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logging.getLogger().addHandler(handler)
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A log file that, when a write fails (a full disk, a removed folder), says so once on stderr and stops
+    writing, instead of printing logging's "--- Logging error ---" traceback for every message; the terminal
+    keeps every message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or error
+        print(f"reidkit: cannot write the log file {self.baseFilename} ({reason}); its messages go to the terminal "
+              "only from here on", file=sys.stderr)
+        logging.getLogger().removeHandler(self)
+        try:
+            self.close()
+        except OSError:
+            pass
 
 
 def bar_disabled(progress: bool) -> bool | None:

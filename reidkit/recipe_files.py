@@ -61,8 +61,66 @@ _RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                     re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping, refusing a key given twice (YAML would silently keep the last one)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            raise RecipeError(f"line {key_node.start_mark.line + 1}: a key must be a name, got {key!r}") from None
+        if first is not None:
+            raise RecipeError(f"the key {key!r} is given twice, at lines {first} and {key_node.start_mark.line + 1} "
+                              "(YAML would keep only the last): merge the two")
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+#: bounds on what a recipe may expand to: its text, its values once YAML aliases are expanded, its nesting
+MAX_RECIPE_BYTES, MAX_RECIPE_VALUES, MAX_RECIPE_DEPTH = 1 << 20, 100_000, 32
+#: how many recipes a _base_ chain may stack
+MAX_BASE_DEPTH = 32
+
+
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_RecipeLoader)
+    """YAML text -> Python values (recipe rules: YAML 1.2 booleans, no duplicate keys, bounded size)."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{len(text)} characters of YAML, over the {MAX_RECIPE_BYTES} a recipe may have")
+    try:
+        value = yaml.load(text, Loader=_RecipeLoader)
+    except RecursionError:
+        raise RecipeError("the YAML is nested too deeply") from None
+    check_expanded_size(value)
+    return value
+
+
+def check_expanded_size(value: Any) -> int:
+    """How many values ``value`` holds with YAML aliases expanded (each shared list or mapping counted as often
+    as it is referenced); a :class:`RecipeError` beyond :data:`MAX_RECIPE_VALUES` (a "billion laughs" alias
+    bomb), beyond :data:`MAX_RECIPE_DEPTH` levels of nesting, or for a self-referencing alias."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any, depth: int, open_ids: tuple[int, ...]) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        if id(v) in open_ids:
+            raise RecipeError("a YAML alias refers to itself (an endless recipe)")
+        if depth > MAX_RECIPE_DEPTH:
+            raise RecipeError(f"the recipe is nested more than {MAX_RECIPE_DEPTH} levels deep")
+        if id(v) not in sizes:
+            children = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            total = 1
+            for child in children:
+                total += size(child, depth + 1, (*open_ids, id(v)))
+                if total > MAX_RECIPE_VALUES:
+                    raise RecipeError(f"the recipe expands to over {MAX_RECIPE_VALUES} values (YAML aliases "
+                                      "repeated inside each other?)")
+            sizes[id(v)] = total
+        return sizes[id(v)]
+    return size(value, 0, ())
 
 
 def apply_override(tree: dict, override: str) -> None:
@@ -76,7 +134,12 @@ def apply_override(tree: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"override {override!r}: '{part}' is not a section")
-    node[parts[-1]] = parse_yaml(raw)
+    try:
+        node[parts[-1]] = parse_yaml(raw)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {override!r}: the value is not valid YAML ({e})") from None
+    except RecipeError as e:
+        raise RecipeError(f"override {override!r}: {e}") from None
 
 
 #: the recipes that ship with reidkit (the repository's configs/ points here)
@@ -119,10 +182,23 @@ def read_recipe_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
         raise RecipeError(f"recipe inheritance loops: {' -> '.join(str(p) for p in (*chain, path))}")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise RecipeError(f"{chain[0]}: its _base_ chain is over {MAX_BASE_DEPTH} recipes deep (at {path})")
     try:
-        tree = parse_yaml(path.read_text()) or {}
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size} bytes, over the {MAX_RECIPE_BYTES} a recipe may have")
+        tree = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a recipe is a YAML text file") \
+            from None
+    except RecipeError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise RecipeError(f"{path}: {e}") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e.strerror or e})") from None
     if not tree:
         raise RecipeError(f"{path}: the recipe is empty (no sections, only comments or blank lines); "
                           "it would silently run every default. Start from a recipe in configs/ and "
@@ -161,10 +237,28 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(tree, override)
     if overrides:
         source += " + overrides " + " ".join(overrides)
+    check_expanded_size(tree)
     try:
-        return Recipe.model_validate(tree)
+        recipe = Recipe.model_validate(tree)
     except ValidationError as e:
         raise RecipeError(_format_errors(e, source)) from None
+    if path is not None:
+        _check_named(tree, source)
+    return recipe
+
+
+#: what every recipe file must say itself (or through its _base_ or overrides): the defaults would otherwise
+#: silently write the synthetic set into ./data and train a ResNet-50 for 120 epochs
+REQUIRED_KEYS = (("data", "dataset"), ("model", "name"))
+
+
+def _check_named(tree: dict, source: str) -> None:
+    missing = [f"{section}.{key}" for section, key in REQUIRED_KEYS
+               if not isinstance(tree.get(section), dict) or key not in tree[section]]
+    if missing:
+        raise RecipeError(f"invalid recipe ({source}): it does not name {' and '.join(missing)}; every recipe says "
+                          "which dataset and which model it trains (`reidkit datasets`, `reidkit models` list them) "
+                          "instead of running the defaults")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

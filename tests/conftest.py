@@ -22,7 +22,8 @@ def make_tiny_synthetic(tmp_path_factory, name: str, num_ids: int = 16, seed: in
 
 def tiny_overrides(root, out, epochs=3) -> list[str]:
     """A ResNet-18 BoT run on a tiny synthetic set at 32x16 (seconds per epoch on a CPU)."""
-    return [f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32", "data.width=16",
+    return ["data.dataset=synthetic", f"data.root={root}", "data.options={num_cameras: 3}", "data.height=32",
+            "data.width=16",
             "data.batch_size=8", "data.num_instances=2", "data.test_batch_size=64",
             "model.name=resnet18_bnneck", "model.pretrained=none", "optim.lr=0.001",
             "schedule.kind=cosine", "schedule.warmup_epochs=0", f"train.epochs={epochs}",

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 64 * 1024 * 1024  # far above any person crop; larger files are refused as bombs
 
@@ -41,21 +41,31 @@ def describe_bad_images(splits: dict[str, list[tuple[str, str]]], limit: int = 2
     return "\n".join(lines)
 
 
+def _full_scale(img: Image.Image, values: np.ndarray) -> float:
+    """The value that is white in a deep greyscale image: 65535 for 16-bit modes; for 32-bit integer and float
+    data the smallest common sensor depth (8, 10, 12, 14 or 16 bits) that holds its largest value."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    top = float(values.max(initial=0))
+    for bits in (8, 10, 12, 14, 16):
+        if top <= 2 ** bits - 1:
+            return float(2 ** bits - 1)
+    return top
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """``img`` as 8-bit RGB.  16- and 32-bit greyscale (PNG ``I;16``, ``I``) are scaled to 0..255 by their bit
-    depth (PIL's own ``convert("RGB")`` clips them, turning a 16-bit image almost white); float images are
-    read as 0..1 when they lie there, else clipped to 0..255."""
-    if img.mode.startswith("I;16") or img.mode == "I":
+    """``img`` as 8-bit RGB.  16- and 32-bit greyscale (PNG ``I;16``, TIFF ``I``) are scaled to 0..255 by their bit
+    depth (PIL's own ``convert("RGB")`` clips them, turning a 16-bit image almost white; 12-bit data in a 32-bit
+    TIFF is scaled by 4095, not 65535); float images are read as 0..1 when they lie there, else by the same
+    depths."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        if values.max(initial=0) > 65535:
-            top = float(values.max())
-        grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        if img.mode == "F" and values.size and 0 <= values.min() and values.max() <= 1:
+            top = 1.0
+        else:
+            top = _full_scale(img, values)
+        grey = np.clip(np.round(np.nan_to_num(values) * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    if img.mode == "F":
-        values = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if values.size and 0 <= values.min() and values.max() <= 1 else 1.0
-        return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 
@@ -76,7 +86,7 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
                     raise BadImageError([(str(path), f"{img.width}x{img.height} pixels: "
                                                      "refused as a decompression bomb")])
                 img.load()
-                rgb = to_rgb(img)
+                rgb = to_rgb(ImageOps.exif_transpose(img))     # phone crops: upright, as their viewer shows them
     except BadImageError:
         raise
     except FileNotFoundError:

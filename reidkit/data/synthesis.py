@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..files import OutputError, ensure_writable_dir
+
 HEIGHT, WIDTH = 128, 64
 PALETTE = np.array([
     [0.85, 0.1, 0.1], [0.1, 0.2, 0.75], [0.1, 0.55, 0.2], [0.9, 0.8, 0.15], [0.95, 0.95, 0.95],
@@ -217,11 +219,20 @@ def generate(out: str | Path, num_ids: int = 200, num_cameras: int = 6, seed: in
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not empty: the synthetic dataset is written only into a new or "
                          "empty folder (nothing of yours is overwritten); choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    ensure_writable_dir(out.parent)            # a file in the way or a read-only disk: named now
+    try:
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as e:
+        raise OutputError(f"cannot write the synthetic dataset into {out.parent}: {e.strerror or e}") from None
     try:
         count = _write_images(staging, num_ids, num_cameras, seed, images_per_camera, num_distractors)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)             # mkdtemp makes it private (0700); a folder follows the umask
         os.replace(staging, out)                  # all or nothing: a killed generation leaves no half dataset
+    except OSError as e:
+        raise OutputError(f"could not write the synthetic dataset {out} ({e.strerror or e}); nothing was left "
+                          "behind") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not quiet:

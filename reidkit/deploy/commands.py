@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..files import check_output_file, write_text_atomic
+from ..engine.checkpoint import describe_tensors, non_finite_tensors
+from ..files import (
+    OutputError,
+    check_output_file,
+    exclusive_lock,
+    file_sha256,
+    printable,
+    refuse_outputs_over_inputs,
+    remove_orphan_temporaries,
+    same_file,
+    write_text_atomic,
+)
 from ..names import counted
 from ..recipe_files import load_recipe
 
@@ -27,7 +39,7 @@ def cmd_extract(args) -> int:
                              "--size and --set")
         meta = existing.meta
         arch, options, size = meta["arch"], meta["model_options"], tuple(meta["image_size"])
-        weights = args.weights or meta["weights"]
+        weights = check_gallery_weights(args.add_to, meta, args.weights)
     elif args.recipe:
         recipe = load_recipe(args.recipe, args.overrides)
         arch, options, size = recipe.model.name, recipe.model.options(), (recipe.data.height, recipe.data.width)
@@ -40,15 +52,14 @@ def cmd_extract(args) -> int:
     if weights is None:
         raise ValueError("--weights is needed (the model to embed the images with)")
     check_output_file(out)                 # a read-only folder or a path that is a folder: now, not after minutes
-    paths = [str(p.resolve()) for p in find_images(args.images)]
+    images = find_images(args.images)
+    refuse_outputs_over_inputs({"--out": out}, {"the model's weights": weights, "the recipe": args.recipe,
+                                                "an image to embed": images})
+    paths = [str(p.resolve()) for p in images]
     if existing is not None:
-        known = set(existing.paths)
-        kept = [p for p in paths if p not in known]
-        if len(kept) < len(paths):
-            print(f"{counted(len(paths) - len(kept), 'image')} already in {args.add_to}: left out")
-        if not kept:
+        paths = _new_paths(existing, paths, args.add_to)
+        if not paths:
             return 0
-        paths = kept
     extractor = FeatureExtractor(arch, weights, device=_device(args.device), image_size=size,
                                  batch_size=args.batch_size, model_options=options)
     t0 = time.perf_counter()
@@ -58,18 +69,61 @@ def cmd_extract(args) -> int:
         from ..evaluation.expansion import database_augment
         features = database_augment(features, args.dba)
     seconds = time.perf_counter() - t0
-    if existing is not None:
-        index = existing
-        index.add(features, paths)
-    else:
-        meta = {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
-                "image_size": list(extractor.image_size), "model_options": extractor.model_options}
-        index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta, index=args.index)
-    index.save(out)
+    # one writer of a gallery at a time; --add-to reads the gallery again under the lock, so that images another
+    # process added while these were embedded are kept
+    with exclusive_lock(out, f"the gallery {out}", wait_s=600):
+        remove_orphan_temporaries(Path(out).parent, [Path(out).name])
+        if existing is not None:
+            index = GalleryIndex.load(args.add_to)
+            if index.meta.get("weights_sha256") != existing.meta.get("weights_sha256"):
+                raise ValueError(f"{args.add_to} was rebuilt with another model while these images were embedded; "
+                                 "run the command again")
+            fresh = set(_new_paths(index, paths, None))
+            keep = [i for i, p in enumerate(paths) if p in fresh]
+            features, paths = features[keep], [paths[i] for i in keep]
+            if paths:
+                index.add(features, paths)
+        else:
+            meta = {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
+                    "weights_sha256": file_sha256(weights), "image_size": list(extractor.image_size),
+                    "model_options": extractor.model_options}
+            index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta, index=args.index)
+        index.save(out)
     print(f"{len(paths)} images -> {out} ({len(index)} in all, {index.description} index): {index.dim}-d "
           f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
           f"{index.metric} ({len(paths) / seconds:.1f} img/s)")
     return 0
+
+
+def _new_paths(gallery, paths: list[str], name: str | None) -> list[str]:
+    """``paths`` less those already in ``gallery`` (said when ``name`` is given)."""
+    known = set(gallery.paths)
+    kept = [p for p in paths if p not in known]
+    if name is not None and len(kept) < len(paths):
+        print(f"{counted(len(paths) - len(kept), 'image')} already in {name}: left out")
+    return kept
+
+
+def check_gallery_weights(gallery: str, meta: dict, weights: str | None) -> str:
+    """The weights a gallery's model is to be loaded from (``weights`` if given, else the recorded path), checked
+    against the fingerprint the gallery recorded: another file would mix two models' embeddings in one index."""
+    path = weights or meta.get("weights")
+    if not path:
+        raise ValueError(f"{gallery}: no record of the model's weights; pass --weights")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{gallery}: the model's weights {path} are not there any more; pass --weights with "
+                                "the file the gallery was built with")
+    recorded = meta.get("weights_sha256")
+    if recorded is None:
+        print(f"note: {gallery} records no fingerprint of its model (written by an older reidkit): {path} is "
+              "assumed to be the model that embedded it")
+        return path
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise ValueError(f"{gallery} was embedded with weights of SHA-256 {recorded[:12]}..., but {path} now has "
+                         f"{actual[:12]}...: another model. Pass the original file with --weights, or build the "
+                         "gallery again with `reidkit extract --out`")
+    return path
 
 
 def _device(name: str) -> str:
@@ -92,11 +146,17 @@ def cmd_search(args) -> int:
     if "arch" not in meta:
         raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
                          "(write it with `reidkit extract`)")
-    weights = args.weights or meta["weights"]
+    weights = check_gallery_weights(args.gallery, meta, args.weights)
     for out in (args.json, args.picture):
         if out:
             check_output_file(out)
-    queries = [str(p.resolve()) for p in find_images(args.queries)]
+    images = find_images(args.queries)
+    refuse_outputs_over_inputs({"--json": args.json, "--picture": args.picture},
+                               {"the gallery": args.gallery, "the model's weights": weights,
+                                "a query image": images})
+    if args.json and args.picture and same_file(args.json, args.picture):
+        raise OutputError(f"--json and --picture are both {args.json}: give each its own file")
+    queries = [str(p.resolve()) for p in images]
     from .extractor import check_image_size
     size = check_image_size(meta.get("image_size", ()), f"{args.gallery}: the metadata's image_size")
     extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
@@ -114,9 +174,9 @@ def cmd_search(args) -> int:
                                         for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
     for r in results:
-        print(r["query"])
+        print(printable(r["query"]))
         for rank, m in enumerate(r["matches"], 1):
-            print(f"  {rank:3d}  {m['distance']:.4f}  {m['path']}")
+            print(f"  {rank:3d}  {m['distance']:.4f}  {printable(m['path'])}")
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=1))
         print(f"results -> {args.json}")
@@ -131,6 +191,8 @@ def cmd_search(args) -> int:
 def cmd_import_onnx(args) -> int:
     from ..engine.checkpoint import save_checkpoint
     from . import import_onnx_osnet
+    check_output_file(args.out)
+    refuse_outputs_over_inputs({"--out": args.out}, {"the ONNX file": args.file})
     state = import_onnx_osnet(args.file, args.arch)
     # its BatchNorms are folded (identity statistics): fine-tuning first measures real ones (train.bn_stats=auto)
     save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "recalibrate"},
@@ -152,7 +214,13 @@ def cmd_export(args) -> int:
     for out in (args.out, int8_path):
         if out is not None:
             check_output_file(out)
+    refuse_outputs_over_inputs({"--out": args.out, "the int8 model": int8_path},
+                               {"the weights": args.weights, "the recipe": args.recipe})
     model, spec = load_recipe_model(recipe, args.weights)
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise ValueError(f"{args.weights}: {describe_tensors(bad)} hold NaN or infinite values (a diverged run?); "
+                         "an export would give NaN embeddings. Export an earlier checkpoint")
     size = (recipe.data.height, recipe.data.width)
     path = export_onnx(model, args.out, size, spec=spec)
     x = torch.randn(2, 3, *size)
@@ -162,7 +230,9 @@ def cmd_export(args) -> int:
     diff = float(np.abs(got - expected).max())
     print(f"{args.weights} -> {path} ({recipe.model.name}, input N x 3 x {size[0]} x {size[1]}, "
           f"output N x {got.shape[1]}); ONNX Runtime vs torch max |diff| {diff:.2e}")
-    if diff >= 1e-3:
+    if not np.isfinite(got).all() or not np.isfinite(expected).all() or not diff < 1e-3:   # NaN fails too
+        print(f"reidkit export: error: {path} does not reproduce the model (max |diff| {diff:.2e}, "
+              f"{int((~np.isfinite(got)).sum())} non-finite outputs); do not deploy it", file=sys.stderr)
         return 1
     return _export_int8(args, recipe, spec, path, int8_path) if int8_path is not None else 0
 

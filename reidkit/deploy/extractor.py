@@ -38,7 +38,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embedding_model
 from ..logs import bar_disabled
 from ..models import build_model
-from .onnx_model import onnx_session, read_spec
+from .onnx_model import fixed_input, onnx_session, read_spec, run_session
 from .optimize import export_onnx, fuse_for_inference
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,15 @@ class FeatureExtractor:
         self.model_name = spec.arch if spec is not None else (model_name or Path(path).stem)
         self.model_options = dict(spec.options) if spec is not None else dict(model_options or {})
         self.mean, self.std = (spec.mean, spec.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
-        size = image_size or (spec.image_size if spec is not None else (256, 128))
+        session = onnx_session(path)
+        _, _, fixed_size = fixed_input(session)
+        if fixed_size is not None and image_size is not None and tuple(image_size) != fixed_size:
+            raise ValueError(f"{path} takes images of exactly {fixed_size[0]}x{fixed_size[1]}, not "
+                             f"{image_size[0]}x{image_size[1]}: leave out the size (or give that one)")
+        size = image_size or (spec.image_size if spec is not None else (fixed_size or (256, 128)))
         self.device, self.image_size, self.batch_size = device, check_image_size(size), batch_size
         self.memory_format = torch.contiguous_format
-        self.session, self.backend = onnx_session(path), "onnxruntime"
+        self.session, self.backend = session, "onnxruntime"
 
     def _onnx_session(self, onnx_path: str | Path | None):
         if onnx_path is None:
@@ -148,7 +153,7 @@ class FeatureExtractor:
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Embeddings of an already normalised N x 3 x H x W float batch."""
         if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"images": batch.numpy()})[0])
+            return torch.from_numpy(run_session(self.session, batch.numpy()))
         batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
         return self.model(batch).float().cpu()
 

@@ -43,7 +43,9 @@ import torch
 from ..evaluation.distance import check_metric
 from ..files import write_atomic
 
-FORMAT_VERSION = 2
+#: 3: paths as a JSON list (any file name round-trips: newlines, non-UTF-8 bytes); 2: newline-joined UTF-8
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 
 
 def _import_faiss():
@@ -225,11 +227,21 @@ class GalleryIndex:
             if len(x) > self.train_size:
                 sample = x[np.sort(np.random.default_rng(0).choice(len(x), self.train_size, replace=False))]
             ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None and ivf.quantizer.ntotal == 0:
-                # the inverted lists' centres by k-means in torch: faiss learns them with its bundled OpenBLAS,
-                # which runs generic kernels on CPUs newer than it knows (10x slower than torch's here)
-                ivf.quantizer.add(kmeans(sample, ivf.nlist))
-            index.train(sample)
+            if ivf is not None and ivf.nlist > len(sample):
+                raise ValueError(f"index {self.kind!r} ({self.description}) has {ivf.nlist} inverted lists but the "
+                                 f"gallery only {len(sample)} images to place them: give fewer lists "
+                                 "(--ivf-lists) or use --index flat / hnsw for a gallery this small")
+            try:
+                if ivf is not None and ivf.quantizer.ntotal == 0:
+                    # the inverted lists' centres by k-means in torch: faiss learns them with its bundled OpenBLAS,
+                    # which runs generic kernels on CPUs newer than it knows (10x slower than torch's here)
+                    ivf.quantizer.add(kmeans(sample, ivf.nlist))
+                index.train(sample)
+            except RuntimeError as e:
+                reason = str(e).split("Error: ", 1)[-1].strip().splitlines()[0][:200]
+                raise ValueError(f"index {self.kind!r} ({self.description}) cannot be trained on {len(sample)} "
+                                 f"images ({reason}); product-quantised indices (ivfpq, hnswpq, PQ) need at least "
+                                 "256 images: use --index flat or hnsw for a gallery this small") from None
         index.add(x)
         self._index, self._pending = index, []
         self._apply_search_settings()
@@ -291,9 +303,9 @@ class GalleryIndex:
         header = {"format": FORMAT_VERSION, "metric": self.metric, "index": self.kind,
                   "description": self.description, "nprobe": self.nprobe, "ef_search": self.ef_search,
                   "refine": self.refine, "meta": self.meta}
-        encoded = "\n".join(self.paths).encode()
+        encoded = json.dumps(self.paths).encode("ascii")    # \n and undecodable bytes (surrogates) escaped
         arrays: dict[str, Any] = {"header": np.array(json.dumps(header)),
-                                  "paths_utf8": np.frombuffer(encoded, dtype=np.uint8),
+                                  "paths_json": np.frombuffer(encoded, dtype=np.uint8),
                                   "faiss_index": _import_faiss().serialize_index(self._index)}
 
         def write(tmp: str) -> None:
@@ -307,18 +319,20 @@ class GalleryIndex:
         faiss = _import_faiss()
         try:
             with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                if header.get("format") == 1:
+                header = _check_header(json.loads(str(z["header"])))
+                if header["format"] == 1:
                     return cls._load_first_format(z, header)
-                if header.get("format") != FORMAT_VERSION:
-                    raise _FormatError(header.get("format"))
-                paths = bytes(z["paths_utf8"]).decode().split("\n") if z["paths_utf8"].size else []
+                if header["format"] == 2:
+                    paths = bytes(z["paths_utf8"]).decode().split("\n") if z["paths_utf8"].size else []
+                else:
+                    paths = json.loads(bytes(z["paths_json"]).decode("ascii"))
+                    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                        raise ValueError("paths_json is not a list of file names")
                 index = faiss.deserialize_index(z["faiss_index"])
         except FileNotFoundError:
             raise FileNotFoundError(f"gallery file not found: {path}") from None
         except _FormatError as e:
-            raise ValueError(f"{path}: gallery format {e.args[0]!r}, this reidkit reads 1 and "
-                             f"{FORMAT_VERSION}") from None
+            raise ValueError(f"{path}: {e.args[0]}; write it again with `reidkit extract`") from None
         except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: not a reidkit gallery file, or a truncated one ({type(e).__name__}: "
                              f"{str(e)[:200]}); write it again with `reidkit extract`") from None
@@ -365,6 +379,31 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, chunk: in
 
 class _FormatError(Exception):
     pass
+
+
+#: what a gallery header must hold: key -> (allowed types, required)
+_HEADER_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "format": ((int,), True), "metric": ((str,), True), "nprobe": ((int,), True), "meta": ((dict,), True),
+    "index": ((str,), False), "description": ((str, type(None)), False), "ef_search": ((int,), False),
+    "refine": ((int,), False), "ivf_lists": ((int, type(None)), False)}
+
+
+def _check_header(header: Any) -> dict:
+    """The gallery header, checked: a JSON object with a known format and each key of the right type."""
+    if not isinstance(header, dict):
+        raise _FormatError(f"the header is a JSON {type(header).__name__}, not an object")
+    if header.get("format") not in READABLE_FORMATS:
+        raise _FormatError(f"gallery format {header.get('format')!r}; this reidkit reads "
+                           f"{', '.join(map(str, READABLE_FORMATS))}")
+    for key, (types, required) in _HEADER_KEYS.items():
+        if key not in header:
+            if required:
+                raise _FormatError(f"the header has no {key!r}")
+        elif not isinstance(header[key], types) or isinstance(header[key], bool):
+            raise _FormatError(f"the header's {key!r} is {header[key]!r}")
+    check_metric(header["metric"])
+    defaults = {"index": "flat", "description": None, "ef_search": 256, "refine": 16, "ivf_lists": None}
+    return {**defaults, **header}
 
 
 def _find(index: Any, attribute: str) -> Any:

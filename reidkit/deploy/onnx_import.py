@@ -49,7 +49,11 @@ def import_onnx_osnet(onnx_file: str | Path, arch: str) -> dict[str, torch.Tenso
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
         raise FileNotFoundError(f"ONNX file not found: {onnx_file}")
-    graph = onnx.load(str(onnx_file)).graph
+    try:
+        graph = onnx.load(str(onnx_file)).graph
+    except Exception as e:  # noqa: BLE001  (protobuf and onnx raise their own types for damaged files)
+        raise ValueError(f"{onnx_file}: not a readable ONNX model, or its external weights are missing or lie "
+                         f"outside its folder ({type(e).__name__}: {str(e).strip()[:200]})") from None
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     target = build_model(arch, 1).state_dict()
     found: dict[str, np.ndarray] = {}

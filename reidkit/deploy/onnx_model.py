@@ -76,7 +76,42 @@ def onnx_session(path: str | Path, threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  (ONNX Runtime raises its own exception types)
+        raise ValueError(f"{path}: ONNX Runtime cannot load it: a damaged file, not an ONNX model, or external "
+                         f"weights missing or outside its folder ({type(e).__name__}: {str(e).strip()[:200]})") \
+            from None
+
+
+def fixed_input(session) -> tuple[str, int | None, tuple[int, int] | None]:
+    """An ONNX Runtime session's image input: its name, its batch size when the model fixes one (else None) and
+    its (height, width) when fixed (else None)."""
+    first = session.get_inputs()[0]
+    shape = list(first.shape) + [None] * 4
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    size = (shape[2], shape[3]) if all(isinstance(v, int) and v > 0 for v in shape[2:4]) else None
+    return first.name, batch, size
+
+
+def run_session(session, images: np.ndarray) -> np.ndarray:
+    """``N x D`` embeddings of a batch from any ONNX embedding model: its own input name, a fixed batch size run
+    in pieces (the last one padded), outputs flattened per image."""
+    name, fixed, _ = fixed_input(session)
+    if fixed is None or fixed == len(images):
+        out = session.run(None, {name: images})[0]
+    else:
+        parts = []
+        for s in range(0, len(images), fixed):
+            part = images[s:s + fixed]
+            n = len(part)
+            if n < fixed:
+                part = np.concatenate([part, np.zeros((fixed - n, *part.shape[1:]), part.dtype)])
+            parts.append(session.run(None, {name: part})[0][:n])
+        out = np.concatenate(parts)
+    return np.asarray(out, dtype=np.float32).reshape(len(images), -1)
 
 
 class OnnxEmbedding(nn.Module):
@@ -92,7 +127,7 @@ class OnnxEmbedding(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+        return torch.from_numpy(run_session(self.session, x))
 
 
 #: how activation ranges are chosen from the calibration images (ONNX Runtime's calibrators)
@@ -126,7 +161,7 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
         """The calibration batches, read once (min-max ranges need one pass)."""
 
         def __init__(self, batches: Iterable[np.ndarray], input_name: str):
-            self.batches: Iterator[np.ndarray] = iter(batches)
+            self.batches: Iterator[np.ndarray] = iter(even_batches(batches))
             self.input_name = input_name
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -157,6 +192,15 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
             if spec is not None:
                 write_spec(path, spec)
         return write_atomic(out, write)
+
+
+def even_batches(batches: Iterable[np.ndarray], largest: int = 32) -> list[np.ndarray]:
+    """The images of ``batches`` again, in batches of one size (the largest divisor of their number up to
+    ``largest``): ONNX Runtime's histogram calibrators (percentile, entropy) stack every batch's activations and
+    fail on a shorter last batch."""
+    images = np.concatenate([np.asarray(b, dtype=np.float32) for b in batches])
+    size = max(d for d in range(1, min(largest, len(images)) + 1) if len(images) % d == 0)
+    return [images[s:s + size] for s in range(0, len(images), size)]
 
 
 def calibration_batches(paths: list[str], image_size: tuple[int, int], mean, std, count: int = 256,

@@ -3,7 +3,11 @@ whose optimiser fits the recipe's."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,6 +22,21 @@ EXPLODING_LOSS_FACTOR = 100.0
 EXPLODING_WEIGHT = 1e6
 #: a mean loss above this is diverging whatever the first epoch's was (cross-entropy over 100,000 identities: 11.5)
 EXPLODING_LOSS = 1e4
+
+
+def flatten_tensors(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every tensor inside nested dicts / lists, by a dotted name (``peers.0.conv1.weight``)."""
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {prefix: value} if isinstance(value, torch.Tensor) else {}
+    out: dict[str, Any] = {}
+    for key, inner in items:
+        out |= flatten_tensors(inner, f"{prefix}.{key}" if prefix else str(key))
+    return out
 
 
 class DivergenceGuard:
@@ -37,11 +56,15 @@ class DivergenceGuard:
         path, epoch = self.last_checkpoint
         return f"The last finite checkpoint is {path} (epoch {epoch}): --resume from it with a lower learning rate."
 
-    def check_epoch(self, model: nn.Module, epoch: int, step: int, means: dict[str, float]) -> None:
-        """Raise :class:`NonFiniteWeightsError` (before anything is saved) when a parameter or buffer holds NaN or
-        infinity; warn loudly when the loss or the weights explode while still finite."""
+    def check_epoch(self, model: nn.Module, epoch: int, step: int, means: dict[str, float],
+                    pieces: dict[str, Any] | None = None) -> None:
+        """Raise :class:`NonFiniteWeightsError` (before anything is saved) when a parameter or buffer of the model,
+        or a tensor of a training piece's state (``{piece name: state_dict}``: mutual-learning peers, centres),
+        holds NaN or infinity; warn loudly when the loss or the weights explode while still finite."""
         where = f"epoch {epoch + 1} (iteration {step}, lr {means['lr']:.2e})"
         bad = non_finite_tensors(model.state_dict())
+        for name, state in (pieces or {}).items():
+            bad += [f"{name}:{key}" for key in non_finite_tensors(flatten_tensors(state))]
         if bad:
             raise NonFiniteWeightsError(
                 f"after {where} the model's {describe_tensors(bad)} hold NaN or infinite values although every "
@@ -71,3 +94,32 @@ def check_optimizer_fits(state: dict, optimizer: torch.optim.Optimizer, name: st
             f"{path} was trained with the optimiser {saved or 'of another recipe'} ({len(groups)} parameter "
             f"group(s)); this recipe uses {name} ({len(own)} group(s)). Resume with the recipe it was trained with "
             f"(optim.name={saved}), or start a new run from its weights with model.pretrained={path}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a Ctrl-C, after the step in progress; the message says what was saved and how to go on."""
+
+
+class StopRequests:
+    """While active (a ``with`` block in the main thread), the first Ctrl-C (SIGINT) only sets :attr:`requested`,
+    so that the loop can finish its step and stop cleanly; a second one interrupts at once."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.requested = enabled, False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step (press it again to stop at once)")
+
+    def __enter__(self) -> StopRequests:
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

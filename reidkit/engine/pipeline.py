@@ -5,6 +5,9 @@ model exactly the batches a training run would.
 """
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import torch
 
 from ..config import Recipe
@@ -13,6 +16,8 @@ from ..data.loader import TrainLoader
 from ..data.samplers import build_sampler
 from ..data.transforms import BatchAugment
 from .distributed import ONE_PROCESS, DistEnv
+
+log = logging.getLogger("reidkit")
 
 
 def build_train_loader(recipe: Recipe, cache: ImageCache, device: torch.device | str = "cpu",
@@ -24,6 +29,24 @@ def build_train_loader(recipe: Recipe, cache: ImageCache, device: torch.device |
     """
     d = recipe.data
     seed = recipe.train.seed if seed is None else seed
+    check_positive_pairs(recipe, cache.pids())
     sampler = build_sampler(d.sampler, cache.pids(), cache.camids(), d.batch_size, d.num_instances, seed=seed)
     return TrainLoader(cache, sampler, BatchAugment(recipe.augment, seed=seed + 1), device, env.rank,
                        env.world_size, d.cache_on_device)
+
+
+def check_positive_pairs(recipe: Recipe, pids: np.ndarray) -> None:
+    """A triplet loss needs identities with two or more training images (the positives): none is an error, too few
+    to fill a batch's P identities a warning."""
+    if recipe.loss.triplet_weight <= 0 or len(pids) == 0:
+        return
+    _, counts = np.unique(pids, return_counts=True)
+    paired = int((counts >= 2).sum())
+    if paired == 0:
+        raise ValueError(f"loss.triplet_weight={recipe.loss.triplet_weight}, but none of the {len(counts)} training "
+                         "identities has two images: the triplet loss would have no positive pair. Set "
+                         "loss.triplet_weight=0 (and data.sampler=random), or train on data with repeated identities")
+    if paired < recipe.data.num_identities:
+        log.warning("WARNING: only %d of %d training identities have two or more images, fewer than the %d a batch "
+                    "draws (data.batch_size / data.num_instances): batches repeat them, and the triplet loss sees "
+                    "few positives", paired, len(counts), recipe.data.num_identities)

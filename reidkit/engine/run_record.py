@@ -24,9 +24,12 @@ class RunRecord:
         self.writer: SummaryWriter | None = None
         self._latest_diagnostics: dict[str, dict[str, float]] = {}     # piece -> its values at the last step
 
-    def open_tensorboard(self, folder: Path) -> None:
+    def open_tensorboard(self, folder: Path) -> list[Path]:
+        """Start TensorBoard's writer in ``folder``; returns the event file(s) it created."""
         from torch.utils.tensorboard import SummaryWriter
+        before = set(folder.glob("*")) if folder.is_dir() else set()
         self.writer = SummaryWriter(str(folder))
+        return sorted(set(folder.glob("*")) - before)
 
     def flush(self) -> None:
         if self.writer is not None:

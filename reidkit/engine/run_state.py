@@ -53,10 +53,55 @@ def training_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
     return state
 
 
-def restore_training_state(trainer: Trainer, path: str | Path) -> None:
-    """Put ``trainer`` where the training checkpoint ``path`` left its run; a checkpoint that does not fit (weights
-    only, other identities, other pieces, another optimiser) is a :class:`CheckpointError` naming why."""
+#: recipe keys (or sections, ending in ".") whose change would make a resumed run another model, or the same
+#: model on other inputs: its earlier epochs would not be this run's
+RESUME_FIXED = ("data.dataset", "data.height", "data.width", "data.val_identities", "augment.mean", "augment.std",
+                "model.", "loss.mutual.peers")
+#: keys that may differ on resume without a word (where the weights come from is moot once the run resumes)
+RESUME_IGNORED = ("model.pretrained", "loss.mutual.pretrained", "train.output_dir")
+
+
+def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _dotted(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: tree}
+
+
+def recipe_changes(saved: dict, now: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved value, this value)}`` for every leaf of two recipes that differs."""
+    a, b = _dotted(saved), _dotted(now)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and not k.startswith(RESUME_IGNORED)}
+
+
+def check_resume(trainer: Trainer, path: str | Path) -> tuple[dict, dict[str, tuple[Any, Any]]]:
+    """The training checkpoint ``path`` and how this recipe differs from the one it was trained with; a
+    :class:`CheckpointError` when a change would make the run another model or other inputs
+    (:data:`RESUME_FIXED`), or when ``train.epochs`` leaves nothing to train."""
     state = load_checkpoint(path)
+    epoch, epochs = int(state.get("epoch", 0)), trainer.recipe.train.epochs
+    if "optimizer" in state and epoch >= epochs:
+        raise CheckpointError(f"{path} is at epoch {epoch} and this recipe's train.epochs={epochs}: nothing is left to "
+                              f"train. Raise train.epochs (e.g. train.epochs={epoch + 10}) to continue the run")
+    saved = state.get("recipe")
+    changes = recipe_changes(saved, recipe_to_dict(trainer.recipe)) if isinstance(saved, dict) else {}
+    fixed = {k: v for k, v in changes.items() if k.startswith(RESUME_FIXED)}
+    if fixed:
+        said = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
+        raise CheckpointError(f"{path} was trained with another model or other inputs than this recipe's ({said}); "
+                              f"its epochs would not be this run's. Resume with the recipe it was trained with, or "
+                              f"start a new run from its weights (model.pretrained={path}, a new train.output_dir)")
+    return state, changes
+
+
+def restore_training_state(trainer: Trainer, path: str | Path, state: dict | None = None) -> None:
+    """Put ``trainer`` where the training checkpoint ``path`` (read already: ``state``) left its run; a checkpoint
+    that does not fit (weights only, other identities, other pieces, another optimiser) is a
+    :class:`CheckpointError` naming why."""
+    state = load_checkpoint(path) if state is None else state
     if "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
     if state.get("num_classes") != trainer.num_classes:

@@ -42,14 +42,15 @@ from .device import autocast, choose_kernels, describe, gradient_scaler, resolve
 from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
 from .evaluate import evaluate_model, load_other_datasets, test_cache_jobs
 from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
-from .guards import DivergenceGuard
+from .guards import DivergenceGuard, StopRequests, TrainingInterrupted
 from .meter import StepMeter
 from .objective import NonFiniteLossError, ReIDObjective
 from .optim import build_optimizer
 from .pipeline import build_train_loader
+from .run_folder import release_run_folder
 from .run_outputs import finish_run, open_run_outputs
 from .run_record import DiagnosticSums, RunRecord
-from .run_state import embedding_spec_of, restore_training_state, training_state, weights_state
+from .run_state import check_resume, embedding_spec_of, restore_training_state, training_state, weights_state
 from .schedulers import WarmupScheduler
 
 log = logging.getLogger("reidkit")
@@ -133,6 +134,7 @@ class Trainer:
         self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
         self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
         self.guard = DivergenceGuard()
+        self.stop = StopRequests(enabled=False)             # Ctrl-C: finish the step, then stop (during fit)
         # (other data-parallel processes log warnings only, so the info lines come once)
         self.frozen_bn = apply_bn_stats(recipe, self.model, self.train_cache, self.device, self.memory_format)
         if self.frozen_bn and t.precise_bn:
@@ -259,6 +261,9 @@ class Trainer:
                     self.record.add_step(self.step, shown, lr)
             bar.update(1)
             bar.set_postfix_str(training_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
+            if self.stop.requested:
+                bar.close()
+                raise TrainingInterrupted(self._interrupted_at(epoch, i + 1, total))
         bar.close()
         if meter.count:
             meter.read(where)                            # every step is checked before the epoch counts
@@ -312,6 +317,16 @@ class Trainer:
         self.step += 1
         return terms
 
+    def _interrupted_at(self, epoch: int, iteration: int, total: int) -> str:
+        """What an interruption left, and how to go on."""
+        saved = self.guard.last_checkpoint
+        if saved is None:
+            left = "no epoch had finished, so nothing was saved; train again to start over"
+        else:
+            left = (f"{saved[0]} holds the end of epoch {saved[1]} (intact); continue with --resume {saved[0]} "
+                    f"(epoch {saved[1] + 1} starts again)")
+        return f"interrupted at epoch {epoch + 1}, iteration {iteration} of {total}, after the step finished: {left}"
+
     def _val_dataset(self) -> ReIDDataset:
         assert self.validation is not None
         return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
@@ -359,11 +374,13 @@ class Trainer:
         A run already in ``train.output_dir`` is continued only with ``resume`` (its ``last.pth``) and
         replaced only with ``overwrite``; otherwise :class:`~reidkit.engine.run_folder.RunFolderError`.
         """
-        open_run_outputs(self, resume, overwrite)
-        if resume:
-            self.resume(resume)
+        state, changes = check_resume(self, resume) if resume else (None, {})
+        open_run_outputs(self, resume, overwrite, changes, int(state.get("epoch", 0)) if state else 0)
         try:
-            return self._fit()
+            if resume:
+                restore_training_state(self, resume, state)
+            with StopRequests(enabled=not self.env.enabled) as self.stop:
+                return self._fit()
         except RuntimeError as e:
             if self.env.enabled and is_collective_failure(e):
                 raise DistributedError(
@@ -373,6 +390,8 @@ class Trainer:
             raise
         finally:
             self.record.close()
+            if self.is_main:
+                release_run_folder(self.out)
 
     def _fit(self) -> RankResult | None:
         t = self.recipe.train
@@ -382,7 +401,8 @@ class Trainer:
                 means = self.train_epoch(epoch)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"{e} {self.guard.last_finite()}") from None
-            self.guard.check_epoch(self.model, epoch, self.step, means)
+            self.guard.check_epoch(self.model, epoch, self.step, means,
+                                   {p.name: p.state_dict() for p in self.pieces})
             self.record.add_epoch(epoch, means)
             if self.is_main:
                 line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))

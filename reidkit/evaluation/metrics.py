@@ -152,15 +152,36 @@ def _evaluate_blocks(source: Iterable[tuple[int, torch.Tensor]], nq: int, ng: in
     gc = as_id_vector(g_camids, "g_camids", ng)
     max_rank = _cut_max_rank(max_rank, ng)
     blocks = []
+    tied_rows = 0
     with torch.no_grad():
         if sort_on is not None:
             qp_t, qc_t, gp_t, gc_t = (torch.from_numpy(a).to(sort_on) for a in (qp, qc, gp, gc))
-            for s, dist in source:
-                e = s + dist.shape[0]
-                blocks.append(rank_block_sorted(dist.to(sort_on), qp_t[s:e], qc_t[s:e], gp_t, gc_t))
         else:
             index = IdentityLookup(gp, gc)
-            for s, dist in source:
-                e = s + dist.shape[0]
+        for s, dist in source:
+            e = s + dist.shape[0]
+            tied_rows += _all_tied_rows(dist)
+            if sort_on is not None:
+                blocks.append(rank_block_sorted(dist.to(sort_on), qp_t[s:e], qc_t[s:e], gp_t, gc_t))
+            else:
                 blocks.append(rank_block(dist.cpu(), qp[s:e], qc[s:e], index))
-    return combine_blocks(blocks, max_rank)
+    result = combine_blocks(blocks, max_rank)
+    if ng > 1 and tied_rows > nq // 2:
+        warnings.warn(f"{tied_rows} of {nq} queries have every gallery image at the same distance: the embeddings "
+                      f"collapsed to one point (a diverged or untrained model?). Ties are ranked by gallery order, so "
+                      f"mAP {100 * result.mAP:.2f}% measures that order, not the model", CollapsedEmbeddingsWarning,
+                      stacklevel=3)
+    return result
+
+
+class CollapsedEmbeddingsWarning(UserWarning):
+    """Most queries rank every gallery image at one distance: the figures measure gallery order only."""
+
+
+def _all_tied_rows(dist: torch.Tensor) -> int:
+    """How many rows of a distance block hold a single value (every gallery image tied)."""
+    if dist.shape[1] < 2:
+        return 0
+    spread = dist.amax(1) - dist.amin(1)
+    scale = dist.abs().amax(1).clamp(min=1.0)
+    return int((spread <= 1e-6 * scale).sum())

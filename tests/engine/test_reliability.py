@@ -22,7 +22,7 @@ from reidkit.deploy import GalleryIndex
 from reidkit.deploy.extractor import check_image_size
 from reidkit.engine import CheckpointError, Trainer
 from reidkit.engine.checkpoint import NonFiniteWeightsError, save_checkpoint
-from reidkit.engine.run_folder import RunFolderError, prepare_run_folder
+from reidkit.engine.run_folder import RunFolderError, prepare_run_folder, release_run_folder
 from reidkit.files import OutputError, write_atomic
 from reidkit.models import build_model
 from reidkit.models.pretrained import load_matching_weights
@@ -35,6 +35,8 @@ def fake_run(folder, mAP=0.338):
     (folder / "recipe.json").write_text("{}")
     (folder / "best.pth").write_bytes(b"best model of a 6-epoch run")
     (folder / "history.json").write_text(json.dumps({"epoch": [1, 2, 3, 4, 5, 6], "mAP": [0.1, mAP]}))
+    (folder / "run_manifest.json").write_text(json.dumps({"format": 1, "files": ["recipe.json", "best.pth",
+                                                                                "history.json"]}))
     return folder
 
 
@@ -59,12 +61,14 @@ def test_overwrite_replaces_only_a_run_folder_and_resume_continues_one(tmp_path)
     assert (run / "best.pth").exists()
     with pytest.raises(RunFolderError, match="--resume .*another folder"):
         prepare_run_folder(run, resume=tmp_path / "elsewhere" / "last.pth")
+    release_run_folder(run)
     prepare_run_folder(run, overwrite=True)
-    assert run.is_dir() and not any(run.iterdir())
+    release_run_folder(run)
+    assert run.is_dir() and [p.name for p in run.iterdir()] == ["run.lock"]
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "history.json").write_text("my own notes")
-    with pytest.raises(RunFolderError, match="no recipe.json"):
+    with pytest.raises(RunFolderError, match="no readable run_manifest.json"):
         prepare_run_folder(foreign, overwrite=True)
     assert (foreign / "history.json").read_text() == "my own notes"
 
@@ -76,7 +80,7 @@ def test_orphan_temporaries_of_killed_writes_are_removed(tmp_path):
         (run / name).write_bytes(b"x" * 1000)
     (run / "notes.tmp").write_text("not ours")
     prepare_run_folder(run)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.tmp"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.tmp", "run.lock"]
 
 
 # 2. non-finite weights are never saved ---------------------------------------------------------------------
@@ -147,7 +151,8 @@ def test_cache_rebuilds_after_an_edit_and_after_an_interrupted_build(tmp_path, m
     monkeypatch.setattr(cache_module, "load_rgb", killed)
     with pytest.raises(KeyboardInterrupt):
         ImageCache(records, (16, 8), mmap_path=cache_file, progress=False, workers=1)
-    assert not cache_file.with_name(cache_file.name + ".json").exists()     # no completion marker
+    manifest = json.loads(cache_file.with_name(cache_file.name + ".json").read_text())
+    assert manifest["complete"] is False                                  # no completion marker
     monkeypatch.setattr(cache_module, "load_rgb", real)
     again = ImageCache(records, (16, 8), mmap_path=cache_file, progress=False)
     assert [int(again.images[i].float().mean()) for i in range(6)] == [0, 10, 200, 30, 40, 77]

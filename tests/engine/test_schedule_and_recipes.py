@@ -107,7 +107,8 @@ def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     assert recipe.train.amp == "bf16"                       # true: bfloat16 autocast
     assert recipe.data.options == {"boxes": "on"}
     path = tmp_path / "r.yaml"
-    path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  dataset: cuhk01\n  options: {seed: 2e-1}\n")
+    path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  dataset: cuhk01\n  options: {seed: 2e-1}\n"
+                    "model: {name: resnet18_bnneck}\n")
     recipe = load_recipe(path)
     assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["seed"] == 0.2
 

@@ -11,6 +11,7 @@ be strings; they are mapped to integers consistently across query and gallery.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..records import DatasetLayoutError, ImageRecord, ReIDDataset, list_images, relabel, require_dir
@@ -31,7 +32,14 @@ def _rows_from_folders(root: Path, split: str) -> list[tuple[str, str, str]]:
 
 def _rows_from_csv(root: Path, split: str) -> list[tuple[str, str, str]]:
     path = root / f"{split}.csv"
-    with path.open(newline="") as f:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")                  # a byte-order mark (Excel's "CSV UTF-8") is dropped
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DatasetLayoutError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as "
+                                 "UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         missing = {"path", "identity", "camera"} - set(reader.fieldnames or [])
         if missing:
