@@ -82,8 +82,20 @@ def check_resume(trainer: Trainer, path: str | Path) -> tuple[dict, dict[str, tu
     :class:`CheckpointError` when a change would make the run another model or other inputs
     (:data:`RESUME_FIXED`), or when ``train.epochs`` leaves nothing to train."""
     state = load_checkpoint(path)
+    if "optimizer" not in state:
+        raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
+    if state.get("num_classes") != trainer.num_classes:
+        raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
+                              f"this dataset has {trainer.num_classes}")
+    pieces = _piece_states(trainer, state)
+    with_state = {p.name for p in trainer.pieces if p.state_dict()}
+    saved_pieces = {k for k, v in pieces.items() if v}
+    if with_state != saved_pieces:
+        raise CheckpointError(f"{path} was trained with the pieces {sorted(saved_pieces) or 'none'}; this recipe uses "
+                              f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
+    check_optimizer_fits(state, trainer.optimizer, trainer.recipe.optim.name, path)
     epoch, epochs = int(state.get("epoch", 0)), trainer.recipe.train.epochs
-    if "optimizer" in state and epoch >= epochs:
+    if epoch >= epochs:
         raise CheckpointError(f"{path} is at epoch {epoch} and this recipe's train.epochs={epochs}: nothing is left to "
                               f"train. Raise train.epochs (e.g. train.epochs={epoch + 10}) to continue the run")
     saved = state.get("recipe")
@@ -101,19 +113,9 @@ def restore_training_state(trainer: Trainer, path: str | Path, state: dict | Non
     """Put ``trainer`` where the training checkpoint ``path`` (read already: ``state``) left its run; a checkpoint
     that does not fit (weights only, other identities, other pieces, another optimiser) is a
     :class:`CheckpointError` naming why."""
-    state = load_checkpoint(path) if state is None else state
-    if "optimizer" not in state:
-        raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
-    if state.get("num_classes") != trainer.num_classes:
-        raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
-                              f"this dataset has {trainer.num_classes}")
+    state = check_resume(trainer, path)[0] if state is None else state
     pieces = _piece_states(trainer, state)
-    with_state = {p.name for p in trainer.pieces if p.state_dict()}
     saved = {k for k, v in pieces.items() if v}
-    if with_state != saved:
-        raise CheckpointError(f"{path} was trained with the pieces {sorted(saved) or 'none'}; this recipe uses "
-                              f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
-    check_optimizer_fits(state, trainer.optimizer, trainer.recipe.optim.name, path)
     load_model_weights(trainer.model, state, str(path))
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])

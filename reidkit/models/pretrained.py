@@ -103,6 +103,12 @@ def load_backbone_weights(module: nn.Module, source: str | None, url: str | None
         raise FileNotFoundError(f"{name}: pretrained weights file not found: {path}")
     state = {k.removeprefix("module."): v for k, v in read_weights(path, name).items()}
     state = key_map(state) if key_map is not None else state
+    if any(k.startswith("backbone.") for k in state) \
+            and not any(k.startswith("backbone.") for k in module.state_dict()):
+        head = sorted({k.split(".")[0] for k in state if not k.startswith("backbone.")})
+        log.info("%s: %s is a whole ReID model's checkpoint: its backbone is loaded, its head (%s) starts afresh",
+                 name, path, ", ".join(head) or "none")
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     head = sorted(k for k in state if k.startswith(head_prefix))
     if head:
         log.info("%s: the file's classification head is not used (%s)", name, ", ".join(head))
