@@ -22,7 +22,16 @@ class QuietFileHandler(logging.FileHandler):
     writing, instead of printing logging's "--- Logging error ---" traceback for every message; the terminal
     keeps every message."""
 
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
     def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
         error = sys.exc_info()[1]
         reason = getattr(error, "strerror", None) or error
         print(f"reidkit: cannot write the log file {self.baseFilename} ({reason}); its messages go to the terminal "

@@ -301,7 +301,8 @@ def test_data_synth_into_an_impossible_place_is_named_and_follows_the_umask(tmp_
 
 def test_a_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
     handler = QuietFileHandler(tmp_path / "log.txt")
-    logger = logging.getLogger()
+    logger = logging.getLogger("reidkit.test_full_disk")
+    logger.propagate = False                       # this handler alone (others may hold closed test streams)
     logger.addHandler(handler)
 
     class FullDisk(io.StringIO):
@@ -310,12 +311,12 @@ def test_a_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
     handler.stream = FullDisk()
     try:
         for i in range(3):
-            logging.getLogger("reidkit").warning("message %d", i)
+            logger.warning("message %d", i)
     finally:
         logger.removeHandler(handler)
     err = capsys.readouterr().err
     assert err.count("cannot write the log file") == 1 and "No space left on device" in err
-    assert "Logging error" not in err and handler not in logger.handlers
+    assert "Logging error" not in err and handler.failed
 
 
 def test_csv_files_with_a_byte_order_mark_read_and_other_encodings_are_named(tmp_path):
