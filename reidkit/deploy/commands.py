@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..engine.checkpoint import describe_tensors, non_finite_tensors
@@ -238,30 +239,63 @@ def cmd_export(args) -> int:
 
 
 def _export_int8(args, recipe, spec, fp32_path: Path, int8_path: Path) -> int:
+    """Quantise, time both models on this machine, say which to deploy (recorded in the int8 file), then check
+    the int8 model's mAP against the fp32 one's."""
     from ..data.combine import build_recipe_dataset
     from ..data.records import find_images
-    from .onnx_model import calibration_batches, compare_on_dataset, quantize_onnx
+    from ..engine.device import describe_cpu
+    from .onnx_model import calibration_batches, compare_on_dataset, measure_speed, quantize_onnx, record_int8_check
     if args.calibration:
         paths, source = [str(p) for p in find_images(args.calibration)], args.calibration
     else:
         dataset = build_recipe_dataset(recipe.data)
         paths, source = [r.path for r in dataset.train], f"{dataset.name} train"
     count = min(args.calibration_images, len(paths))
-    batches = calibration_batches(paths, spec.image_size, spec.mean, spec.std, count)
+    batches = list(calibration_batches(paths, spec.image_size, spec.mean, spec.std, count))
     quantize_onnx(fp32_path, int8_path, batches, args.calibration_method)
     print(f"int8 -> {int8_path} (static, {args.calibration_method} ranges from {counted(count, 'image')} of "
           f"{source})")
+    cpu, features = describe_cpu()
+    threads = torch.get_num_threads()
+    speed = measure_speed({"fp32": fp32_path, "int8": int8_path}, np.concatenate(batches)[:SPEED_BATCH], threads)
+    speedup = speed["int8"] / speed["fp32"]
+    check = {"cpu": cpu, "cpu_features": features, "threads": threads, "fp32_images_per_s": round(speed["fp32"], 1),
+             "int8_images_per_s": round(speed["int8"], 1), "speedup": round(speedup, 3)}
+    print(f"speed on this machine ({cpu}; {', '.join(features) or 'no AVX-512 / VNNI / AMX'}; {threads} threads, "
+          f"ONNX Runtime): fp32 {speed['fp32']:.1f} img/s, int8 {speed['int8']:.1f} img/s: "
+          f"{deploy_advice(speedup, fp32_path, int8_path)}")
+    if args.int8_if_faster and speedup <= 1.0:
+        int8_path.unlink()
+        print(f"--int8-if-faster: {int8_path} removed; deploy {fp32_path}")
+        return 0
     if args.no_check:
+        record_int8_check(int8_path, check)
         return 0
     results = compare_on_dataset({"fp32": fp32_path, "int8": int8_path}, recipe, progress=not args.no_progress)
-    for name, (result, speed) in results.items():
-        print(f"  {name}: mAP {100 * result.mAP:.2f}  rank-1 {100 * result.cmc[0]:.2f}  {speed:.1f} img/s")
+    for name, (result, ips) in results.items():
+        print(f"  {name}: mAP {100 * result.mAP:.2f}  rank-1 {100 * result.cmc[0]:.2f}  {ips:.1f} img/s "
+              "(evaluation pass)")
     drop = 100 * (results["fp32"][0].mAP - results["int8"][0].mAP)
-    speedup = results["int8"][1] / results["fp32"][1]
     ok = drop <= args.max_map_drop
+    record_int8_check(int8_path, check | {"fp32_mAP": round(100 * results["fp32"][0].mAP, 2),
+                                          "int8_mAP": round(100 * results["int8"][0].mAP, 2)})
     print(f"int8 vs fp32 on the recipe's query/gallery: {speedup:.2f}x the speed, mAP {-drop:+.2f} points "
           f"({'within' if ok else 'BEYOND'} --max-map-drop {args.max_map_drop})")
     return 0 if ok else 1
+
+
+#: images per timed batch when export compares the fp32 and int8 models' speed
+SPEED_BATCH = 64
+
+
+def deploy_advice(speedup: float, fp32_path: Path, int8_path: Path) -> str:
+    """Which model to deploy on this machine, from int8's speed over fp32's."""
+    if speedup >= 1.1:
+        return f"int8 is {speedup:.2f}x the fp32 speed here: deploy {int8_path}"
+    if speedup >= 0.95:
+        return f"int8 is {speedup:.2f}x the fp32 speed here, no gain: keep {fp32_path}"
+    return (f"int8 is {speedup:.2f}x the fp32 speed here, SLOWER: keep {fp32_path} (on this CPU the fp32 kernels "
+            "beat int8 for this network; docs/BENCHMARKS.md, int8 deployment)")
 
 
 def add_deploy_commands(sub) -> None:
@@ -336,6 +370,9 @@ def add_deploy_commands(sub) -> None:
                    help="how activation ranges are set from the calibration images (default percentile)")
     p.add_argument("--max-map-drop", type=float, default=0.5, metavar="POINTS",
                    help="fail (exit 1) when int8 loses more mAP than this (default 0.5)")
-    p.add_argument("--no-check", action="store_true", help="skip the int8 accuracy check")
+    p.add_argument("--no-check", action="store_true", help="skip the int8 accuracy check (the speed is still "
+                   "measured)")
+    p.add_argument("--int8-if-faster", action="store_true", help="keep the int8 model only when it is faster than "
+                   "the fp32 one on this machine (else it is removed and fp32 is the one to deploy)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)

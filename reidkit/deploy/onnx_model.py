@@ -130,18 +130,59 @@ class OnnxEmbedding(nn.Module):
         return torch.from_numpy(run_session(self.session, x))
 
 
+def measure_speed(models: dict[str, str | Path], images: np.ndarray, threads: int | None = None,
+                  rounds: int = 5) -> dict[str, float]:
+    """Images per second of each ONNX model embedding ``images`` (one normalised batch) with ONNX Runtime on
+    ``threads`` threads: the best of ``rounds`` timings, the models taking turns so that a busy moment of the
+    machine does not favour one."""
+    import time
+    sessions = {name: onnx_session(path, threads) for name, path in models.items()}
+    best = dict.fromkeys(sessions, float("inf"))
+    for session in sessions.values():
+        run_session(session, images)                     # first run: memory and kernel set-up
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            run_session(session, images)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: len(images) / seconds for name, seconds in best.items()}
+
+
+#: the metadata key under which ``reidkit export --int8`` records the machine it timed both models on
+INT8_CHECK_KEY = "reidkit.int8_check"
+
+
+def record_int8_check(path: str | Path, check: dict) -> None:
+    """Add ``check`` (the CPU, its features, both models' speed and mAP) to the int8 file's metadata, atomically."""
+    import onnx
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[INT8_CHECK_KEY] = json.dumps(check)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    write_atomic(path, lambda tmp: onnx.save(model, tmp))
+
+
+def read_int8_check(path: str | Path) -> dict | None:
+    """What :func:`record_int8_check` recorded in ``path``, or None."""
+    props = {p.key: p.value for p in _load_onnx(path).metadata_props}
+    return json.loads(props[INT8_CHECK_KEY]) if INT8_CHECK_KEY in props else None
+
+
 #: how activation ranges are chosen from the calibration images (ONNX Runtime's calibrators)
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 
 
 def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.ndarray],
-                  method: str = "percentile", per_channel: bool = True) -> Path:
+                  method: str = "percentile", per_channel: bool = True, **quantize_options) -> Path:
     """Write the int8 version of fp32 ONNX model ``source`` to ``out`` (atomically), with activation ranges
     measured on ``calibration`` (normalised ``N x 3 x H x W`` float batches, as the model takes them).
 
     ``method``: ``percentile`` (default: each range clips the top 0.001% of values; on CUHK03 val it kept the
     imported OSNet x0.25's mAP where min-max lost 0.7 points), ``minmax`` or ``entropy``.  The embedding spec
-    of ``source`` is kept.  A few hundred calibration images suffice.
+    of ``source`` is kept.  A few hundred calibration images suffice.  ``quantize_options`` go to ONNX Runtime's
+    ``quantize_static`` (e.g. ``nodes_to_exclude``, ``quant_format``: the variants of ``bench.bench_int8``).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -185,9 +226,10 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
         def write(path: str) -> None:
             chatter = io.StringIO()                   # the calibrators print their progress: into the debug log
             with contextlib.redirect_stdout(chatter):
-                quantize_static(str(prepared), path, reader, quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                per_channel=per_channel, calibrate_method=calibrator, extra_options=extra)
+                settings = {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt8,
+                            "weight_type": QuantType.QInt8, "per_channel": per_channel,
+                            "calibrate_method": calibrator, "extra_options": extra} | quantize_options
+                quantize_static(str(prepared), path, reader, **settings)
             log.debug("onnxruntime quantisation: %s", chatter.getvalue().strip())
             if spec is not None:
                 write_spec(path, spec)

@@ -96,3 +96,27 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({counted(torch.get_num_threads(), 'thread')})"
+
+
+#: the instruction sets that decide whether int8 (VNNI, AMX) or bf16 inference pays on a CPU, by /proc/cpuinfo flag
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+                "avx512_bf16": "AVX-512 bf16", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
+
+
+def describe_cpu(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """This machine's CPU model name and which of :data:`CPU_FEATURES` it has (read from ``/proc/cpuinfo``, or
+    the ``cpuinfo`` text given; elsewhere the platform's processor name and no flags)."""
+    import platform
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine() or "unknown CPU", []
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    return name, [label for flag, label in CPU_FEATURES.items() if flag in flags]

@@ -93,3 +93,50 @@ def test_a_missing_or_damaged_onnx_file_is_named(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07 not a protobuf")
     with pytest.raises(ValueError, match="bad.onnx: not a readable ONNX model"):
         read_spec(tmp_path / "bad.onnx")
+
+
+def test_the_cpu_and_its_int8_features_are_read_from_cpuinfo():
+    from reidkit.engine.device import describe_cpu
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n" \
+           "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+    assert describe_cpu(epyc) == ("AMD EPYC 9R14", ["AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 bf16"])
+    xeon = "model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t: avx2 avx512f avx512_vnni amx_int8 amx_bf16\n"
+    assert describe_cpu(xeon)[1] == ["AVX2", "AVX-512", "AVX-512 VNNI", "AMX-INT8", "AMX-BF16"]
+
+
+def test_deploy_advice_follows_the_measured_speed(tmp_path):
+    from reidkit.deploy.commands import deploy_advice
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    assert deploy_advice(2.86, fp32, int8) == f"int8 is 2.86x the fp32 speed here: deploy {int8}"
+    assert deploy_advice(1.02, fp32, int8).endswith(f"no gain: keep {fp32}")
+    assert deploy_advice(0.66, fp32, int8).startswith(f"int8 is 0.66x the fp32 speed here, SLOWER: keep {fp32}")
+
+
+@pytest.mark.slow
+def test_export_times_both_models_records_the_machine_and_keeps_int8_only_when_faster(tiny_run, tiny_data, tmp_path,
+                                                                                       capsys, monkeypatch):
+    from reidkit.deploy import onnx_model
+    from reidkit.deploy.onnx_model import read_int8_check
+    from reidkit.engine.device import describe_cpu
+    common = ["export", str(tiny_run / "recipe.json"), f"data.root={tiny_data}", "--weights",
+              str(tiny_run / "best.pth"), "--int8", "--calibration-images", "16", "--no-progress", "--no-check"]
+    assert main([*common, "--out", str(tmp_path / "a.onnx")]) == 0
+    out = capsys.readouterr().out
+    check = read_int8_check(tmp_path / "a.int8.onnx")
+    cpu, features = describe_cpu()
+    assert check["cpu"] == cpu and check["cpu_features"] == features
+    assert check["speedup"] == pytest.approx(check["int8_images_per_s"] / check["fp32_images_per_s"], rel=1e-2)
+    assert f"speed on this machine ({cpu}" in out and f"fp32 {check['fp32_images_per_s']:.1f} img/s" in out
+    calls = []
+
+    def slower_int8(models, images, threads=None, rounds=5):      # a machine where int8 loses
+        calls.append(sorted(models))
+        return {"fp32": 200.0, "int8": 130.0}
+    monkeypatch.setattr(onnx_model, "measure_speed", slower_int8)
+    assert main([*common, "--out", str(tmp_path / "b.onnx"), "--int8-if-faster"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [["fp32", "int8"]]
+    assert f"int8 is 0.65x the fp32 speed here, SLOWER: keep {tmp_path / 'b.onnx'}" in out
+    assert "--int8-if-faster" in out and not (tmp_path / "b.int8.onnx").exists() and (tmp_path / "b.onnx").exists()
+    assert main([*common, "--out", str(tmp_path / "c.onnx")]) == 0        # without the flag the file stays
+    assert read_int8_check(tmp_path / "c.int8.onnx")["speedup"] == 0.65
