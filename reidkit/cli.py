@@ -16,7 +16,7 @@ from .deploy.commands import add_deploy_commands
 from .engine.checkpoint import load_trained_model
 from .engine.distributed import DistributedError
 from .files import OutputError, check_output_file
-from .logs import setup_logging
+from .logs import browse_command, outputs_summary, setup_logging
 from .names import counted
 from .recipe_files import load_recipe
 
@@ -45,12 +45,23 @@ def cmd_train(args) -> int:
         result = trainer.fit(resume=args.resume)
         if result is not None:
             log.info("final:\n%s", result.summary())
-        log.info("checkpoints and TensorBoard logs in %s", recipe.train.output_dir)
+        if env.is_main:
+            log.info("%s", run_outputs_summary(out))
     finally:
         if env.is_main:
             release_run_folder(out)
         shutdown()
     return 0
+
+
+def run_outputs_summary(out: Path) -> str:
+    """The files a training run wrote and how to look at them."""
+    report = out / "report" / "index.html"
+    return outputs_summary(f"outputs in {out}", [
+        ("report", report), ("best model", out / "best.pth"), ("last state", out / "last.pth"),
+        ("history", out / "history.json"), ("curves", out / "curves.png"), ("log", out / "log.txt"),
+        ("TensorBoard", out / "tensorboard")],
+        f"look: {browse_command(report)}" if report.exists() else f"look: tensorboard --logdir {out / 'tensorboard'}")
 
 
 def cmd_eval(args) -> int:
@@ -115,7 +126,7 @@ def cmd_eval(args) -> int:
                              results, {}, query.records, gallery.records, distmat, [described],
                              num_queries=args.ranked, recipe=recipe.model_dump(mode="json"),
                              data_summary=dataset.summary(), camera_table=cameras)
-        print(f"report -> {index}")
+        print(f"report -> {index}\nlook: {browse_command(index)}")
     return 0
 
 

@@ -224,6 +224,9 @@ class TrainConfig(Strict):
     open_layers: list[str] = Field(default_factory=lambda: ["classifier"])
     output_dir: str = "runs/bot"
     log_every: int = Field(20, gt=0)
+    # without a progress bar (no terminal, a redirected log, --no-progress): a progress line every this many
+    # seconds (images done, img/s, ETA, loss); 0 = none
+    progress_seconds: float = Field(30.0, ge=0)
 
     @field_validator("amp", mode="before")
     @classmethod

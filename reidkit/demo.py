@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .evaluation import RankResult, compute_distance, evaluate_rank
-from .logs import setup_logging
+from .logs import browse_command, setup_logging
 from .names import counted
 from .recipe_files import load_recipe
 from .reporting import metrics_table, write_report
@@ -103,4 +103,5 @@ def run_demo(output: str | Path = "demo_output", epochs: int | None = None, prog
                          results, trainer.history, q.records, g.records, distmat, notes)
     log.info("\n%s\n", metrics_table(results))
     log.info("demo finished in %.0f s; report: %s", time.perf_counter() - t0, index)
+    log.info("look: %s", browse_command(index))
     return index

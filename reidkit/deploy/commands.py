@@ -22,6 +22,7 @@ from ..files import (
     same_file,
     write_text_atomic,
 )
+from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
 
@@ -93,6 +94,8 @@ def cmd_extract(args) -> int:
     print(f"{len(paths)} images -> {out} ({len(index)} in all, {index.description} index): {index.dim}-d "
           f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
           f"{index.metric} ({len(paths) / seconds:.1f} img/s)")
+    print(outputs_summary("written", [("gallery", Path(out))], f"search it: reidkit search {out} QUERY.jpg "
+                                                              f"--picture ranked.png"))
     return 0
 
 
@@ -183,7 +186,8 @@ def cmd_search(args) -> int:
         print(f"results -> {args.json}")
     if args.picture:
         from ..reporting.ranked_lists import QUERY, ranked_rows_image
-        rows = [(r["query"], [(m["path"], QUERY) for m in r["matches"]]) for r in results]
+        rows = [(r["query"], [(m["path"], QUERY, f"#{rank} {m['distance']:.3f}")
+                              for rank, m in enumerate(r["matches"], 1)]) for r in results]
         ranked_rows_image(rows, args.picture, f"top-{args.top_k} of {len(index)} gallery images ({index.metric})")
         print(f"picture -> {args.picture}")
     return 0
@@ -192,12 +196,14 @@ def cmd_search(args) -> int:
 def cmd_import_onnx(args) -> int:
     from ..engine.checkpoint import save_checkpoint
     from . import import_onnx_osnet
+    from .onnx_import import onnx_input_size
     check_output_file(args.out)
     refuse_outputs_over_inputs({"--out": args.out}, {"the ONNX file": args.file})
     state = import_onnx_osnet(args.file, args.arch)
+    size = onnx_input_size(args.file)
     # its BatchNorms are folded (identity statistics): fine-tuning first measures real ones (train.bn_stats=auto)
-    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "recalibrate"},
-                    args.out)
+    save_checkpoint({"state_dict": state, "arch": args.arch, "source": str(args.file), "bn_stats": "recalibrate"}
+                    | ({"trained_image_size": list(size)} if size else {}), args.out)
     print(f"{args.file} -> {args.out} ({args.arch}, {sum(v.numel() for v in state.values())} values)")
     return 0
 
@@ -235,7 +241,10 @@ def cmd_export(args) -> int:
         print(f"reidkit export: error: {path} does not reproduce the model (max |diff| {diff:.2e}, "
               f"{int((~np.isfinite(got)).sum())} non-finite outputs); do not deploy it", file=sys.stderr)
         return 1
-    return _export_int8(args, recipe, spec, path, int8_path) if int8_path is not None else 0
+    code = _export_int8(args, recipe, spec, path, int8_path) if int8_path is not None else 0
+    print(outputs_summary("written", [("ONNX model", path)] + ([("int8 model", int8_path)] if int8_path else []),
+                          f"use it: reidkit extract GALLERY_DIR --weights {path} --out gallery.npz"))
+    return code
 
 
 def _export_int8(args, recipe, spec, fp32_path: Path, int8_path: Path) -> int:

@@ -87,3 +87,14 @@ def import_onnx_osnet(onnx_file: str | Path, arch: str) -> dict[str, torch.Tenso
     for k, v in found.items():
         state[k] = torch.from_numpy(np.array(v, copy=True)).to(target[k].dtype)
     return state
+
+
+def onnx_input_size(onnx_file: str | Path) -> tuple[int, int] | None:
+    """The (height, width) an ONNX model's image input fixes, or None when it leaves them open."""
+    import onnx
+    try:
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - import_onnx_osnet names a damaged file
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in graph.input[0].type.tensor_type.shape.dim]
+    return (dims[2], dims[3]) if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else None

@@ -34,16 +34,22 @@ log = logging.getLogger("reidkit")
 SPEC_KEY = "reidkit.embedding"
 
 
-def write_spec(path: str | Path, spec: EmbeddingSpec) -> None:
-    """Record ``spec`` in the ONNX file's metadata (in place; the caller writes ``path`` atomically)."""
+def _with_metadata(path: str | Path, key: str, value: str):
+    """The ONNX model of ``path`` with metadata ``key`` set to ``value`` (others kept)."""
     import onnx
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    props[SPEC_KEY] = json.dumps(spec.as_dict())
+    props[key] = value
     del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    return model
+
+
+def write_spec(path: str | Path, spec: EmbeddingSpec) -> None:
+    """Record ``spec`` in the ONNX file's metadata (in place; the caller writes ``path`` atomically)."""
+    import onnx
+    onnx.save(_with_metadata(path, SPEC_KEY, json.dumps(spec.as_dict())), str(path))
 
 
 def read_spec(path: str | Path) -> EmbeddingSpec | None:
@@ -155,12 +161,7 @@ INT8_CHECK_KEY = "reidkit.int8_check"
 def record_int8_check(path: str | Path, check: dict) -> None:
     """Add ``check`` (the CPU, its features, both models' speed and mAP) to the int8 file's metadata, atomically."""
     import onnx
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props[INT8_CHECK_KEY] = json.dumps(check)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
+    model = _with_metadata(path, INT8_CHECK_KEY, json.dumps(check))
     write_atomic(path, lambda tmp: onnx.save(model, tmp))
 
 

@@ -28,7 +28,7 @@ from ..data.records import ReIDDataset
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
-from ..logs import TRAINING_BAR, bar_disabled, training_postfix
+from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
 from ..models import build_model, check_model
 from ..numerics import exact_cpu_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
@@ -103,6 +103,10 @@ class Trainer:
             elif self.select_on == "last":
                 log.info("no validation split (data.val_identities): best.pth is the latest evaluated epoch, "
                          "nothing is selected on the test set")
+            if t.fixbase_epochs >= t.epochs:
+                log.warning("WARNING: train.fixbase_epochs=%d >= train.epochs=%d: the whole run trains only %s; the "
+                            "rest of the network stays as loaded (lower fixbase_epochs, or raise train.epochs)",
+                            t.fixbase_epochs, t.epochs, ", ".join(t.open_layers))
             log.info("training on %s, amp %s%s", describe(self.device), t.amp,
                      f"; data parallel: {self.env.describe()}" if self.env.enabled else "")
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
@@ -239,6 +243,7 @@ class Trainer:
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
                    disable=bar_disabled(self.progress and self.is_main), leave=False, bar_format=TRAINING_BAR)
         first_step = self.step + 1
+        every, last_line = self.recipe.train.progress_seconds, t0        # progress lines when no bar shows
 
         def where(step: int) -> str:
             return f"epoch {epoch + 1}, iteration {step - first_step + 1} (lr {lr:.2e})"
@@ -261,6 +266,10 @@ class Trainer:
                     self.record.add_step(self.step, shown, lr)
             bar.update(1)
             bar.set_postfix_str(training_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
+            if bar.disable and self.is_main and every and time.perf_counter() - last_line >= every:
+                last_line = time.perf_counter()
+                log.info("%s", progress_line(epoch, self.recipe.train.epochs, i + 1, total, images,
+                                             last_line - t0, shown))
             if self.stop.requested:
                 bar.close()
                 raise TrainingInterrupted(self._interrupted_at(epoch, i + 1, total))
