@@ -67,8 +67,7 @@ def run_outputs_summary(out: Path) -> str:
 def cmd_eval(args) -> int:
     from .data.combine import build_recipe_dataset
     from .engine.device import resolve_device, set_threads
-    from .engine.evaluate import build_test_caches, evaluate_model, evaluate_other_datasets
-    from .evaluation import evaluate_features
+    from .engine.evaluate import build_test_caches, evaluate_model, evaluate_other_datasets, rank_features
     overrides = list(args.overrides) + (["eval.rerank=true"] if args.rerank else [])
     recipe = load_recipe(args.recipe, overrides)
     setup_logging()
@@ -107,9 +106,8 @@ def cmd_eval(args) -> int:
     if len(features) > 1:
         from .evaluation.ensemble import concatenate_members
         qf, gf = concatenate_members(features)
-        results[f"ensemble of {len(features)}"] = evaluate_features(
-            qf, gf, query.pids(), gallery.pids(), query.camids(), gallery.camids(), metric=recipe.eval.metric,
-            max_rank=min(recipe.eval.max_rank, len(gallery)), rerank=recipe.eval.rerank)
+        results[f"ensemble of {len(features)}"] = rank_features(
+            qf, gf, query.pids(), gallery.pids(), query.camids(), gallery.camids(), recipe.eval)
         described += f"; ensemble: the {len(features)} models' L2-normalised embeddings concatenated"
     if len(results) > 1:
         for name, r in results.items():

@@ -188,6 +188,10 @@ class ScheduleConfig(Strict):
     gamma: float = Field(0.1, gt=0)
     min_lr: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1)
+    # when the schedule advances: epoch_end (torchreid's: epoch e, counted from 1, trains with the factor of e - 1,
+    # so the first epoch at warmup_factor) or epoch_start (BoT's code, whose scheduler steps as each epoch starts:
+    # epoch e trains with the factor of e; full lr at epoch warmup_epochs, drops at the milestones themselves)
+    step_at: Literal["epoch_end", "epoch_start"] = "epoch_end"
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -75,18 +75,23 @@ def evaluate_model(model: nn.Module, query: ImageCache, gallery: ImageCache, cfg
         gf = database_augment(gf, cfg.database_augmentation, cfg.expansion_alpha)
     if cfg.query_expansion > 0:
         qf = query_expand(qf, gf, cfg.query_expansion, cfg.expansion_alpha)
-    result: RankResult | None = None
-    if env.is_main and cfg.protocol == "single_shot":
+    result = rank_features(qf, gf, q_pids, g_pids, q_cams, g_cams, cfg) if env.is_main else None
+    result = broadcast_object(result)
+    return (result, qf, gf) if return_features else result
+
+
+def rank_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cams, g_cams, cfg: EvalConfig) -> RankResult:
+    """mAP / CMC of query and gallery embeddings under the recipe's protocol (``eval.protocol``: the Market-1501
+    rule, optionally re-ranked, or CUHK03's single-shot CMC), its metric and max rank: every row of one evaluation
+    (each model, an ensemble) goes through here, so they share one protocol."""
+    if cfg.protocol == "single_shot":
         if cfg.rerank:
             raise ValueError("eval.protocol=single_shot ranks plain distances: set eval.rerank=false")
         distmat = compute_distance(qf, gf, cfg.metric).cpu()
-        result = evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=min(cfg.max_rank, gf.shape[0]),
-                                      num_repeats=cfg.single_shot_trials)
-    elif env.is_main:
-        result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
-                                   max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
-    result = broadcast_object(result)
-    return (result, qf, gf) if return_features else result
+        return evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=min(cfg.max_rank, gf.shape[0]),
+                                    num_repeats=cfg.single_shot_trials)
+    return evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
+                             max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
 
 
 def load_other_datasets(recipe: Recipe) -> list:

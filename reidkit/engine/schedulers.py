@@ -1,7 +1,10 @@
 """Learning-rate schedules stepped once per epoch: linear warmup, then multi-step, cosine or plateau.
 
-Warmup (BoT): ``factor = warmup_factor * (1 - a) + a`` with ``a = epoch / warmup_epochs``,
-so epoch 0 trains at ``warmup_factor * lr`` and epoch ``warmup_epochs`` at ``lr``.
+Warmup (BoT): ``factor = warmup_factor * (1 - a) + a`` with ``a = t / warmup_epochs``, where ``t`` is the
+schedule's epoch count: with ``step_at: epoch_end`` (the default, torchreid's) the 0-based epoch itself, so the first
+epoch trains at ``warmup_factor * lr``; with ``step_at: epoch_start`` (BoT's code, whose scheduler steps as each
+epoch starts) the 0-based epoch + 1, so 1-based epoch ``e`` trains at ``factor(e)``: full lr at epoch
+``warmup_epochs`` and the drops at the milestones themselves (40 and 70 in BoT).
 """
 from __future__ import annotations
 
@@ -38,9 +41,10 @@ class WarmupScheduler:
     def set_epoch(self, epoch: int) -> None:
         """Set the learning rates for ``epoch`` (0-based)."""
         self.epoch = epoch
-        f = self.factor(epoch)
+        t = epoch + 1 if self.cfg.step_at == "epoch_start" else epoch
+        f = self.factor(t)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = max(base * f, self.cfg.min_lr) if epoch >= self.cfg.warmup_epochs else base * f
+            group["lr"] = max(base * f, self.cfg.min_lr) if t >= self.cfg.warmup_epochs else base * f
 
     def observe(self, metric: float) -> None:
         """For ``plateau``: after ``patience`` evaluations without improvement, multiply by gamma."""
