@@ -12,7 +12,9 @@ Studies (CUHK03-labeled; ``--data`` may be the 128x64 copy):
 
   - ``softmax``: softmax_r18_cuhk03 (the plain baseline), ``bot``: bot_r18_cuhk03 (Bag of Tricks),
   - ``camaware``: bot_camaware_r18_cuhk03 (camera-aware batch-hard, decay) vs ``bot`` (batch-hard),
-  - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4),
+  - ``adaptive_l2``: adaptive_l2_r18_cuhk03 vs ``constant_l2`` (the same recipe, weight decay 5e-4), and the fair
+    baselines ``l2_at_start`` (weight decay 5e-3: the adaptive factors' starting strength) and ``l2_at_authors``
+    (1e-2: the authors' Keras l2(0.005)),
   - ``dml``: the BoT recipe trained as one of a deep-mutual-learning pair (peer: another ResNet-18) vs ``bot``,
   - ``ptl``: the BoT recipe on a ResNet-18 PTL network (from scratch, as everything here) vs ``bot``,
   - ``std``: student-teacher distillation (std_osnet_x0_25_cuhk03: OSNet x0.25 from scratch at 256x128,
@@ -58,6 +60,12 @@ METHODS = {
     "adaptive_l2": ("adaptive_l2_r18_cuhk03.yaml", []),
     "constant_l2": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.0005",
                                                     "optim.weight_decay_bias=0.0005"]),
+    # issue 35: constant L2 as strong as the adaptive factors start (A/2 per |w|^2 = weight decay 2 x 0.0025) and
+    # at the authors' Keras baseline (l2(0.005) = weight decay 0.01)
+    "l2_at_start": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.005",
+                                                    "optim.weight_decay_bias=0.005"]),
+    "l2_at_authors": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.01",
+                                                      "optim.weight_decay_bias=0.01"]),
     "dml": ("bot_r18_cuhk03.yaml", ["loss.mutual.peers=[resnet18_bnneck]"]),    # peer 0 of a DML pair
     "ptl": ("bot_r18_cuhk03.yaml", ["model.name=resnet18_ptl"]),                # BConv-Cells beside the blocks
     "student": ("std_osnet_x0_25_cuhk03.yaml", ["loss.distill.teacher=null", "loss.ce_weight=1.0", *AMSGRAD]),
