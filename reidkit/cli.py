@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,8 @@ def cmd_datasets(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reidkit", description="Person re-identification toolkit")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an error (also REIDKIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a recipe")
@@ -263,8 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_internal(error: BaseException) -> bool:
+    """Whether an error came from deeper than reidkit's own input checks (a ValueError raised inside torch, numpy,
+    faiss ...): then the one-line message may not be enough, and the hint to --debug is shown."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "reidkit" not in tb.tb_frame.f_code.co_filename
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv[1:]:                       # accepted after the command too: `reidkit train R --debug`
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     # recipe overrides may come after options too (`reidkit train R --no-progress train.epochs=5`), which
     # argparse alone rejects: take the leftover KEY=VALUE words as overrides
     args, extra = parser.parse_known_args(argv)
@@ -272,10 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(w.startswith("-") or "=" not in w for w in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    debug = args.debug or os.environ.get("REIDKIT_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except (RecipeError, ValueError, FileNotFoundError, FloatingPointError, DistributedError, OutputError) as e:
-        print(f"reidkit {args.command}: error: {e}", file=sys.stderr)
+        if debug:                                   # --debug / REIDKIT_DEBUG=1: the traceback, for a bug report
+            traceback.print_exc()
+        hint = "" if debug else " (--debug or REIDKIT_DEBUG=1 shows where it was raised)"
+        print(f"reidkit {args.command}: error: {e}{hint if _is_internal(e) else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:                  # Ctrl-C: what was left, not a traceback
         print(f"reidkit {args.command}: {e or 'interrupted'}", file=sys.stderr)

@@ -54,3 +54,17 @@ def test_export_writes_an_onnx_model_with_the_same_features(tmp_path, capsys):
         expected = model.eval()(x).numpy()
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_debug_shows_the_traceback_and_the_plain_error_does_not(tmp_path, capsys, monkeypatch):
+    missing = str(tmp_path / "nope.yaml")
+    assert main(["train", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reidkit train: error: recipe not found") and "Traceback" not in err
+    for argv in (["--debug", "train", missing], ["train", missing, "--debug"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and "RecipeError: recipe not found" in err
+    monkeypatch.setenv("REIDKIT_DEBUG", "1")
+    assert main(["train", missing]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
