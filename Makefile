@@ -1,5 +1,8 @@
 # reidkit: `make demo` and `make test` set everything up on a fresh machine.
 VENV ?= .venv
+# the shipped recipes name datasets relative to $REIDKIT_DATA (cuhk03/labeled, market1501, ...): here, the shared
+# real data beside the checkout when it is there
+export REIDKIT_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),data)
 PY := $(VENV)/bin/python
 
 .PHONY: install demo test test-fast lint bench-peers bench gpu-check gpu-carry two-nodes clean

@@ -8,6 +8,8 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if SHARED.is_dir():                  # the shipped recipes name datasets under $REIDKIT_DATA (cuhk03/labeled, ...)
+    os.environ.setdefault("REIDKIT_DATA", str(SHARED))
 
 
 def make_tiny_synthetic(tmp_path_factory, name: str, num_ids: int = 16, seed: int = 1,

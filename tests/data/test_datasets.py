@@ -138,3 +138,23 @@ def test_custom_folders_and_csv(tmp_path, shared_data):
     (tmp_path / "query.csv").write_text("path,identity\nx.jpg,1\n")
     with pytest.raises(DatasetLayoutError, match="missing column"):
         build_dataset("custom", str(tmp_path))
+
+
+def test_relative_roots_are_found_under_reidkit_data(tmp_path, monkeypatch):
+    from reidkit.data.datasets.registry import resolve_data_root
+    from reidkit.data.synthesis import generate
+    store = tmp_path / "datasets"
+    generate(store / "syn", num_ids=4, num_cameras=2, seed=0, images_per_camera=(1, 2), num_distractors=0,
+             quiet=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("REIDKIT_DATA", str(store))
+    assert resolve_data_root("syn") == str(store / "syn")
+    assert len(build_dataset("synthetic", "syn", num_cameras=2, generate=False).train) > 0
+    (work / "syn").mkdir()                            # the working directory's folder wins over $REIDKIT_DATA
+    assert resolve_data_root("syn") == "syn"
+    assert resolve_data_root(str(store / "syn")) == str(store / "syn")
+    monkeypatch.setenv("REIDKIT_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"looked for in the working directory .* then under \$REIDKIT_DATA="):
+        build_dataset("market1501", "market1501")

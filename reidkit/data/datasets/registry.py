@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from ...names import Registry, check_keywords
 from ..records import ReIDDataset
@@ -37,7 +39,34 @@ def check_dataset(name: str, options: dict | None = None, where: str = "data.opt
     check_keywords(loader, options or {}, f"dataset {name!r} ({where})", "root")
 
 
+#: the folder where relative dataset roots are looked for when the working directory has none (fast-reid's
+#: FASTREID_DATASETS); default ``./data``
+DATA_ENV = "REIDKIT_DATA"
+
+
+def data_folder() -> Path:
+    """Where datasets live: ``$REIDKIT_DATA``, else ``./data``."""
+    return Path(os.environ.get(DATA_ENV) or "data").expanduser()
+
+
+def resolve_data_root(root: str) -> str:
+    """``root`` as given when it is absolute or exists from the working directory, else under :func:`data_folder`
+    when it exists there (``data.root: cuhk03/labeled`` with ``REIDKIT_DATA=/datasets``), else as given."""
+    path = Path(root).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path)
+    candidate = data_folder() / path
+    return str(candidate) if candidate.exists() else root
+
+
 def build_dataset(name: str, root: str, **options) -> ReIDDataset:
-    """Load the dataset registered as ``name`` from ``root``."""
+    """Load the dataset registered as ``name`` from ``root`` (a relative root also under ``$REIDKIT_DATA``)."""
     check_dataset(name, options)
-    return _DATASETS[name](root, **options)
+    resolved = resolve_data_root(root)
+    try:
+        return _DATASETS[name](resolved, **options)
+    except (ValueError, FileNotFoundError) as e:
+        if Path(resolved).exists() or Path(root).is_absolute():
+            raise
+        raise type(e)(f"{e}\n(a relative data.root is looked for in the working directory {Path.cwd()}, then under "
+                      f"${DATA_ENV}={data_folder().resolve()}; set {DATA_ENV} to where your datasets live)") from None
