@@ -30,6 +30,7 @@ again, so the first gallery should be representative.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import zipfile
@@ -402,7 +403,9 @@ def _check_header(header: Any) -> dict:
         elif not isinstance(header[key], types) or isinstance(header[key], bool):
             raise _FormatError(f"the header's {key!r} is {header[key]!r}")
     check_metric(header["metric"])
-    defaults = {"index": "flat", "description": None, "ef_search": 256, "refine": 16, "ivf_lists": None}
+    made = inspect.signature(GalleryIndex.__init__).parameters            # an older header lacks the newer keys
+    defaults = {"index": "flat", "description": None, "ivf_lists": None,
+                "ef_search": made["ef_search"].default, "refine": made["refine"].default}
     return {**defaults, **header}
 
 

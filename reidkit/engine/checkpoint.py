@@ -182,7 +182,7 @@ def check_against_spec(spec: EmbeddingSpec | None, source: str, arch: str | None
                               f"{'; '.join(wrong)}. Leave these out to use the checkpoint's own")
 
 
-def load_embedding_model(weights: str | Path, model_name: str | None = None,
+def load_embedding_model(weights: str | Path, model_name: str | None = None, state: dict | None = None,
                          **model_options) -> tuple[nn.Module, EmbeddingSpec | None]:
     """The model of checkpoint ``weights`` (eval mode) and its :class:`EmbeddingSpec`.
 
@@ -190,7 +190,7 @@ def load_embedding_model(weights: str | Path, model_name: str | None = None,
     an option, that contradicts it is a :class:`CheckpointError`.  A bare state_dict needs ``model_name``.
     """
     from ..models import build_model
-    state = load_checkpoint(weights)
+    state = load_checkpoint(weights) if state is None else state       # (``state``: read already by the caller)
     spec = embedding_spec(state)
     check_against_spec(spec, str(weights), model_name, model_options)
     if spec is not None:
@@ -222,18 +222,19 @@ def load_recipe_model(recipe, weights: str | Path) -> tuple[nn.Module, Embedding
     """:func:`load_trained_model` and the embedding spec: the checkpoint's, or the recipe's for weights that do
     not describe themselves (a bare state_dict, an imported model)."""
     size = (recipe.data.height, recipe.data.width)
-    model, spec = load_embedding_model(weights, recipe.model.name, **recipe.model.options())
+    state = load_checkpoint(weights)
+    model, spec = load_embedding_model(weights, recipe.model.name, state, **recipe.model.options())
     check_against_spec(spec, str(weights), image_size=size)
     if spec is None:
-        warn_other_size(weights, size)
+        warn_other_size(state, weights, size)
     return model, spec or EmbeddingSpec(recipe.model.name, recipe.model.options(), size)
 
 
-def warn_other_size(weights: str | Path, size: tuple[int, int]) -> None:
+def warn_other_size(state: dict, weights: str | Path, size: tuple[int, int]) -> None:
     """Warn when an imported model (``reidkit import-onnx`` records the input size of its ONNX file as
-    ``trained_image_size``) is used at another input size: its figures then drop (the MSMT17 OSNet x0.25 on
-    CUHK03: 31.26 mAP at 256x128, 10.11 at 128x64)."""
-    trained = load_checkpoint(weights).get("trained_image_size")
+    ``trained_image_size`` in checkpoint ``state``) is used at another input size: its figures then drop (the
+    MSMT17 OSNet x0.25 on CUHK03: 31.26 mAP at 256x128, 10.11 at 128x64)."""
+    trained = state.get("trained_image_size")
     if isinstance(trained, (list, tuple)) and len(trained) == 2 and tuple(int(v) for v in trained) != tuple(size):
         log.warning("WARNING: %s was trained at %dx%d and is used here at %dx%d (data.height x data.width): expect "
                     "lower accuracy; data.height=%d data.width=%d uses its own size (images are resized to it)",

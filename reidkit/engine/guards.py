@@ -56,6 +56,16 @@ class DivergenceGuard:
         path, epoch = self.last_checkpoint
         return f"The last finite checkpoint is {path} (epoch {epoch}): --resume from it with a lower learning rate."
 
+    def interrupted(self, epoch: int, iteration: int, total: int) -> str:
+        """What an interruption at ``iteration`` of 0-based ``epoch`` left, and how to go on."""
+        if self.last_checkpoint is None:
+            left = "no epoch had finished, so nothing was saved; train again to start over"
+        else:
+            path, saved = self.last_checkpoint
+            left = (f"{path} holds the end of epoch {saved} (intact); continue with --resume {path} "
+                    f"(epoch {saved + 1} starts again)")
+        return f"interrupted at epoch {epoch + 1}, iteration {iteration} of {total}, after the step finished: {left}"
+
     def check_epoch(self, model: nn.Module, epoch: int, step: int, means: dict[str, float],
                     pieces: dict[str, Any] | None = None) -> None:
         """Raise :class:`NonFiniteWeightsError` (before anything is saved) when a parameter or buffer of the model,

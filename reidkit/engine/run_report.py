@@ -1,6 +1,7 @@
 """The report a training run leaves (``OUTPUT/report/index.html``) and how its best.pth was selected."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,31 @@ from .distributed import unwrap
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+log = logging.getLogger("reidkit")
+
+
+def log_run_plan(recipe, dataset, validation: ValidationSplit | None, select_on: str, device: str,
+                 data_parallel: str | None) -> None:
+    """Before training: the dataset, the validation split, what best.pth is selected on, foot-guns, the device."""
+    t = recipe.train
+    log.info("\n%s", dataset.summary())
+    if validation is not None:
+        log.info("validation: %d training identities held out (%d queries, %d gallery images); best.pth "
+                 "and the lr plateau read it, the test set is evaluated for monitoring only",
+                 len(validation.identities), len(validation.query), len(validation.gallery))
+    if select_on == "test":
+        log.warning("WARNING: train.select_on=test: best.pth%s read the TEST set (set "
+                    "data.val_identities to select on held-out training identities instead)",
+                    " and the lr plateau" if recipe.schedule.kind == "plateau" else "")
+    elif select_on == "last":
+        log.info("no validation split (data.val_identities): best.pth is the latest evaluated epoch, "
+                 "nothing is selected on the test set")
+    if t.fixbase_epochs >= t.epochs:
+        log.warning("WARNING: train.fixbase_epochs=%d >= train.epochs=%d: the whole run trains only %s; the "
+                    "rest of the network stays as loaded (lower fixbase_epochs, or raise train.epochs)",
+                    t.fixbase_epochs, t.epochs, ", ".join(t.open_layers))
+    log.info("training on %s, amp %s%s", device, t.amp, f"; data parallel: {data_parallel}" if data_parallel else "")
 
 
 def selection_summary(select_on: str, history: dict, validation: ValidationSplit | None) -> list[str]:

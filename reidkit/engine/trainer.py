@@ -50,6 +50,7 @@ from .pipeline import build_train_loader
 from .run_folder import release_run_folder
 from .run_outputs import finish_run, open_run_outputs
 from .run_record import DiagnosticSums, RunRecord
+from .run_report import log_run_plan
 from .run_state import check_resume, embedding_spec_of, restore_training_state, training_state, weights_state
 from .schedulers import WarmupScheduler
 
@@ -91,24 +92,8 @@ class Trainer:
             self.dataset = dataclasses.replace(self.dataset, train=self.validation.train)
         self.select_on = t.select_on if t.select_on != "auto" else ("val" if self.validation else "last")
         if self.is_main:
-            log.info("\n%s", self.dataset.summary())
-            if self.validation is not None:
-                log.info("validation: %d training identities held out (%d queries, %d gallery images); best.pth "
-                         "and the lr plateau read it, the test set is evaluated for monitoring only",
-                         len(self.validation.identities), len(self.validation.query), len(self.validation.gallery))
-            if self.select_on == "test":
-                log.warning("WARNING: train.select_on=test: best.pth%s read the TEST set (set "
-                            "data.val_identities to select on held-out training identities instead)",
-                            " and the lr plateau" if recipe.schedule.kind == "plateau" else "")
-            elif self.select_on == "last":
-                log.info("no validation split (data.val_identities): best.pth is the latest evaluated epoch, "
-                         "nothing is selected on the test set")
-            if t.fixbase_epochs >= t.epochs:
-                log.warning("WARNING: train.fixbase_epochs=%d >= train.epochs=%d: the whole run trains only %s; the "
-                            "rest of the network stays as loaded (lower fixbase_epochs, or raise train.epochs)",
-                            t.fixbase_epochs, t.epochs, ", ".join(t.open_layers))
-            log.info("training on %s, amp %s%s", describe(self.device), t.amp,
-                     f"; data parallel: {self.env.describe()}" if self.env.enabled else "")
+            log_run_plan(recipe, self.dataset, self.validation, self.select_on, describe(self.device),
+                         self.env.describe() if self.env.enabled else None)
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         # every split decoded now, so that bad files anywhere are all named before epoch 1
         caches = decode_each({"train": lambda: ImageCache(self.dataset.train, (d.height, d.width),
@@ -272,7 +257,7 @@ class Trainer:
                                              last_line - t0, shown))
             if self.stop.requested:
                 bar.close()
-                raise TrainingInterrupted(self._interrupted_at(epoch, i + 1, total))
+                raise TrainingInterrupted(self.guard.interrupted(epoch, i + 1, total))
         bar.close()
         if meter.count:
             meter.read(where)                            # every step is checked before the epoch counts
@@ -325,16 +310,6 @@ class Trainer:
             self.scaler.update()
         self.step += 1
         return terms
-
-    def _interrupted_at(self, epoch: int, iteration: int, total: int) -> str:
-        """What an interruption left, and how to go on."""
-        saved = self.guard.last_checkpoint
-        if saved is None:
-            left = "no epoch had finished, so nothing was saved; train again to start over"
-        else:
-            left = (f"{saved[0]} holds the end of epoch {saved[1]} (intact); continue with --resume {saved[0]} "
-                    f"(epoch {saved[1] + 1} starts again)")
-        return f"interrupted at epoch {epoch + 1}, iteration {iteration} of {total}, after the step finished: {left}"
 
     def _val_dataset(self) -> ReIDDataset:
         assert self.validation is not None
