@@ -180,7 +180,7 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
         print(f"reidkit epoch {epoch + 1}: {stats['images_per_s']:.1f} img/s, loss {stats['total']:.3f}", flush=True)
         if evaluations_due(args, epoch):
             e0 = time.perf_counter()
-            trainer.measure_batchnorm()                  # as reidkit train evaluates (train.precise_bn)
+            trainer.before_evaluation(epoch)                  # as reidkit train evaluates (train.precise_bn)
             result = trainer.evaluate()
             eval_s += time.perf_counter() - e0
             curve.append((epoch + 1, result.mAP, result.rank(1)))
@@ -188,7 +188,7 @@ def train_reidkit(args) -> tuple[dict, Trainer]:
                   flush=True)
     wall = time.perf_counter() - t0 - eval_s
     save_weights(args, "reidkit", trainer.model)                 # as trained (before the last precise BN)
-    trainer.measure_batchnorm()
+    trainer.before_evaluation(args.epochs - 1)
     result = trainer.evaluate()
     return {"mAP": result.mAP, "rank1": result.rank(1), "train_s": wall, "images_per_s": images / wall,
             "loss": stats["total"], "curve": curve,

@@ -39,7 +39,7 @@ def run_reidkit(args, amp: bool, torch_batchnorm: bool = False) -> tuple[float, 
         "data.dataset=cuhk03_labeled", f"data.root={CUHK03}", f"data.height={args.height}",
         f"data.width={args.width}", f"model.name={REIDKIT_NAMES[args.arch]}",
         *(["model.last_stride=2"] if args.arch.startswith("resnet") else []),   # OSNet has no last_stride
-        "model.pretrained=none", "loss.center_weight=0", "schedule.warmup_epochs=0",
+        "model.pretrained=none", "center_loss.weight=0", "schedule.warmup_epochs=0",
         "train.output_dir=/tmp/reidkit_bench_train", "augment.erasing=0.5"])
     t0 = time.perf_counter()
     with mock.patch("reidkit.engine.trainer.exact_cpu_batchnorm", lambda m, *_: m) if torch_batchnorm \

@@ -58,18 +58,18 @@ METHODS = {
     "bot": ("bot_r18_cuhk03.yaml", []),
     "camaware": ("bot_camaware_r18_cuhk03.yaml", []),
     "adaptive_l2": ("adaptive_l2_r18_cuhk03.yaml", []),
-    "constant_l2": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.0005",
+    "constant_l2": ("adaptive_l2_r18_cuhk03.yaml", ["adaptive_l2.amplitude=0", "optim.weight_decay=0.0005",
                                                     "optim.weight_decay_bias=0.0005"]),
     # issue 35: constant L2 as strong as the adaptive factors start (A/2 per |w|^2 = weight decay 2 x 0.0025) and
     # at the authors' Keras baseline (l2(0.005) = weight decay 0.01)
-    "l2_at_start": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.005",
+    "l2_at_start": ("adaptive_l2_r18_cuhk03.yaml", ["adaptive_l2.amplitude=0", "optim.weight_decay=0.005",
                                                     "optim.weight_decay_bias=0.005"]),
-    "l2_at_authors": ("adaptive_l2_r18_cuhk03.yaml", ["loss.adaptive_l2.amplitude=0", "optim.weight_decay=0.01",
+    "l2_at_authors": ("adaptive_l2_r18_cuhk03.yaml", ["adaptive_l2.amplitude=0", "optim.weight_decay=0.01",
                                                       "optim.weight_decay_bias=0.01"]),
-    "dml": ("bot_r18_cuhk03.yaml", ["loss.mutual.peers=[resnet18_bnneck]"]),    # peer 0 of a DML pair
+    "dml": ("bot_r18_cuhk03.yaml", ["mutual.peers=[resnet18_bnneck]"]),    # peer 0 of a DML pair
     "ptl": ("bot_r18_cuhk03.yaml", ["model.name=resnet18_ptl"]),                # BConv-Cells beside the blocks
-    "student": ("std_osnet_x0_25_cuhk03.yaml", ["loss.distill.teacher=null", "loss.ce_weight=1.0", *AMSGRAD]),
-    "std": ("std_osnet_x0_25_cuhk03.yaml", ["loss.distill.teacher={teacher}", *AMSGRAD]),
+    "student": ("std_osnet_x0_25_cuhk03.yaml", ["distillation.teacher=null", "loss.ce_weight=1.0", *AMSGRAD]),
+    "std": ("std_osnet_x0_25_cuhk03.yaml", ["distillation.teacher={teacher}", *AMSGRAD]),
 }
 #: method -> its baseline, for the printed differences
 BASELINES = {"bot": "softmax", "camaware": "bot", "adaptive_l2": "constant_l2", "dml": "bot", "ptl": "bot",

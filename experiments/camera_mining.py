@@ -32,10 +32,10 @@ RECIPES = {
 
 VARIANTS = {
     # bias off selects exactly as plain batch-hard (tested) and still logs which pairs it picked
-    "batch_hard": ["loss.miner=camera_aware", "loss.camera_bias.schedule=off"],
-    "decay": ["loss.miner=camera_aware", "loss.camera_bias.schedule=decay"],
-    "constant": ["loss.miner=camera_aware", "loss.camera_bias.schedule=constant"],
-    "early": ["loss.miner=camera_aware", "loss.camera_bias.schedule=early"],
+    "batch_hard": ["loss.miner=camera_aware", "camera_aware.schedule=off"],
+    "decay": ["loss.miner=camera_aware", "camera_aware.schedule=decay"],
+    "constant": ["loss.miner=camera_aware", "camera_aware.schedule=constant"],
+    "early": ["loss.miner=camera_aware", "camera_aware.schedule=early"],
 }
 
 
@@ -59,7 +59,7 @@ def run(args) -> None:
             if (args.dataset, variant, seed, args.tag) in done:
                 continue
             out_dir = OUT / args.dataset / f"{args.tag}{variant}_seed{seed}"
-            overrides = VARIANTS[variant] + [f"loss.camera_bias.early_epochs={args.early_epochs}",
+            overrides = VARIANTS[variant] + [f"camera_aware.early_epochs={args.early_epochs}",
                                              f"train.seed={seed}", f"train.output_dir={out_dir}"] + args.overrides
             recipe = load_recipe(str(RECIPES[args.dataset]), overrides)
             t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def run(args) -> None:
             row = {"dataset": args.dataset, "variant": variant, "seed": seed, "tag": args.tag,
                    "overrides": overrides, "mAP": result.mAP, "rank1": result.rank(1),
                    "rank5": result.rank(5), "minutes": (time.perf_counter() - t0) / 60,
-                   "history": {k: v for k, v in history.items() if k.startswith(("camera_mining/", "loss/"))}}
+                   "history": {k: v for k, v in history.items() if k.startswith(("camera_aware/", "loss/"))}}
             with RESULTS.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
@@ -93,7 +93,7 @@ def table(args) -> None:
 
         def fraction(key: str, rs=rs) -> str:          # mean over seeds of the first / last epoch's mean
             # rows recorded before the training pieces used "mining/<key>"
-            runs = [r["history"].get(f"camera_mining/{key}", r["history"].get(f"mining/{key}")) for r in rs]
+            runs = [r["history"].get(f"camera_aware/{key}", r["history"].get(f"mining/{key}")) for r in rs]
             if not all(runs):
                 return "-"
             return f"{statistics.mean(v[0] for v in runs):.2f} / {statistics.mean(v[-1] for v in runs):.2f}"

@@ -117,15 +117,10 @@ def cmd_eval(args) -> int:
     else:
         print(result.summary())
     if report is not None:
-        from .evaluation import compute_distance
-        from .evaluation.cameras import camera_pair_map
-        from .reporting import write_report
-        distmat = compute_distance(qf, gf, recipe.eval.metric).cpu().numpy()
-        cameras = camera_pair_map(distmat, query.pids(), gallery.pids(), query.camids(), gallery.camids())
-        index = write_report(report, f"reidkit eval: {', '.join(map(str, args.weights))} on {dataset.name}",
-                             results, {}, query.records, gallery.records, distmat, [described],
-                             num_queries=args.ranked, recipe=recipe.model_dump(mode="json"),
-                             data_summary=dataset.summary(), camera_table=cameras)
+        from .engine.run_report import write_evaluation_report
+        index = write_evaluation_report(report, f"reidkit eval: {', '.join(map(str, args.weights))} on "
+                                        f"{dataset.name}", results, {}, query.records, gallery.records, qf, gf,
+                                        recipe, [described], dataset.summary(), num_queries=args.ranked)
         print(f"report -> {index}\nlook: {browse_command(index)}")
     return 0
 
@@ -196,6 +191,19 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from .sections import MINERS, PIECES, load_methods
+    load_methods()
+    for title, registry in (("training pieces (each on by its recipe section, or by the train.* key it names)",
+                             PIECES), ("miners (loss.miner)", MINERS)):
+        print(title + ":")
+        for name, doc in registry.describe():
+            config = registry.configs.get(name)
+            keys = f"  [{name}: {', '.join(getattr(config, 'model_fields', {}))}]" if config is not None else ""
+            print(f"  {name:16s} {doc}{keys}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import describe_datasets
     for name, doc in describe_datasets():
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("recipes", help="list the recipes shipped with reidkit (train them by name)")
     p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("methods", help="list the training pieces and miners a recipe can switch on, with their "
+                                       "recipe sections")
+    p.set_defaults(func=cmd_methods)
     p = sub.add_parser("datasets", help="list the dataset names a recipe's data.dataset can take")
     p.set_defaults(func=cmd_datasets)
     return parser

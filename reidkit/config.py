@@ -1,5 +1,10 @@
 """Typed recipes: the pydantic schema of every recipe section and its checks.
 
+The core sections are here; each method adds its own top-level section by registering it with its piece or
+miner (:mod:`reidkit.sections`), and :func:`recipe_schema` assembles the whole schema from those registries.  A
+model family's own options (``model.regions``, ...) are registered with its builders and checked by
+:class:`ModelConfig`.
+
 Reading recipe files (inheritance, overrides, the shipped recipes) is :mod:`reidkit.recipe_files`; an unknown
 key or a value of the wrong type raises :class:`RecipeError` naming the key path (``train.epochs``) and the file.
 """
@@ -8,11 +13,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .data.combine import dataset_specs
 from .data.datasets import check_dataset
 from .data.transforms import AugmentConfig
+from .models.registry import model_options
+from .names import did_you_mean
+from .sections import CORE_SECTIONS, method_sections, miner_names
 
 
 class RecipeError(ValueError):
@@ -85,7 +93,23 @@ class DataConfig(Strict):
         return self.batch_size // self.num_instances
 
 
+#: the model section's keys that do not shape the network (every other key is passed to its builder)
+NOT_SHAPING = ("name", "pretrained")
+
+
+#: options every model had in the schema before model families registered their own: a recorded recipe (a
+#: checkpoint's, a run's recipe.json) of a model that does not take them holds them at these values
+_FORMER_SHARED_OPTIONS = {"regions": 2, "region_dim": None, "reduction": "light", "cell_ratio": 4, "ptl_head": "bnneck"}
+
+
 class ModelConfig(Strict):
+    """The recipe's ``model`` section: the options of the BNNeck head every family shares, and the options of
+    the named model's family (a regional model's ``regions``, a PTL network's ``cell_ratio``, ...), which the
+    family registers with its builders (:func:`reidkit.models.register_model`'s ``options``) and which are
+    validated by the family's own pydantic model."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     name: str = "resnet50_bnneck"
     last_stride: Literal[1, 2] = 1
     pretrained: str | None = "auto"        # auto (torch hub cache), none, or a path
@@ -94,80 +118,63 @@ class ModelConfig(Strict):
     test_feature: Literal["after_bn", "before_bn"] = "after_bn"
     feature_clip: tuple[float, float] | None = None   # clip pooled features (adaptive L2's objective module: [0, 1])
     bn_bias: Literal["frozen", "trained"] = "frozen"     # the BNNeck's bias (BoT: frozen; adaptive L2: trained)
-    regions: int = Field(2, gt=0)             # *_regional models: horizontal stripes
-    # *_regional models: channels each stripe is reduced to (None: 256 for the light reduction, the last stage's
-    # channels / regions for the authors'), and how: light = 1x1 conv + BN + ReLU (PCB's), authors = 3x3 conv with
-    # bias + ReLU (Ni et al.'s code; its biases make the paper's conv-bias category)
-    region_dim: int | None = Field(None, gt=0)
-    reduction: Literal["light", "authors"] = "light"
-    # *_ptl models: BConv-Cell width = its block's channels // cell_ratio; the head: BNNeck, or the paper's (the
-    # pooled 1x1-conv output as the feature, three fully connected layers as the classifier)
-    cell_ratio: int = Field(4, gt=0)
-    ptl_head: Literal["bnneck", "paper"] = "bnneck"
+
+    @model_validator(mode="after")
+    def _family_options(self) -> ModelConfig:
+        given = dict(self.__pydantic_extra__ or {})
+        family = model_options(self.name)                # an unknown model name: a ValueError that lists them
+        if family is None:
+            unknown = [k for k, v in given.items() if _FORMER_SHARED_OPTIONS.get(k, object()) != v]
+            if unknown:
+                raise ValueError(f"model {self.name!r} takes no option {', '.join(unknown)} (its options: "
+                                 f"{', '.join(k for k in type(self).model_fields if k not in NOT_SHAPING)})")
+            options: dict[str, Any] = {}
+        else:
+            given = {k: v for k, v in given.items()
+                     if k in family.model_fields or _FORMER_SHARED_OPTIONS.get(k, object()) != v}
+            try:
+                options = family.model_validate(given).model_dump()
+            except ValidationError as e:
+                raise ValueError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                                 + f" (model {self.name!r} takes {', '.join(family.model_fields)} besides the "
+                                 "shared options)") from None
+        object.__setattr__(self, "__pydantic_extra__", options)     # recorded whole: the family's defaults too
+        return self
+
+    def family_options(self) -> dict[str, Any]:
+        """The named model's family options, defaults included (empty for a family without any)."""
+        return dict(self.__pydantic_extra__ or {})
 
     def options(self) -> dict:
         """Keyword arguments for :func:`reidkit.models.build_model` that shape the network: the options whose
         value differs from the default (every builder's defaults are the schema's).  A model that has no such
         option (``model.pooling=gem`` for OSNet's full model) then refuses it by name instead of ignoring it.
         """
-        shaping = ("last_stride", "pooling", "bnneck", "test_feature", "feature_clip", "bn_bias", "regions",
-                   "region_dim", "reduction", "cell_ratio", "ptl_head")
-        return {key: getattr(self, key) for key in shaping
-                if getattr(self, key) != type(self).model_fields[key].default}
-
-
-class CameraBiasConfig(Strict):
-    """Camera-label based batch-hard mining (C. Jeong 2017; docs/CAMERA_MINING.md), used when
-    ``loss.miner=camera_aware``."""
-
-    k: float = Field(5.0, ge=0)
-    m: float = Field(0.1, ge=0)
-    schedule: Literal["decay", "constant", "early", "off"] = "decay"
-    early_epochs: int = Field(10, ge=0)
-    time_unit: Literal["iteration", "epoch"] = "iteration"
-    bias_in_loss: bool = False
-
-
-class AdaptiveL2Config(Strict):
-    """Adaptive L2 regularisation (Ni, Fang and Huttunen, ICPR 2020; docs/ADAPTIVE_L2.md):
-    lambda_n = amplitude * hard_sigmoid(theta_n), learned."""
-
-    amplitude: float = Field(0.0, ge=0)       # A; 0 switches it off (the paper: 0.005)
-    c: float = Field(2.5, gt=0)               # hard sigmoid half-width
-    theta_init: float = 0.0                   # every theta starts here (0: lambda = A / 2)
-
-
-class DistillConfig(Strict):
-    """Student-Teacher Distillation (Yu et al., "Progressive Transfer Learning", Eq. 4):
-    ``weight * L1(student, teacher)`` beside the ID loss."""
-
-    teacher: str | None = None             # a reidkit checkpoint (or state_dict) of the teacher; None = off
-    arch: str | None = None                # the teacher's registered model name
-    weight: float = Field(0.8, ge=0)          # lambda (the paper: 0.8, with loss.ce_weight = 1 - lambda)
-
-
-class MutualConfig(Strict):
-    """Deep mutual learning (Zhang et al. 2018; the OSNet paper's appendix): the recipe's model and these peers
-    learn together, each with the objective plus ``weight * T^2 * KL`` to the others' softened predictions."""
-
-    peers: list[str] = Field(default_factory=list)    # the other peers' model names; [] = off
-    weight: float = Field(1.0, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    pretrained: str | None = None     # the peers' initialisation (auto, none, imagenet, a file); None: model.pretrained
+        shared = {key: getattr(self, key) for key, field in type(self).model_fields.items()
+                  if key not in NOT_SHAPING and getattr(self, key) != field.default}
+        family = model_options(self.name)
+        defaults = family().model_dump() if family is not None else {}
+        return shared | {k: v for k, v in self.family_options().items() if v != defaults.get(k)}
 
 
 class LossConfig(Strict):
+    """The objective every recipe has: label-smoothed identity loss + triplet loss over the ``miner``'s
+    triplets.  What a method adds (center loss, adaptive L2, ...) is its own top-level section."""
+
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: Annotated[float, Field(ge=0)] | None = 0.3     # null = soft margin
-    miner: Literal["batch_hard", "camera_aware"] = "batch_hard"
-    camera_bias: CameraBiasConfig = Field(default_factory=CameraBiasConfig)
-    center_weight: float = Field(5e-4, ge=0)
-    center_lr: float = Field(0.5, gt=0)
-    adaptive_l2: AdaptiveL2Config = Field(default_factory=AdaptiveL2Config)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    mutual: MutualConfig = Field(default_factory=MutualConfig)
+    # a registered miner (`reidkit methods` lists them); one with options reads the recipe section of its name
+    miner: str = "batch_hard"
+
+    @field_validator("miner")
+    @classmethod
+    def _registered_miner(cls, value: str) -> str:
+        names = miner_names()
+        if value not in names:
+            raise ValueError(f"unknown miner {value!r}{did_you_mean(value, names)}; registered: {', '.join(names)}")
+        return value
 
 
 class OptimConfig(Strict):
@@ -281,6 +288,9 @@ class EvalConfig(Strict):
 
 
 class Recipe(Strict):
+    """A recipe's core sections.  The recipes training reads are of :func:`recipe_schema`'s subclass, which
+    adds one section per registered method (``recipe.center_loss``, ...; :meth:`section` reads one by name)."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -289,6 +299,17 @@ class Recipe(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def section(self, name: str) -> Any:
+        """The method section ``name`` (e.g. ``center_loss``) of this recipe."""
+        if name not in type(self).model_fields or name in CORE_SECTIONS:
+            raise KeyError(f"the recipe has no method section {name!r}"
+                           f"{did_you_mean(name, type(self).model_fields)}")
+        return getattr(self, name)
+
+    def __reduce__(self) -> tuple:
+        # the assembled schema is made at run time: a pickled recipe (a spawned process) is rebuilt from its values
+        return _rebuild_recipe, (self.model_dump(mode="json"),)
 
     @model_validator(mode="after")
     def _batches_fit_the_losses(self) -> Recipe:
@@ -315,3 +336,60 @@ class Recipe(Strict):
         if isinstance(d.val_identities, float) and d.val_identities >= 1:
             raise ValueError(f"data.val_identities={d.val_identities}: a fraction must be below 1 (or give a count)")
         return self
+
+
+def _rebuild_recipe(tree: dict) -> Recipe:
+    return recipe_schema().model_validate(tree)
+
+
+_SCHEMAS: dict[tuple, type[Recipe]] = {}
+
+
+def recipe_schema() -> type[Recipe]:
+    """The recipe schema: :class:`Recipe`'s core sections and one top-level section per registered method
+    (:func:`reidkit.sections.method_sections`), each defaulting to its model's defaults."""
+    sections = method_sections()
+    key = tuple((name, id(config)) for name, config in sorted(sections.items()))
+    if key not in _SCHEMAS:
+        fields: dict[str, Any] = {name: (config, Field(default_factory=config)) for name, config in sections.items()}
+        _SCHEMAS[key] = create_model("Recipe", __base__=Recipe, __module__=__name__, **fields)
+    return _SCHEMAS[key]
+
+
+#: recipe keys that moved to a method's own section: ``{old dotted key: new dotted key}``
+MOVED_KEYS = {"loss.center_weight": "center_loss.weight", "loss.center_lr": "center_loss.lr",
+              "loss.adaptive_l2": "adaptive_l2", "loss.distill": "distillation", "loss.mutual": "mutual",
+              "loss.camera_bias": "camera_aware"}
+
+
+def move_renamed_keys(tree: dict) -> list[str]:
+    """Move the keys of :data:`MOVED_KEYS` in a raw recipe tree (a file, a checkpoint's recipe) to where they
+    are now, in place; returns ``"old -> new"`` for each one moved.  Both spellings at once is an error."""
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        *old_parents, old_key = old.split(".")
+        parent: Any = tree
+        for part in old_parents:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old_key not in parent:
+            continue
+        *new_parents, new_key = new.split(".")
+        target = tree
+        for part in new_parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"{old} moved to {new}, but {part} is not a section")
+        if new_key in target:
+            raise ValueError(f"{old} moved to {new}: give one of them, not both")
+        target[new_key] = parent.pop(old_key)
+        moved.append(f"{old} -> {new}")
+    return moved
+
+
+def moved_key(dotted: str) -> str:
+    """Where the recipe key ``dotted`` (an override's) is now: ``loss.center_weight`` -> ``center_loss.weight``,
+    ``loss.distill.teacher`` -> ``distillation.teacher``; any other key unchanged."""
+    for old, new in MOVED_KEYS.items():
+        if dotted == old or dotted.startswith(old + "."):
+            return new + dotted[len(old):]
+    return dotted

@@ -32,20 +32,41 @@ def describe(registry: Mapping[str, Callable]) -> list[tuple[str, str]]:
 class Registry(Generic[Factory]):
     """Recipe names -> factories, filled by the ``register(name)`` decorator; looked up with suggestions.
 
-    ``kind`` names what it holds in messages ("model"), ``lister`` the command that lists them."""
+    ``kind`` names what it holds in messages ("model"), ``lister`` the command that lists them.  A factory may
+    own a recipe section: ``register(name, config=SomeConfig)`` records the pydantic model of the section named
+    ``name`` (:mod:`reidkit.sections` assembles the recipe schema from them)."""
 
     def __init__(self, kind: str, lister: str):
         self.kind, self.lister = kind, lister
         self.factories: dict[str, Factory] = {}
+        self.configs: dict[str, type] = {}
+        self.order: dict[str, int] = {}
 
-    def register(self, name: str) -> Callable[[Factory], Factory]:
+    def register(self, name: str, config: type | None = None, order: int = 100) -> Callable[[Factory], Factory]:
+        """Register a factory under ``name`` (with its recipe section's ``config`` class; ``order``: where it
+        comes among the others, lower first, then by name)."""
+        if not name.isidentifier():
+            raise ValueError(f"{self.kind} name {name!r} must be a Python identifier (it names a recipe section)")
+
         def add(factory: Factory) -> Factory:
-            if name in self.factories:
+            if name in self.factories and self.factories[name] is not factory:
                 raise ValueError(f"{self.kind} name {name!r} is registered twice "
                                  f"({self.factories[name].__module__} and {factory.__module__})")
             self.factories[name] = factory
+            self.order[name] = order
+            if config is not None:
+                self.configs[name] = config
             return factory
         return add
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (tests that register their own pieces clean up with this)."""
+        for table in (self.factories, self.configs, self.order):
+            table.pop(name, None)
+
+    def ordered(self) -> list[str]:
+        """Every name, by ``order`` then by name."""
+        return sorted(self.factories, key=lambda n: (self.order.get(n, 100), n))
 
     def __contains__(self, name: str) -> bool:
         return name in self.factories

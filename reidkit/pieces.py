@@ -7,10 +7,11 @@ The training loop is method-neutral::
 A method that needs more than the identity / triplet objective (a loss term with
 its own parameters or optimiser, a frozen teacher, state that restarts every
 epoch, statistics worth plotting) is a :class:`TrainingPiece` beside its method's
-module, registered with :func:`register_piece`.  Its builder reads the recipe and
-returns the piece, or None when the recipe leaves the method off.  The loop, the
-checkpoints and the plots only ever see the protocol below, so adding a method is
-one module and one recipe section.
+module, registered with :func:`register_piece` together with its typed recipe
+section.  Its builder reads that section (``ctx.config``) and returns the piece, or
+None when the recipe leaves the method off.  The loop, the checkpoints and the plots
+only ever see the protocol below, so adding a method is one module (docs/ARCHITECTURE.md,
+"Adding a method"; tests/test_extension_contract.py does it from outside the package).
 
 Conventions the loop keeps for every piece named ``name``:
 
@@ -22,13 +23,24 @@ Conventions the loop keeps for every piece named ``name``:
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel
+
+from .config import Recipe
+from .data.cache import ImageCache
+from .engine.distributed import DistEnv
+from .evaluation import RankResult
+from .losses.objective import ReIDObjective
+from .sections import PIECES, load_methods
+
+Section = TypeVar("Section")
 
 
 def branch_outputs(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -78,8 +90,18 @@ class TrainingPiece:
     def to(self, device: torch.device) -> TrainingPiece:
         return self
 
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        """Before the epoch's first batch (after the model's train/freeze modes are set)."""
+    def models(self) -> list[nn.Module]:
+        """Networks this piece trains beside the recipe's model (deep mutual learning's peers): every piece's
+        model hooks (``setup``, ``on_epoch_start``, ``before_evaluation``) receive them after the recipe's."""
+        return []
+
+    def setup(self, models: Sequence[nn.Module]) -> None:
+        """Once, after every piece is built and before anything trains or resumes (check the models now,
+        not at epoch 1)."""
+
+    def on_epoch_start(self, models: Sequence[nn.Module], epoch: int) -> None:
+        """Before the epoch's first batch; the models are in train mode, and the pieces before this one (in
+        registration order) have set their modes."""
 
     def on_step_start(self, step: int, epoch: int) -> None:
         """Before each step's forward pass (``step``: iterations done so far)."""
@@ -94,6 +116,12 @@ class TrainingPiece:
     def diagnostics(self) -> dict[str, float]:
         """Scalars of the last step (logged every ``train.log_every`` steps; every step with ``trace``)."""
         return {}
+
+    def before_evaluation(self, models: Sequence[nn.Module], epoch: int) -> None:
+        """Before the models are evaluated after ``epoch`` (0-based) and ``best.pth`` may be saved."""
+
+    def after_evaluation(self, epoch: int, test: RankResult, validation: RankResult | None) -> None:
+        """After the evaluation of ``epoch``: the test set's result and, with a validation split, its own."""
 
     def epoch_diagnostics(self, step_means: dict[str, float]) -> dict[str, float]:
         """Scalars recorded once per epoch; ``step_means`` are the epoch's means of :meth:`diagnostics`."""
@@ -119,43 +147,49 @@ class TrainingPiece:
 
 
 @dataclass
-class PieceContext:
-    """What a piece builder may use: the recipe, the model, the data's size, and where training runs."""
+class PieceContext(Generic[Section]):
+    """What a piece builder may use: the recipe, its own section (``config``), the model, the data's size, the
+    objective, the decoded training images and where training runs."""
 
-    recipe: Any
+    recipe: Recipe
+    config: Section               # the piece's recipe section (None for a piece registered without one)
     model: nn.Module
     num_classes: int
     feature_dim: int
     device: torch.device
-    objective: nn.Module | None = None
+    objective: ReIDObjective | None = None
     memory_format: torch.memory_format = torch.contiguous_format
     load_model: Callable[..., nn.Module] | None = None     # (arch, checkpoint, **options) -> eval model
-    extras: dict = field(default_factory=dict)
+    train_images: ImageCache | None = None                 # the decoded training split (this process's)
+    env: DistEnv = field(default_factory=DistEnv.current)
 
 
-PieceBuilder = Callable[[PieceContext], TrainingPiece | None]
-_BUILDERS: dict[str, PieceBuilder] = {}
+PieceBuilder = Callable[[PieceContext[Any]], TrainingPiece | None]
 
 
-def register_piece(name: str) -> Callable[[PieceBuilder], PieceBuilder]:
-    """Register a builder ``(PieceContext) -> TrainingPiece | None`` under ``name``."""
-    def add(builder: PieceBuilder) -> PieceBuilder:
-        if name in _BUILDERS and _BUILDERS[name] is not builder:
-            raise ValueError(f"a training piece named {name!r} is registered already")
-        _BUILDERS[name] = builder
-        return builder
-    return add
+def register_piece(name: str, config: type[BaseModel] | None = None,
+                   order: int = 100) -> Callable[[PieceBuilder], PieceBuilder]:
+    """Register a builder ``(PieceContext) -> TrainingPiece | None`` under ``name``.
+
+    With ``config`` (a pydantic model), the recipe gains a top-level section ``name`` of that type, which the
+    builder reads as ``ctx.config``.  ``name`` is also the piece's history prefix and checkpoint key; a
+    piece's loss terms should carry it too.  ``order`` places the piece among the others (lower first, then
+    by name): the pieces that set the models' train modes (fixbase 10, BatchNorm 20) come before the rest.
+    """
+    return PIECES.register(name, config, order)
 
 
 def piece_names() -> list[str]:
-    return sorted(_BUILDERS)
+    load_methods()
+    return PIECES.ordered()
 
 
-def build_pieces(ctx: PieceContext) -> list[TrainingPiece]:
-    """Every registered piece the recipe switches on, in name order, on ``ctx.device``."""
+def build_pieces(ctx: PieceContext[Any]) -> list[TrainingPiece]:
+    """Every registered piece the recipe switches on, in order, on ``ctx.device``."""
     pieces = []
-    for name, builder in sorted(_BUILDERS.items()):
-        piece = builder(ctx)
+    for name in piece_names():
+        section = ctx.recipe.section(name) if name in PIECES.configs else None
+        piece = PIECES[name](dataclasses.replace(ctx, config=section))
         if piece is not None:
             piece.name = name
             pieces.append(piece.to(ctx.device))

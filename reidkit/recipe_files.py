@@ -2,6 +2,7 @@
 reidkit, and loading into the schema of :mod:`reidkit.config` with errors that name the key and the file."""
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import Recipe, RecipeError
+from .config import Recipe, RecipeError, move_renamed_keys, moved_key, recipe_schema
 from .names import did_you_mean
+
+log = logging.getLogger("reidkit")
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
@@ -30,7 +33,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
 
 def _keys_beside(loc: tuple) -> list[str]:
     """The keys the recipe section holding ``loc`` (e.g. ``("train", "epohcs")``) accepts."""
-    fields = section_fields(Recipe)
+    fields = section_fields(recipe_schema())
     for part in loc[:-1]:
         field = fields.get(str(part))
         inner = getattr(field, "annotation", None) if field is not None else None
@@ -128,7 +131,10 @@ def apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise RecipeError(f"override {override!r} must look like key.path=value")
     key, raw = override.split("=", 1)
-    parts = key.strip().split(".")
+    now = moved_key(key.strip())
+    if now != key.strip():
+        log.warning("override %s: %s is now %s (read as such)", override, key.strip(), now)
+    parts = now.split(".")
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -205,6 +211,13 @@ def read_recipe_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
                           "change what differs")
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    try:
+        moved = move_renamed_keys(tree)
+    except ValueError as e:
+        raise RecipeError(f"{path}: {e}") from None
+    if moved:
+        log.warning("%s: recipe keys that moved to their method's section were read where they are now (%s); "
+                    "write them so to silence this", path, ", ".join(moved))
     base = tree.pop("_base_", None)
     if base is None:
         return tree
@@ -239,7 +252,7 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         source += " + overrides " + " ".join(overrides)
     check_expanded_size(tree)
     try:
-        recipe = Recipe.model_validate(tree)
+        recipe = recipe_schema().model_validate(tree)
     except ValidationError as e:
         raise RecipeError(_format_errors(e, source)) from None
     if path is not None:

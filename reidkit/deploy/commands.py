@@ -1,7 +1,10 @@
 """The deployment commands of ``reidkit``: extract, search, import-onnx, export (with ``--int8``)."""
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,11 +29,33 @@ from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
 
+log = logging.getLogger("reidkit")
+
+
+def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
+    """``(paths, overrides)``: the ``key.path=value`` words of ``words`` that name no existing file are recipe
+    overrides, the rest paths (the one convention of every command: overrides are KEY=VALUE words)."""
+    paths: list[str] = []
+    overrides: list[str] = []
+    for word in words:
+        (overrides if OVERRIDE_WORD.match(word) and not Path(word).exists() else paths).append(word)
+    return paths, overrides
+
+
+OVERRIDE_WORD = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=")
+
 
 def cmd_extract(args) -> int:
     from ..data.records import find_images
     from . import FeatureExtractor, GalleryIndex
     size: tuple[int, int] | None
+    args.images, words = split_overrides(args.images)
+    if args.set_overrides:
+        log.warning("--set is the older spelling: give recipe overrides as KEY=VALUE words, as in every command "
+                    "(reidkit extract IMAGES --recipe R %s)", " ".join(args.set_overrides))
+    args.overrides = [*args.overrides, *args.set_overrides, *words]
+    if not args.images:
+        raise ValueError("no images to embed: give image files or folders")
     existing = GalleryIndex.load(args.add_to) if args.add_to else None
     out = args.out or args.add_to
     if out is None:
@@ -38,7 +63,7 @@ def cmd_extract(args) -> int:
     if existing is not None:               # the gallery's own model, as `reidkit search` embeds queries
         if args.recipe or args.arch or args.size or args.overrides:
             raise ValueError(f"--add-to {args.add_to}: the gallery records its model; leave out --recipe, --arch, "
-                             "--size and --set")
+                             "--size and recipe overrides")
         meta = existing.meta
         arch, options, size = meta["arch"], meta["model_options"], tuple(meta["image_size"])
         weights = check_gallery_weights(args.add_to, meta, args.weights)
@@ -47,7 +72,7 @@ def cmd_extract(args) -> int:
         arch, options, size = recipe.model.name, recipe.model.options(), (recipe.data.height, recipe.data.width)
         weights = args.weights
     elif args.overrides:
-        raise ValueError(f"--set {' '.join(args.overrides)}: recipe overrides need --recipe")
+        raise ValueError(f"{' '.join(args.overrides)}: recipe overrides need --recipe")
     else:                                  # a reidkit checkpoint says the rest itself
         arch, options, size = args.arch, {}, ((args.size[0], args.size[1]) if args.size else None)
         weights = args.weights
@@ -310,7 +335,8 @@ def deploy_advice(speedup: float, fp32_path: Path, int8_path: Path) -> str:
 def add_deploy_commands(sub) -> None:
     """Register extract, search, import-onnx and export on the ``reidkit`` parser's subcommands."""
     p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively); KEY=VALUE words "
+                   "among them are recipe overrides (with --recipe), as in every command, e.g. model.last_stride=2")
     p.add_argument("--weights", help="reidkit checkpoint, state_dict, or an exported .onnx (fp32 or int8, run "
                    "by ONNX Runtime); with --add-to, the gallery's own unless given")
     model = p.add_mutually_exclusive_group()
@@ -318,8 +344,9 @@ def add_deploy_commands(sub) -> None:
                                         "checkpoint)")
     model.add_argument("--arch", help="model name, e.g. osnet_x0_25, for weights that do not record it (a bare "
                                       "state_dict, an imported model); reidkit checkpoints record it")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted recipe overrides (with --recipe), e.g. --set model.last_stride=2")
+    p.add_argument("--set", dest="set_overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=argparse.SUPPRESS)    # the older spelling of the KEY=VALUE words; still read, with a note
+    p.set_defaults(overrides=[])              # KEY=VALUE words among the images: recipe overrides (with --recipe)
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="input size (default: the checkpoint's, else 256 128)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")

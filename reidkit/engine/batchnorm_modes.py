@@ -39,20 +39,17 @@ def requested_mode(recipe: Recipe) -> str:
     return "update"
 
 
-def apply_bn_stats(recipe: Recipe, model: nn.Module, cache: ImageCache, device: torch.device,
-                   memory_format: torch.memory_format, images: int = 512) -> bool:
-    """Recalibrate ``model``'s BatchNorms on the first ``images`` of ``cache`` when the mode asks for it
-    (:func:`reidkit.models.recalibrate.recalibrate_batchnorm`: the function unchanged); returns whether
-    BatchNorm statistics stay frozen while training."""
-    mode = requested_mode(recipe)
-    if mode == "recalibrate":
-        batches = (b.contiguous(memory_format=memory_format)
-                   for b in iter_test_batches(cache, recipe.data.test_batch_size, recipe.augment.mean,
-                                              recipe.augment.std, device=device, limit=images))
-        count = recalibrate_batchnorm(model, batches)
-        log.info("recalibrated %d BatchNorm layers on %d training images (same function; train and eval mode "
-                 "now agree)", count, min(images, len(cache)))
-    return mode == "frozen"
+def recalibrate_on_training_images(model: nn.Module, recipe: Recipe, cache: ImageCache, device: torch.device,
+                                   memory_format: torch.memory_format, images: int = 512) -> int:
+    """Recalibrate ``model``'s BatchNorms on the first ``images`` of ``cache``
+    (:func:`reidkit.models.recalibrate.recalibrate_batchnorm`: the function unchanged); returns how many."""
+    batches = (b.contiguous(memory_format=memory_format)
+               for b in iter_test_batches(cache, recipe.data.test_batch_size, recipe.augment.mean,
+                                          recipe.augment.std, device=device, limit=images))
+    count = recalibrate_batchnorm(model, batches)
+    log.info("recalibrated %d BatchNorm layers on %d training images (same function; train and eval mode "
+             "now agree)", count, min(images, len(cache)))
+    return count
 
 
 def precise_batchnorm(model: nn.Module, cache: ImageCache, images: int, batch_size: int, mean, std,

@@ -7,7 +7,10 @@ import torch
 
 from ..numerics import full_precision
 from .distributed import all_mean
-from .objective import NonFiniteLossError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite."""
 
 
 class StepMeter:

@@ -2,31 +2,43 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn as nn
 
+from ..config import Recipe
+from ..data.records import ImageRecord, ReIDDataset
 from ..data.validation import ValidationSplit
 from ..evaluation import RankResult
 from ..evaluation.cameras import camera_pair_map
 from ..evaluation.distance import compute_distance
 from ..recipe_files import recipe_to_dict
 from ..reporting import write_report
-from .device import describe
-from .distributed import unwrap
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 log = logging.getLogger("reidkit")
 
 
-def log_run_plan(recipe, dataset, validation: ValidationSplit | None, select_on: str, device: str,
-                 data_parallel: str | None) -> None:
+@dataclass
+class RunFacts:
+    """What a training run's log, summaries and report say about it (the trainer fills it once)."""
+
+    recipe: Recipe
+    dataset: ReIDDataset
+    validation: ValidationSplit | None
+    select_on: str                 # val, last or test (auto resolved)
+    device: str                    # described: "cpu (2 threads)", "cuda:0 (NVIDIA H100 ...)"
+    data_parallel: str | None = None
+
+
+def log_run_plan(facts: RunFacts) -> None:
     """Before training: the dataset, the validation split, what best.pth is selected on, foot-guns, the device."""
+    recipe, validation, select_on, data_parallel = facts.recipe, facts.validation, facts.select_on, facts.data_parallel
     t = recipe.train
-    log.info("\n%s", dataset.summary())
+    log.info("\n%s", facts.dataset.summary())
     if validation is not None:
         log.info("validation: %d training identities held out (%d queries, %d gallery images); best.pth "
                  "and the lr plateau read it, the test set is evaluated for monitoring only",
@@ -42,7 +54,8 @@ def log_run_plan(recipe, dataset, validation: ValidationSplit | None, select_on:
         log.warning("WARNING: train.fixbase_epochs=%d >= train.epochs=%d: the whole run trains only %s; the "
                     "rest of the network stays as loaded (lower fixbase_epochs, or raise train.epochs)",
                     t.fixbase_epochs, t.epochs, ", ".join(t.open_layers))
-    log.info("training on %s, amp %s%s", device, t.amp, f"; data parallel: {data_parallel}" if data_parallel else "")
+    log.info("training on %s, amp %s%s", facts.device, t.amp,
+             f"; data parallel: {data_parallel}" if data_parallel else "")
 
 
 def selection_summary(select_on: str, history: dict, validation: ValidationSplit | None) -> list[str]:
@@ -76,29 +89,37 @@ def initialisation_note(pretrained: str | None, model) -> str:
     return f"initialisation: {pretrained}"
 
 
-def write_run_report(trainer: Trainer, result: RankResult) -> Path:
-    """``OUTPUT/report/index.html`` of ``trainer``'s run: the last evaluation (metrics, the camera-pair mAP table,
-    ranked lists with rank and distance), the curves, the data summary and the recipe."""
-    assert trainer.last_features is not None
-    qf, gf = trainer.last_features
-    recipe, history = trainer.recipe, trainer.history
+def write_evaluation_report(folder: Path, title: str, rows: dict[str, RankResult], history: dict,
+                            query: Sequence[ImageRecord], gallery: Sequence[ImageRecord], qf: torch.Tensor,
+                            gf: torch.Tensor, recipe: Recipe, notes: list[str], data_summary: str,
+                            num_queries: int = 8) -> Path:
+    """``folder/index.html``: the metrics of every row, the camera-pair mAP table and ranked lists of the first
+    row's features ``qf`` / ``gf`` (query and gallery images ``query`` / ``gallery``), the curves of ``history``
+    (when it has any), the data summary and the recipe.  ``reidkit train`` and ``reidkit eval`` both write
+    theirs through here."""
     distmat = compute_distance(qf, gf, recipe.eval.metric).cpu().numpy()
-    # the features were gathered from every process: the whole splits' records, not this process's share
-    q_records, g_records = ((trainer.dataset.query, trainer.dataset.gallery) if trainer.env.enabled
-                            else (trainer.query_cache.records, trainer.gallery_cache.records))
+    ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (query, gallery)]
+    cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
+    return write_report(folder, title, rows, history, query, gallery, distmat, notes, num_queries=num_queries,
+                        recipe=recipe_to_dict(recipe), data_summary=data_summary, camera_table=cameras)
+
+
+def write_training_report(out: Path, facts: RunFacts, model: nn.Module, result: RankResult,
+                          features: tuple[torch.Tensor, torch.Tensor], query: Sequence[ImageRecord],
+                          gallery: Sequence[ImageRecord], history: dict,
+                          cross_dataset: dict[str, RankResult]) -> Path:
+    """``OUT/report/index.html`` of a training run: its last evaluation (``result`` and its ``features`` of the
+    ``query`` / ``gallery`` records), the curves, what it started from and how best.pth was chosen."""
+    recipe = facts.recipe
     epoch = history["eval_epoch"][-1] if history["eval_epoch"] else "?"
-    notes = [initialisation_note(recipe.model.pretrained, unwrap(trainer.model)),
+    notes = [initialisation_note(recipe.model.pretrained, model),
              f"test set (query / gallery) after epoch {epoch}, {recipe.eval.metric} distance"
              f"{', re-ranked' if recipe.eval.rerank else ''}",
-             *selection_summary(trainer.select_on, history, trainer.validation),
-             f"trained on {describe(trainer.device)}"
-             + (f", data parallel: {trainer.env.describe()}" if trainer.env.enabled else "")]
-    ids = [np.array([getattr(r, k) for r in recs]) for k in ("pid", "camid") for recs in (q_records, g_records)]
-    cameras = camera_pair_map(distmat, ids[0], ids[1], ids[2], ids[3])
-    if trainer.cross_dataset:
+             *selection_summary(facts.select_on, history, facts.validation),
+             f"trained on {facts.device}" + (f", data parallel: {facts.data_parallel}" if facts.data_parallel else "")]
+    if cross_dataset:
         notes.append("cross-dataset rows: the last epoch's model on another dataset's query / gallery "
                      "(eval.datasets)")
-    rows = {f"epoch {epoch}": result, **{f"{name} (cross-dataset)": r for name, r in trainer.cross_dataset.items()}}
-    return write_report(trainer.out / "report", f"reidkit train: {recipe.model.name} on {trainer.dataset.name}",
-                        rows, history, q_records, g_records, distmat, notes,
-                        recipe=recipe_to_dict(recipe), data_summary=trainer.dataset.summary(), camera_table=cameras)
+    rows = {f"epoch {epoch}": result, **{f"{name} (cross-dataset)": r for name, r in cross_dataset.items()}}
+    return write_evaluation_report(out / "report", f"reidkit train: {recipe.model.name} on {facts.dataset.name}",
+                                   rows, history, query, gallery, *features, recipe, notes, facts.dataset.summary())

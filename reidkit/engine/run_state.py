@@ -7,19 +7,20 @@ gradient scaler), which :func:`restore_training_state` reads back.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 from .. import __version__
-from ..config import Recipe
+from ..config import Recipe, move_renamed_keys
+from ..pieces import TrainingPiece
 from ..recipe_files import recipe_to_dict
 from .checkpoint import CheckpointError, EmbeddingSpec, load_checkpoint, load_model_weights
 from .guards import check_optimizer_fits
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .schedulers import WarmupScheduler
 
 log = logging.getLogger("reidkit")
 
@@ -30,35 +31,60 @@ def embedding_spec_of(recipe: Recipe) -> EmbeddingSpec:
                          recipe.augment.mean, recipe.augment.std)
 
 
-def weights_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
+@dataclass
+class RunPosition:
+    """Where a run stands: epochs done, optimiser steps done, the best selection mAP so far."""
+
+    epoch: int = 0
+    step: int = 0
+    best_map: float = -1.0
+
+
+@dataclass
+class TrainingParts:
+    """What a training checkpoint saves and a resume restores, by reference (the trainer builds it once)."""
+
+    recipe: Recipe
+    model: nn.Module
+    num_classes: int
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupScheduler
+    pieces: list[TrainingPiece]
+    augment_generator: torch.Generator
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    world_size: int = 1
+
+
+def weights_state(parts: TrainingParts, at: RunPosition, history: dict) -> dict[str, Any]:
     """``best.pth``: the weights, what embedding with them needs, and where the run stood."""
-    return {"state_dict": trainer.model.state_dict(), "embedding": embedding_spec_of(trainer.recipe).as_dict(),
-            "epoch": epoch, "best_mAP": float(trainer.best_map), "step": trainer.step,
-            "num_classes": trainer.num_classes, "recipe": recipe_to_dict(trainer.recipe),
-            "reidkit_version": __version__, "history": trainer.history}
+    return {"state_dict": parts.model.state_dict(), "embedding": embedding_spec_of(parts.recipe).as_dict(),
+            "epoch": at.epoch, "best_mAP": float(at.best_map), "step": at.step,
+            "num_classes": parts.num_classes, "recipe": recipe_to_dict(parts.recipe),
+            "reidkit_version": __version__, "history": history}
 
 
-def training_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
+def training_state(parts: TrainingParts, at: RunPosition, history: dict) -> dict[str, Any]:
     """``last.pth``: :func:`weights_state` and everything a resume needs."""
-    state = weights_state(trainer, epoch) | {
-        "optimizer": trainer.optimizer.state_dict(), "optimizer_name": trainer.recipe.optim.name,
-        "scheduler": trainer.scheduler.state_dict(), "world_size": trainer.env.world_size,
-        "rng": {"torch": torch.get_rng_state(), "augment": trainer.augment.gen.get_state()},
-        "pieces": {p.name: p.state_dict() for p in trainer.pieces},
+    state = weights_state(parts, at, history) | {
+        "optimizer": parts.optimizer.state_dict(), "optimizer_name": parts.recipe.optim.name,
+        "scheduler": parts.scheduler.state_dict(), "world_size": parts.world_size,
+        "rng": {"torch": torch.get_rng_state(), "augment": parts.augment_generator.get_state()},
+        "pieces": {p.name: p.state_dict() for p in parts.pieces},
     }
-    if trainer.device.type == "cuda":
-        state["rng"]["cuda"] = torch.cuda.get_rng_state(trainer.device)
-    if trainer.scaler is not None:
-        state["scaler"] = trainer.scaler.state_dict()
+    if parts.device.type == "cuda":
+        state["rng"]["cuda"] = torch.cuda.get_rng_state(parts.device)
+    if parts.scaler is not None:
+        state["scaler"] = parts.scaler.state_dict()
     return state
 
 
 #: recipe keys (or sections, ending in ".") whose change would make a resumed run another model, or the same
 #: model on other inputs: its earlier epochs would not be this run's
 RESUME_FIXED = ("data.dataset", "data.height", "data.width", "data.val_identities", "augment.mean", "augment.std",
-                "model.", "loss.mutual.peers")
+                "model.", "mutual.peers")
 #: keys that may differ on resume without a word (where the weights come from is moot once the run resumes)
-RESUME_IGNORED = ("model.pretrained", "loss.mutual.pretrained", "train.output_dir")
+RESUME_IGNORED = ("model.pretrained", "mutual.pretrained", "train.output_dir")
 
 
 def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,29 +103,31 @@ def recipe_changes(saved: dict, now: dict) -> dict[str, tuple[Any, Any]]:
             if a.get(k) != b.get(k) and not k.startswith(RESUME_IGNORED)}
 
 
-def check_resume(trainer: Trainer, path: str | Path) -> tuple[dict, dict[str, tuple[Any, Any]]]:
+def check_resume(parts: TrainingParts, path: str | Path) -> tuple[dict, dict[str, tuple[Any, Any]]]:
     """The training checkpoint ``path`` and how this recipe differs from the one it was trained with; a
     :class:`CheckpointError` when a change would make the run another model or other inputs
     (:data:`RESUME_FIXED`), or when ``train.epochs`` leaves nothing to train."""
     state = load_checkpoint(path)
     if "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights only; --resume needs a training checkpoint (last.pth)")
-    if state.get("num_classes") != trainer.num_classes:
+    if state.get("num_classes") != parts.num_classes:
         raise CheckpointError(f"{path} was trained with {state.get('num_classes')} identities, "
-                              f"this dataset has {trainer.num_classes}")
-    pieces = _piece_states(trainer, state)
-    with_state = {p.name for p in trainer.pieces if p.state_dict()}
+                              f"this dataset has {parts.num_classes}")
+    pieces = _piece_states(parts.pieces, state)
+    with_state = {p.name for p in parts.pieces if p.state_dict()}
     saved_pieces = {k for k, v in pieces.items() if v}
     if with_state != saved_pieces:
         raise CheckpointError(f"{path} was trained with the pieces {sorted(saved_pieces) or 'none'}; this recipe uses "
-                              f"{sorted(with_state) or 'none'} (see loss.* in the recipe)")
-    check_optimizer_fits(state, trainer.optimizer, trainer.recipe.optim.name, path)
-    epoch, epochs = int(state.get("epoch", 0)), trainer.recipe.train.epochs
+                              f"{sorted(with_state) or 'none'} (the recipe's method sections switch them on)")
+    check_optimizer_fits(state, parts.optimizer, parts.recipe.optim.name, path)
+    epoch, epochs = int(state.get("epoch", 0)), parts.recipe.train.epochs
     if epoch >= epochs:
         raise CheckpointError(f"{path} is at epoch {epoch} and this recipe's train.epochs={epochs}: nothing is left to "
                               f"train. Raise train.epochs (e.g. train.epochs={epoch + 10}) to continue the run")
     saved = state.get("recipe")
-    changes = recipe_changes(saved, recipe_to_dict(trainer.recipe)) if isinstance(saved, dict) else {}
+    if isinstance(saved, dict):
+        move_renamed_keys(saved)                   # a checkpoint of an older reidkit: its keys where they are now
+    changes = recipe_changes(saved, recipe_to_dict(parts.recipe)) if isinstance(saved, dict) else {}
     fixed = {k: v for k, v in changes.items() if k.startswith(RESUME_FIXED)}
     if fixed:
         said = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
@@ -109,44 +137,40 @@ def check_resume(trainer: Trainer, path: str | Path) -> tuple[dict, dict[str, tu
     return state, changes
 
 
-def restore_training_state(trainer: Trainer, path: str | Path, state: dict | None = None) -> None:
-    """Put ``trainer`` where the training checkpoint ``path`` (read already: ``state``) left its run; a checkpoint
+def restore_training_state(parts: TrainingParts, path: str | Path,
+                           state: dict | None = None) -> tuple[RunPosition, dict]:
+    """Load the training checkpoint ``path`` (read already: ``state``) into ``parts`` (weights, optimiser,
+    pieces, schedule, gradient scaler, random states); returns where the run stood and its history.  A checkpoint
     that does not fit (weights only, other identities, other pieces, another optimiser) is a
     :class:`CheckpointError` naming why."""
-    state = check_resume(trainer, path)[0] if state is None else state
-    pieces = _piece_states(trainer, state)
+    state = check_resume(parts, path)[0] if state is None else state
+    pieces = _piece_states(parts.pieces, state)
     saved = {k for k, v in pieces.items() if v}
-    load_model_weights(trainer.model, state, str(path))
+    load_model_weights(parts.model, state, str(path))
     try:
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        for p in trainer.pieces:
+        parts.optimizer.load_state_dict(state["optimizer"])
+        for p in parts.pieces:
             if p.name in saved:
                 p.load_state_dict(pieces[p.name])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: its optimiser state does not fit this recipe's optimiser "
-                              f"({trainer.recipe.optim.name}): {e}") from None
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    if trainer.scaler is not None and "scaler" in state:
-        trainer.scaler.load_state_dict(state["scaler"])
-    trainer.start_epoch, trainer.best_map, trainer.step = (int(state["epoch"]), float(state["best_mAP"]),
-                                                           int(state["step"]))
-    trainer.guard.saved(path, trainer.start_epoch)
-    trainer.history = state["history"]
+                              f"({parts.recipe.optim.name}): {e}") from None
+    parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.scaler is not None and "scaler" in state:
+        parts.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
-    trainer.augment.gen.set_state(state["rng"]["augment"])
-    if trainer.device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], trainer.device)
-    if trainer.is_main:
-        log.info("resumed from %s at epoch %d (saved by %d process(es))", path, trainer.start_epoch,
-                 int(state.get("world_size", 1)))
+    parts.augment_generator.set_state(state["rng"]["augment"])
+    if parts.device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], parts.device)
+    return RunPosition(int(state["epoch"]), int(state["step"]), float(state["best_mAP"])), state["history"]
 
 
-def _piece_states(trainer: Trainer, state: dict) -> dict[str, dict]:
+def _piece_states(pieces: list[TrainingPiece], state: dict) -> dict[str, dict]:
     """``state["pieces"]``, or for older checkpoints the pieces' top-level keys (``legacy_keys``)."""
     if "pieces" in state:
         return state["pieces"]
     found = {}
-    for p in trainer.pieces:
+    for p in pieces:
         old = {new: state[key] for key, new in p.legacy_keys.items() if key in state}
         if old:
             found[p.name] = old

@@ -29,29 +29,43 @@ from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
 from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
+from ..losses.objective import ReIDObjective, build_miner
 from ..models import build_model, check_model
 from ..numerics import exact_cpu_batchnorm
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
-from .batchnorm_modes import apply_bn_stats, precise_batchnorm
 from .checkpoint import (
     EmbeddingSpec,
     model_from_checkpoint,
     save_checkpoint,
 )
 from .device import autocast, choose_kernels, describe, gradient_scaler, resolve_device, set_threads
-from .distributed import DistEnv, DistributedError, convert_batchnorm, data_parallel, gather_rows, is_collective_failure
-from .evaluate import evaluate_model, load_other_datasets, test_cache_jobs
-from .freeze import find_modules, freeze_batchnorm_statistics, open_all_layers, open_layers
+from .distributed import (
+    DistEnv,
+    DistributedError,
+    convert_batchnorm,
+    data_parallel,
+    gather_rows,
+    is_collective_failure,
+    unwrap,
+)
+from .evaluate import evaluate_model, evaluate_other_datasets, load_other_datasets, test_cache_jobs
 from .guards import DivergenceGuard, StopRequests, TrainingInterrupted
-from .meter import StepMeter
-from .objective import NonFiniteLossError, ReIDObjective
+from .meter import NonFiniteLossError, StepMeter
 from .optim import build_optimizer
 from .pipeline import build_train_loader
 from .run_folder import release_run_folder
-from .run_outputs import finish_run, open_run_outputs
+from .run_outputs import open_run_outputs, write_run_outputs
 from .run_record import DiagnosticSums, RunRecord
-from .run_report import log_run_plan
-from .run_state import check_resume, embedding_spec_of, restore_training_state, training_state, weights_state
+from .run_report import RunFacts, log_run_plan, write_training_report
+from .run_state import (
+    RunPosition,
+    TrainingParts,
+    check_resume,
+    embedding_spec_of,
+    restore_training_state,
+    training_state,
+    weights_state,
+)
 from .schedulers import WarmupScheduler
 
 log = logging.getLogger("reidkit")
@@ -91,9 +105,10 @@ class Trainer:
             self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
             self.dataset = dataclasses.replace(self.dataset, train=self.validation.train)
         self.select_on = t.select_on if t.select_on != "auto" else ("val" if self.validation else "last")
+        self.facts = RunFacts(recipe, self.dataset, self.validation, self.select_on, describe(self.device),
+                              self.env.describe() if self.env.enabled else None)
         if self.is_main:
-            log_run_plan(recipe, self.dataset, self.validation, self.select_on, describe(self.device),
-                         self.env.describe() if self.env.enabled else None)
+            log_run_plan(self.facts)
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         # every split decoded now, so that bad files anywhere are all named before epoch 1
         caches = decode_each({"train": lambda: ImageCache(self.dataset.train, (d.height, d.width),
@@ -115,6 +130,9 @@ class Trainer:
                                                                   self.env.world_size)
                                                      for r in range(self.env.world_size)))
         self.start_epoch, self.best_map, self.step = 0, -1.0, 0
+        # what checkpoints save and a resume restores (the same objects, by reference)
+        self.parts = TrainingParts(recipe, self.model, self.num_classes, self.optimizer, self.scheduler, self.pieces,
+                                   self.augment.gen, self.device, self.scaler, self.env.world_size)
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
         self.other_datasets = load_other_datasets(recipe)  # eval.datasets: their layout checked now
         self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
@@ -124,12 +142,6 @@ class Trainer:
         self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
         self.guard = DivergenceGuard()
         self.stop = StopRequests(enabled=False)             # Ctrl-C: finish the step, then stop (during fit)
-        # (other data-parallel processes log warnings only, so the info lines come once)
-        self.frozen_bn = apply_bn_stats(recipe, self.model, self.train_cache, self.device, self.memory_format)
-        if self.frozen_bn and t.precise_bn:
-            raise ValueError(f"train.precise_bn={t.precise_bn} re-measures BatchNorm statistics that "
-                             f"train.bn_stats=auto freezes for {recipe.model.pretrained}: set train.bn_stats=update "
-                             "or train.precise_bn=0")
 
     # -- construction ------------------------------------------------------
     def _build_model(self) -> None:
@@ -140,13 +152,15 @@ class Trainer:
             model = convert_batchnorm(model, self.device)
         self.model = exact_cpu_batchnorm(model.to(self.device).to(memory_format=self.memory_format), self.device,
                                          self.memory_format)
-        if t.fixbase_epochs:
-            find_modules(self.model, t.open_layers)      # fail now on a wrong name, not at epoch 1
-        self.trainable = {p for p in self.model.parameters() if p.requires_grad}
-        self.objective = ReIDObjective(r.loss).to(self.device)
-        ctx = PieceContext(r, self.model, self.num_classes, cast(int, self.model.feature_dim), self.device,
-                           self.objective, self.memory_format, load_model=model_from_checkpoint)
+        self.objective = ReIDObjective(r.loss, build_miner(r)).to(self.device)
+        ctx = PieceContext(r, None, self.model, self.num_classes, cast(int, self.model.feature_dim), self.device,
+                           self.objective, self.memory_format, load_model=model_from_checkpoint,
+                           train_images=self.train_cache, env=self.env)
         self.pieces: list[TrainingPiece] = build_pieces(ctx)
+        # every network trained: the recipe's model, then those the pieces add (deep mutual learning's peers)
+        self.models = [self.model] + [m for piece in self.pieces for m in piece.models()]
+        for piece in self.pieces:
+            piece.setup(self.models)
         self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
                                          broadcast_buffers=not t.sync_bn)
 
@@ -187,39 +201,36 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
         """Everything a resume needs (``last.pth``; :func:`reidkit.engine.run_state.training_state`)."""
-        return training_state(self, epoch)
+        return training_state(self.parts, RunPosition(epoch, self.step, self.best_map), self.history)
 
     def weights_state(self, epoch: int) -> dict:
         """What embedding and evaluation need (``best.pth``)."""
-        return weights_state(self, epoch)
+        return weights_state(self.parts, RunPosition(epoch, self.step, self.best_map), self.history)
 
     def embedding_spec(self) -> EmbeddingSpec:
         """What embedding with this run's checkpoints needs (stored in each)."""
         return embedding_spec_of(self.recipe)
 
-    def resume(self, path: str | Path) -> None:
-        """Continue from a training checkpoint (:func:`reidkit.engine.run_state.restore_training_state`)."""
-        restore_training_state(self, path)
+    def resume(self, path: str | Path, state: dict | None = None) -> None:
+        """Continue from a training checkpoint (:func:`reidkit.engine.run_state.restore_training_state`;
+        ``state``: its contents, read already)."""
+        state = check_resume(self.parts, path)[0] if state is None else state
+        at, self.history = restore_training_state(self.parts, path, state)
+        self.start_epoch, self.step, self.best_map = at.epoch, at.step, at.best_map
+        self.guard.saved(path, self.start_epoch)
+        if self.is_main:
+            log.info("resumed from %s at epoch %d (saved by %d process(es))", path, self.start_epoch,
+                     int(state.get("world_size", 1)))
 
     # -- loop --------------------------------------------------------------
-    def _set_modes(self, epoch: int) -> None:
-        t = self.recipe.train
-        if epoch < t.fixbase_epochs:
-            open_layers(self.model, t.open_layers)
-            if self.is_main and (epoch == 0 or epoch == self.start_epoch):
-                log.info("epochs 1-%d: training only %s", t.fixbase_epochs, ", ".join(t.open_layers))
-        else:
-            open_all_layers(self.model, self.trainable)
-        if self.frozen_bn:
-            freeze_batchnorm_statistics(self.model)
-
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
-        self._set_modes(epoch)
+        for model in self.models:
+            model.train()
         self.loader.set_epoch(epoch)
         self.scheduler.set_epoch(epoch)
-        for piece in self.pieces:
-            piece.on_epoch_start(self.model, epoch)
+        for piece in self.pieces:                       # in order: fixbase, BatchNorm modes, then the methods
+            piece.on_epoch_start(self.models, epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         meter = StepMeter(self.device, self.recipe.train.log_every)
         diagnostics: DiagnosticSums = {}
@@ -316,16 +327,11 @@ class Trainer:
         return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
                            self.validation.gallery)
 
-    def measure_batchnorm(self) -> None:
-        """``train.precise_bn``: population BatchNorm statistics of the current weights, from training images
-        (nothing when the recipe has none); called before every evaluation."""
-        r = self.recipe
-        if not r.train.precise_bn:
-            return
-        n = precise_batchnorm(self.model, self.train_cache, r.train.precise_bn, r.data.test_batch_size,
-                              r.augment.mean, r.augment.std, self.device, self.memory_format, self.env)
-        if self.is_main:
-            log.info("precise BN: BatchNorm statistics re-measured on %d training images", n)
+    def before_evaluation(self, epoch: int) -> None:
+        """Every piece's ``before_evaluation`` (precise BN re-measures BatchNorm statistics, ...); called before
+        every evaluation of epoch ``epoch`` (0-based)."""
+        for piece in self.pieces:
+            piece.before_evaluation(self.models, epoch)
 
     def evaluate(self) -> RankResult:
         """mAP / CMC of the current model on the test set; its features stay in ``last_features``."""
@@ -358,11 +364,13 @@ class Trainer:
         A run already in ``train.output_dir`` is continued only with ``resume`` (its ``last.pth``) and
         replaced only with ``overwrite``; otherwise :class:`~reidkit.engine.run_folder.RunFolderError`.
         """
-        state, changes = check_resume(self, resume) if resume else (None, {})
-        open_run_outputs(self, resume, overwrite, changes, int(state.get("epoch", 0)) if state else 0)
+        state, changes = check_resume(self.parts, resume) if resume else (None, {})
+        if self.is_main:
+            open_run_outputs(self.out, self.recipe, self.validation, self.record, resume, overwrite, changes,
+                             int(state.get("epoch", 0)) if state else 0)
         try:
             if resume:
-                restore_training_state(self, resume, state)
+                self.resume(resume, state)
             with StopRequests(enabled=not self.env.enabled) as self.stop:
                 return self._fit()
         except RuntimeError as e:
@@ -395,15 +403,33 @@ class Trainer:
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 result = self._evaluate_epoch(epoch)
             self._save(epoch + 1, "last.pth")
-        finish_run(self, result)
+        self._finish(result)
         return result
+
+    def _finish(self, result: RankResult | None) -> None:
+        """After the last epoch: ``eval.datasets`` (cross-dataset; every process), then (the first process) the
+        summaries, ``history.json``, the pieces' files, the curves and the report."""
+        self.cross_dataset = evaluate_other_datasets(self.model, self.recipe, self.device, self.env, self.progress,
+                                                     self.other_datasets)
+        self.history["cross_dataset"] = {name: r.as_dict() for name, r in self.cross_dataset.items()}
+        if not self.is_main:
+            return
+        write_run_outputs(self.out, self.facts, self.record, self.pieces, self.cross_dataset)
+        if result is not None and self.last_features is not None:
+            # the features were gathered from every process: the whole splits' records, not this process's share
+            query, gallery = ((self.dataset.query, self.dataset.gallery) if self.env.enabled
+                              else (self.query_cache.records, self.gallery_cache.records))
+            write_training_report(self.out, self.facts, unwrap(self.model), result, self.last_features, query,
+                                  gallery, self.history, self.cross_dataset)
 
     def _evaluate_epoch(self, epoch: int) -> RankResult:
         """After an epoch due for evaluation: precise BN, validation and test, the record, the lr plateau's
         reading and ``best.pth`` (selected on ``select_on``: validation, test, or simply the latest)."""
-        self.measure_batchnorm()
+        self.before_evaluation(epoch)
         val = self.evaluate_validation() if self.validation is not None else None
         result = self.evaluate()
+        for piece in self.pieces:
+            piece.after_evaluation(epoch, result, val)
         self.record.add_evaluation(epoch, result, val, self.select_on)
         selected = val if self.select_on == "val" and val is not None else result
         if self.select_on != "last":                    # a plateau schedule needs val or an explicit test

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..sections import register_miner
+
 
 def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distances between the rows of ``x`` (clamped before the sqrt for stable gradients)."""
@@ -67,3 +69,9 @@ class BatchHardMiner:
         positive = d.masked_fill(~pos_mask, float("-inf")).argmax(dim=1)
         negative = d.masked_fill(~neg_mask, float("inf")).argmin(dim=1)
         return Triplets(positive, negative)
+
+
+@register_miner("batch_hard")
+def _batch_hard(config: None) -> BatchHardMiner:
+    """Batch-hard mining (Hermans et al. 2017): the farthest positive and the closest negative."""
+    return BatchHardMiner()

@@ -43,11 +43,13 @@ gates.  The paper gives no equations for it; as read here:
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..pieces import PieceContext, TrainingPiece, register_piece
 from .densenet import DENSENETS, DenseNetBackbone
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
@@ -102,22 +104,6 @@ def reset_cell_states(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, BConvCell):
             m.reset_state()
-
-
-class CellReset(TrainingPiece):
-    """PTL's training piece: the BConv-Cells' states restart at every epoch's start.
-
-    Under data parallelism each process carries the states of its own share of the
-    batches (the cells' recurrence runs along a process's batch sequence).
-    """
-
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        reset_cell_states(model)
-
-
-@register_piece("ptl_cells")
-def _ptl_cells(ctx: PieceContext) -> CellReset | None:
-    return CellReset() if any(isinstance(m, BConvCell) for m in ctx.model.modules()) else None
 
 
 class ThreeLayerClassifier(nn.Module):
@@ -184,6 +170,16 @@ def _shrink(y: torch.Tensor, k: int, ceil_mode: bool) -> torch.Tensor:
     return F.avg_pool2d(y, k, ceil_mode=ceil_mode) if k > 1 else y
 
 
+class PTLOptions(BaseModel):
+    """The recipe's ``model`` options of the ``*_ptl`` networks."""
+
+    model_config = ConfigDict(extra="forbid")
+    # BConv-Cell width = its block's channels // cell_ratio; the head: BNNeck, or the paper's (the pooled 1x1-conv
+    # output as the feature, three fully connected layers as the classifier)
+    cell_ratio: int = Field(4, gt=0)
+    ptl_head: Literal["bnneck", "paper"] = "bnneck"
+
+
 def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone], cell: type[BConvCell]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
@@ -199,5 +195,5 @@ def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNet
 
 for _backbone_class, _names in ((ResNetBackbone, RESNETS), (DenseNetBackbone, DENSENETS)):
     for _name in _names:
-        register_model(f"{_name}_ptl")(_ptl_builder(_name, _backbone_class, BConvCell))
-        register_model(f"{_name}_ptl_v2")(_ptl_builder(_name, _backbone_class, BConvCellV2))
+        register_model(f"{_name}_ptl", options=PTLOptions)(_ptl_builder(_name, _backbone_class, BConvCell))
+        register_model(f"{_name}_ptl_v2", options=PTLOptions)(_ptl_builder(_name, _backbone_class, BConvCellV2))

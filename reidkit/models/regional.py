@@ -16,10 +16,11 @@ mode the branches' test embeddings concatenated.
 from __future__ import annotations
 
 import copy
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
 
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
@@ -74,6 +75,18 @@ def _reduction(kind: str, channels: int, region_dim: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU(inplace=True))
 
 
+class RegionalOptions(BaseModel):
+    """The recipe's ``model`` options of the ``*_regional`` models."""
+
+    model_config = ConfigDict(extra="forbid")
+    regions: int = Field(2, gt=0)             # horizontal stripes
+    # channels each stripe is reduced to (None: 256 for the light reduction, the last stage's channels / regions
+    # for the authors'), and how: light = 1x1 conv + BN + ReLU (PCB's), authors = 3x3 conv with bias + ReLU (Ni et
+    # al.'s code; its biases make the paper's conv-bias category)
+    region_dim: int | None = Field(None, gt=0)
+    reduction: Literal["light", "authors"] = "light"
+
+
 def _regional_builder(depth: str):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
@@ -86,4 +99,4 @@ def _regional_builder(depth: str):
 
 
 for _depth in RESNETS:
-    register_model(f"{_depth}_regional")(_regional_builder(_depth))
+    register_model(f"{_depth}_regional", options=RegionalOptions)(_regional_builder(_depth))

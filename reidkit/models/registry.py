@@ -4,15 +4,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch.nn as nn
+from pydantic import BaseModel
 
 from ..names import Registry, check_keywords
 
 _MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "reidkit models")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: the builder ``(num_classes, pretrained=..., **options) -> nn.Module`` is the model ``name``."""
-    return _MODELS.register(name)
+def register_model(name: str, options: type[BaseModel] | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: the builder ``(num_classes, pretrained=..., **options) -> nn.Module`` is the model ``name``.
+
+    ``options``: a pydantic model of the options only this family takes (its fields are keywords of the builder,
+    with the same defaults); the recipe's ``model`` section then accepts and checks them for this model."""
+    return _MODELS.register(name, options)
+
+
+def model_options(name: str) -> type[BaseModel] | None:
+    """The family options model ``name`` registered (None when it has none); a ``ValueError`` for an unknown
+    name, with suggestions."""
+    _MODELS[name]
+    return _MODELS.configs.get(name)
 
 
 def model_names() -> list[str]:

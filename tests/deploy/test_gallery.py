@@ -8,6 +8,7 @@ from PIL import Image
 import reidkit
 from reidkit.cli import main
 from reidkit.data.records import find_images
+from reidkit.deploy import GalleryIndex
 from reidkit.engine.checkpoint import save_checkpoint
 from reidkit.evaluation import compute_distance
 from reidkit.models import build_model
@@ -272,3 +273,25 @@ def test_kmeans_converges_to_the_means_of_its_clusters():
     assert sse(found) < sse(start)
     again = kmeans(np.repeat(points[:2], 5, axis=0), 3)     # fewer distinct points than k: still finite
     assert np.isfinite(again).all()
+
+
+def test_extract_takes_recipe_overrides_as_key_value_words_like_every_command(tmp_path, caplog):
+    """`reidkit extract IMAGES --recipe R data.height=64 data.width=32`: the words that look like dotted overrides
+    (and name no file) are overrides; the older --set spelling still works, with a note."""
+    from reidkit.deploy.commands import split_overrides
+    odd = tmp_path / "a=b.png"
+    odd.write_bytes(b"")
+    assert split_overrides([str(tmp_path), "data.height=64", str(odd), "model.last_stride=2"]) == (
+        [str(tmp_path), str(odd)], ["data.height=64", "model.last_stride=2"])
+    weights, rng = random_osnet(tmp_path)
+    (tmp_path / "gallery").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 40, 3), dtype=np.uint8)).save(tmp_path / "gallery" / f"{i}.png")
+    recipe = ["--recipe", "osnet_x0_25_cuhk03", "--weights", str(weights), "--no-progress"]
+    for out, words in ((tmp_path / "words.npz", ["data.height=64", "data.width=32"]),
+                       (tmp_path / "set.npz", ["--set", "data.height=64", "data.width=32"])):
+        assert main(["extract", str(tmp_path / "gallery"), *words, *recipe, "--out", str(out)]) == 0
+        assert GalleryIndex.load(out).meta["image_size"] == [64, 32]
+    assert "--set is the older spelling" in caplog.text
+    assert main(["extract", "data.height=64", "--arch", "osnet_x0_25", "--weights", str(weights),
+                 "--out", str(tmp_path / "x.npz")]) == 2

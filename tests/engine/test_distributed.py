@@ -15,8 +15,8 @@ from conftest import make_tiny_synthetic
 from reidkit.recipe_files import load_recipe
 
 # BoT with center loss, camera-aware mining (camera-diverse P x K batches) and adaptive L2, augmentation on
-METHODS = ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.center_weight=0.0005",
-           "loss.adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
+METHODS = ["loss.miner=camera_aware", "data.sampler=camera_diverse", "center_loss.weight=0.0005",
+           "adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
            "augment.color_jitter=0.2"]
 
 
@@ -126,7 +126,7 @@ def test_two_processes_train_the_model_one_process_trains(tiny_data, tmp_path):
     assert len(totals(one)) == len(totals(two[0])) >= 8
     # every term of every step, as the mean over the processes, equals the one-process value
     for a, b, c in zip(one["losses"], two[0]["losses"], two[1]["losses"]):
-        assert set(a) == {"id", "triplet", "center", "adaptive_l2", "total"}
+        assert set(a) == {"id", "triplet", "center_loss", "adaptive_l2", "total"}
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12), (k, a, b)
             assert c[k] == b[k]                                             # all processes report the same

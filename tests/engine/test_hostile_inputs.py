@@ -124,7 +124,7 @@ def test_the_advice_after_a_wrong_optimiser_resume_works(tiny_run, tiny_data, tm
 @pytest.mark.slow
 def test_an_infinite_peer_statistic_stops_training_before_any_save(tiny_data, tmp_path):
     recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "dml", epochs=1)
-                         + ["loss.mutual.peers=[resnet18_bnneck]"])
+                         + ["mutual.peers=[resnet18_bnneck]"])
     trainer = Trainer(recipe, progress=False)
     peer = trainer.piece("mutual").peers[0]
     bn = next(m for m in peer.modules() if isinstance(m, torch.nn.BatchNorm2d))

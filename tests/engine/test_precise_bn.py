@@ -1,6 +1,8 @@
 """``train.precise_bn``: population BatchNorm statistics before each evaluation (fast-reid's precise BN)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -77,7 +79,7 @@ def test_training_is_unchanged_and_evaluations_read_population_statistics(tiny_d
     assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in weights.items())
     bn = [m for m in precise.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     measured = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
-    precise.measure_batchnorm()                             # again, on the same weights: the same statistics
+    precise.before_evaluation(1)                              # again, on the same weights: the same statistics
     for m, (mean, var) in zip(bn, measured):
         torch.testing.assert_close(m.running_mean, mean, rtol=0, atol=0)
         torch.testing.assert_close(m.running_var, var, rtol=0, atol=0)
@@ -148,3 +150,34 @@ def test_two_processes_measure_each_image_once_and_agree(tmp_path, synced):
         batches = [torch.cat([conv[4 * k:4 * k + 4], conv[8 + 4 * k:12 + 4 * k]]) for k in range(2)]
         var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
         torch.testing.assert_close(ranks[0]["bn"][0][1], var.detach())
+
+
+def test_every_model_trained_gets_precise_bn_and_frozen_statistics(tiny_data, tmp_path):
+    """Precise BN and BatchNorm freezing are pieces whose hooks receive every model the run trains: deep mutual
+    learning's peer is re-measured before each evaluation, as the recipe's model is, and frozen with it."""
+    overrides = [*tiny_overrides(tiny_data, tmp_path / "dml", epochs=1), "mutual.peers=[resnet18_bnneck]",
+                 "train.precise_bn=24"]
+    trainer = Trainer(load_recipe(None, overrides), progress=False)
+    assert [p.name for p in trainer.pieces if p.name in ("precise_bn", "mutual")] == ["precise_bn", "mutual"]
+    trainer.fit()
+    peer = trainer.models[1]
+    # the peer's statistics are the population ones of its final weights, measured as precise BN measures them
+    measured = copy.deepcopy(peer)
+    r = trainer.recipe
+    precise_batchnorm(measured, trainer.train_cache, 24, r.data.test_batch_size, r.augment.mean, r.augment.std,
+                      trainer.device, trainer.memory_format)
+    pairs = [(a, b) for a, b in zip(peer.modules(), measured.modules())
+             if isinstance(a, nn.modules.batchnorm._BatchNorm)]
+    assert pairs
+    for a, b in pairs:
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=0, atol=0)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=0, atol=0)
+    frozen = Trainer(load_recipe(None, [*tiny_overrides(tiny_data, tmp_path / "frozen", epochs=1),
+                                        "mutual.peers=[resnet18_bnneck]", "train.bn_stats=frozen"]),
+                     progress=False)
+    peer = frozen.models[1]
+    before = [m.running_var.clone() for m in peer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    frozen.train_epoch(0, max_batches=2)
+    assert all(not m.training for m in peer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    after = [m.running_var for m in peer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

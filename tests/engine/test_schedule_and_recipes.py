@@ -48,14 +48,14 @@ def test_every_shipped_recipe_loads():
         load_recipe(f)
     bot = load_recipe(CONFIGS / "bot_r50_market1501.yaml")
     assert (bot.optim.lr, bot.schedule.milestones, bot.train.epochs) == (3.5e-4, [40, 70], 120)
-    assert (bot.loss.triplet_margin, bot.loss.center_weight, bot.loss.label_smoothing) == (0.3, 5e-4, 0.1)
+    assert (bot.loss.triplet_margin, bot.center_loss.weight, bot.loss.label_smoothing) == (0.3, 5e-4, 0.1)
     assert (bot.data.sampler, bot.data.num_identities, bot.data.num_instances, bot.data.height) == \
         ("identity", 16, 4, 256)
     ft = load_recipe(CONFIGS / "osnet_x1_0_finetune_cuhk03.yaml")      # OSNet paper, sec. 4.1
     assert (ft.optim.name, ft.optim.lr, ft.train.epochs, ft.schedule.milestones) == ("amsgrad", 0.0015, 150, [60, 120])
     assert (ft.train.fixbase_epochs, ft.train.open_layers, ft.schedule.gamma) == (10, ["classifier"], 0.1)
     al2 = load_recipe(CONFIGS / "adaptive_l2_r50_market1501.yaml")     # the authors' code (METHODS.md sec. 3)
-    assert (al2.loss.adaptive_l2.amplitude, al2.loss.adaptive_l2.c, al2.loss.adaptive_l2.theta_init) == (0.005, 2.5, 0)
+    assert (al2.adaptive_l2.amplitude, al2.adaptive_l2.c, al2.adaptive_l2.theta_init) == (0.005, 2.5, 0)
     assert (al2.optim.name, al2.optim.lr, al2.optim.weight_decay, al2.data.height) == ("adam", 2e-4, 0.0, 384)
     assert (al2.model.feature_clip, al2.model.test_feature, al2.model.regions) == ((0.0, 1.0), "before_bn", 2)
     assert (al2.model.reduction, al2.loss.triplet_margin, al2.eval.flip) == ("authors", None, True)   # soft margin
@@ -63,7 +63,7 @@ def test_every_shipped_recipe_loads():
         "multistep", [40, 70], 2e-6, 200)                     # fixed steps: /10 every 30 epochs after 10 warmup
     assert (al2.train.fixbase_epochs, al2.schedule.warmup_epochs, al2.schedule.warmup_factor) == (20, 10, 0.01)
     std = load_recipe(CONFIGS / "std_osnet_x0_25_cuhk03.yaml")             # PTL paper, STD (Eq. 4)
-    assert (std.loss.distill.weight, std.loss.ce_weight, std.optim.lr, std.train.epochs) == (0.8, 0.2, 0.01, 50)
+    assert (std.distillation.weight, std.loss.ce_weight, std.optim.lr, std.train.epochs) == (0.8, 0.2, 0.01, 50)
     assert std.schedule.milestones == [10, 20, 30, 40] and std.optim.name == "sgd"
     ptl = load_recipe(CONFIGS / "ptl_r50_msmt17.yaml")                     # PTL paper: lr 0.01 /10 every 10, 50 ep.
     assert (ptl.model.name, ptl.optim.lr, ptl.schedule.milestones, ptl.train.epochs) == (
@@ -100,9 +100,9 @@ def test_overrides_and_errors_name_the_key(tmp_path):
 def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     """'off' is a schedule name, not False; 1e-3 is a float, not a string (PyYAML's 1.1 rules).  (Dataset options
     are checked by name when the recipe loads: the keys below are ones their loaders take.)"""
-    recipe = load_recipe(None, ["loss.camera_bias.schedule=off", "optim.lr=1e-3", "train.amp=true",
+    recipe = load_recipe(None, ["camera_aware.schedule=off", "optim.lr=1e-3", "train.amp=true",
                                 "data.dataset=cuhk03", "data.options={boxes: on}"])
-    assert recipe.loss.camera_bias.schedule == "off"
+    assert recipe.camera_aware.schedule == "off"
     assert recipe.optim.lr == 0.001 and isinstance(recipe.optim.lr, float)
     assert recipe.train.amp == "bf16"                       # true: bfloat16 autocast
     assert recipe.data.options == {"boxes": "on"}
@@ -110,7 +110,7 @@ def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     path.write_text("loss:\n  camera_bias: {schedule: off}\ndata:\n  dataset: cuhk01\n  options: {seed: 2e-1}\n"
                     "model: {name: resnet18_bnneck}\n")
     recipe = load_recipe(path)
-    assert recipe.loss.camera_bias.schedule == "off" and recipe.data.options["seed"] == 0.2
+    assert recipe.camera_aware.schedule == "off" and recipe.data.options["seed"] == 0.2
 
 
 def test_recipes_choose_and_record_their_sampler():

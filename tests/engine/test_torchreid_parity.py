@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidkit.engine.objective import ReIDObjective
 from reidkit.engine.optim import build_optimizer
+from reidkit.losses.objective import ReIDObjective
 from reidkit.models import build_model
 from reidkit.recipe_files import load_recipe
 

@@ -90,7 +90,7 @@ def test_cli_reports_recipe_errors(capsys):
 
 def test_fixbase_epochs_train_only_the_open_layers(tiny_data, tmp_path):
     recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "fix", epochs=2)
-                         + ["train.fixbase_epochs=1", "train.open_layers=[classifier]", "loss.center_weight=0"])
+                         + ["train.fixbase_epochs=1", "train.open_layers=[classifier]", "center_loss.weight=0"])
     trainer = Trainer(recipe, progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train_epoch(0, max_batches=3)
@@ -116,14 +116,14 @@ def test_unknown_open_layer_is_named(tiny_data, tmp_path):
 def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
     out = tmp_path / "cam"
     recipe = load_recipe(None, tiny_overrides(tiny_data, out, epochs=2)
-                         + ["loss.miner=camera_aware", "data.sampler=camera_diverse", "loss.camera_bias.m=0.5"])
+                         + ["loss.miner=camera_aware", "data.sampler=camera_diverse", "camera_aware.m=0.5"])
     trainer = Trainer(recipe, progress=False)
     trainer.fit()
     history = json.loads((out / "history.json").read_text())
-    trace = history["trace/camera_mining"]
+    trace = history["trace/camera_aware"]
     assert trace["step"] == list(range(1, trainer.step + 1))
-    assert history["panels"]["camera_mining"]["right"] == ["bias_positive", "bias_negative"]
-    assert len(history["camera_mining/cross_camera_positives"]) == 2                  # epoch means too
+    assert history["panels"]["camera_aware"]["right"] == ["bias_positive", "bias_negative"]
+    assert len(history["camera_aware/cross_camera_positives"]) == 2                  # epoch means too
     assert all(0.0 <= v <= 1.0 for v in trace["cross_camera_positives"] + trace["same_camera_negatives"])
     assert trace["bias_positive"][0] > trace["bias_positive"][-1] > 0       # decaying schedule (m=0.5)
     assert (out / "curves.png").stat().st_size > 10_000
@@ -132,9 +132,9 @@ def test_camera_aware_run_traces_the_miner_per_iteration(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
     # the paper's whole setting: regional model, clipped objective modules, features before BN
-    adaptive = ["loss.adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
+    adaptive = ["adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
                 "model.name=resnet18_regional", "model.region_dim=16", "model.feature_clip=[0, 1]",
-                "model.bn_bias=trained", "model.test_feature=before_bn", "loss.center_weight=0"]
+                "model.bn_bias=trained", "model.test_feature=before_bn", "center_loss.weight=0"]
     first = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "l2", epochs=1) + adaptive), progress=False)
     reg = first.piece("adaptive_l2").regularizer
     n_weights = sum(1 for n, p in first.model.named_parameters() if p.requires_grad and not n.endswith("bias"))
@@ -168,17 +168,17 @@ def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tiny_run, tmp_path):
-    distill = [f"loss.distill.teacher={tiny_run / 'best.pth'}", "loss.distill.arch=resnet18_bnneck",
-               "loss.distill.weight=0.8", "loss.ce_weight=0.2", "loss.center_weight=0"]
+    distill = [f"distillation.teacher={tiny_run / 'best.pth'}", "distillation.arch=resnet18_bnneck",
+               "distillation.weight=0.8", "loss.ce_weight=0.2", "center_loss.weight=0"]
     trainer = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "std", epochs=1) + distill),
                       progress=False)
     teacher = trainer.piece("distillation").teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     stats = trainer.train_epoch(0, max_batches=2)
-    assert stats["distill"] > 0 and not teacher.training
+    assert stats["distillation"] > 0 and not teacher.training
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())   # BN stats too
     assert not any(p.requires_grad for p in teacher.parameters())
-    wrong = distill[:1] + ["loss.distill.arch=resnet50_bnneck"] + distill[2:]
+    wrong = distill[:1] + ["distillation.arch=resnet50_bnneck"] + distill[2:]
     with pytest.raises(CheckpointError, match=r"best.pth was trained as resnet18_bnneck .*architecture "
                                               r"resnet50_bnneck \(trained: resnet18_bnneck\)"):
         Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "bad", epochs=1) + wrong), progress=False)
@@ -188,7 +188,7 @@ def test_distillation_trains_the_student_against_a_frozen_teacher(tiny_data, tin
 @pytest.mark.parametrize("name", ["resnet18_ptl", "resnet18_ptl_v2"])
 def test_ptl_cells_restart_every_epoch(tiny_data, tmp_path, name):
     recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "ptl", epochs=2)
-                         + [f"model.name={name}", "loss.center_weight=0"])
+                         + [f"model.name={name}", "center_loss.weight=0"])
     trainer = Trainer(recipe, progress=False)
     cells = [trainer.model.image_cell, *trainer.model.cells]
     trainer.train_epoch(0, max_batches=2)
@@ -220,13 +220,13 @@ def test_imported_weights_ask_for_frozen_batchnorm(tiny_data, tmp_path):
     save_checkpoint({"state_dict": osnet.state_dict(), "bn_stats": "frozen"}, tmp_path / "imported.pth")
     base = tiny_overrides(tiny_data, tmp_path / "ft", epochs=1) + ["model.name=osnet_x0_25",
                                                                   f"model.pretrained={tmp_path / 'imported.pth'}",
-                                                                  "loss.triplet_weight=0", "loss.center_weight=0"]
-    assert Trainer(load_recipe(None, base), progress=False).frozen_bn
-    assert not Trainer(load_recipe(None, base + ["train.bn_stats=update"]), progress=False).frozen_bn
+                                                                  "loss.triplet_weight=0", "center_loss.weight=0"]
+    assert Trainer(load_recipe(None, base), progress=False).piece("bn_stats").mode == "frozen"
+    assert Trainer(load_recipe(None, base + ["train.bn_stats=update"]), progress=False).piece("bn_stats") is None
     # what import-onnx asks: real statistics measured first, the imported function kept
     save_checkpoint({"state_dict": osnet.state_dict(), "bn_stats": "recalibrate"}, tmp_path / "folded.pth")
     trainer = Trainer(load_recipe(None, [b.replace("imported.pth", "folded.pth") for b in base]), progress=False)
-    assert not trainer.frozen_bn
+    assert trainer.piece("bn_stats").mode == "recalibrate"            # measured once, not frozen
     bn = trainer.model.conv1.bn
     assert bn.running_mean.abs().sum() > 0              # measured (a fresh BN holds zeros; its variance is 1 by design)
 

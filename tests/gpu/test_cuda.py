@@ -14,9 +14,9 @@ from reidkit.config import LossConfig
 from reidkit.data.transforms import IMAGENET_STD
 from reidkit.engine import Trainer
 from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from reidkit.engine.objective import ReIDObjective
 from reidkit.evaluation import evaluate_features
-from reidkit.losses.center import CenterLossPiece
+from reidkit.losses.objective import ReIDObjective
+from reidkit.methods.center_loss import CenterLossPiece
 from reidkit.models import build_model
 from reidkit.pieces import StepOutputs
 from reidkit.recipe_files import load_recipe
@@ -136,7 +136,7 @@ def test_gpu_and_cpu_training_start_alike(tiny_data, tmp_path):
     losses, grads = {}, {}
     for device in ("cpu", "cuda"):
         t = Trainer(recipe(tiny_data, tmp_path / device, f"train.device={device}", "train.channels_last=false",
-                           "loss.center_weight=0", "train.log_every=1"), progress=False)
+                           "center_loss.weight=0", "train.log_every=1"), progress=False)
         seen = losses.setdefault(device, [])
 
         def check(step, terms, t=t, seen=seen, device=device):

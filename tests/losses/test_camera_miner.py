@@ -98,20 +98,20 @@ def test_camera_diverse_sampler_spreads_cameras():
 
 def test_works_with_bnneck_and_center_loss(tmp_path):
     from reidkit.config import LossConfig
-    from reidkit.engine.objective import ReIDObjective
-    from reidkit.losses.camera_miner import CameraMiningPiece
-    from reidkit.losses.center import CenterLossPiece
+    from reidkit.losses.objective import ReIDObjective
+    from reidkit.methods.camera_aware import CameraAwarePiece
+    from reidkit.methods.center_loss import CenterLossPiece
     from reidkit.models import build_model
     from reidkit.pieces import StepOutputs
     model = build_model("resnet18_bnneck", 3, pretrained="none")
-    objective = ReIDObjective(LossConfig(miner="camera_aware"))
-    mining, center = CameraMiningPiece(objective.miner), CenterLossPiece(3, model.feature_dim, 5e-4, 0.5)
+    objective = ReIDObjective(LossConfig(miner="camera_aware"), CameraAwareBatchHardMiner())
+    mining, center = CameraAwarePiece(objective.miner), CenterLossPiece(3, model.feature_dim, 5e-4, 0.5)
     x, pids, camids = torch.randn(6, 3, 32, 16), torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0, 1])
     mining.on_step_start(7, 0)
     logits, feats = model(x)
     terms = objective(logits, feats, pids, camids)
     terms |= center.extra_loss(StepOutputs(x, [logits], [feats], [feats], pids, camids, 7, 0))
-    assert set(terms) == {"id", "triplet", "center"} and objective.miner.iteration == 7
+    assert set(terms) == {"id", "triplet", "center_loss"} and objective.miner.iteration == 7
     sum(terms.values()).backward()
     assert model.backbone.conv1.weight.grad is not None and center.loss.centers.grad is not None
     assert set(mining.diagnostics()) == {"cross_camera_positives", "same_camera_negatives",
@@ -121,13 +121,13 @@ def test_works_with_bnneck_and_center_loss(tmp_path):
 
 def test_multi_branch_diagnostics_average_the_branches():
     from reidkit.config import LossConfig
-    from reidkit.engine.objective import ReIDObjective
-    from reidkit.losses.camera_miner import CameraMiningPiece
+    from reidkit.losses.objective import ReIDObjective
+    from reidkit.methods.camera_aware import CameraAwarePiece
     _, pids, camids = hand_batch()
     branches = [torch.randn(5, 4, generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
     logits = torch.zeros(5, 2)
-    objective = ReIDObjective(LossConfig(miner="camera_aware", center_weight=0.0))
-    piece = CameraMiningPiece(objective.miner)
+    objective = ReIDObjective(LossConfig(miner="camera_aware"), CameraAwareBatchHardMiner())
+    piece = CameraAwarePiece(objective.miner)
     per_branch = []
     for f in branches:
         objective([logits], [f], pids, camids)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from reidkit.config import LossConfig
-from reidkit.engine.objective import ReIDObjective
 from reidkit.losses import CrossEntropyLabelSmooth, FeatureDistillationLoss
+from reidkit.losses.objective import ReIDObjective
 
 
 def test_l1_term_by_hand_and_gradient_reaches_only_the_student():
@@ -20,9 +20,9 @@ def test_l1_term_by_hand_and_gradient_reaches_only_the_student():
 
 
 def test_objective_and_piece_combine_ce_and_l1_with_the_papers_weights():
-    from reidkit.losses.distillation import DistillationPiece
+    from reidkit.methods.distillation import DistillationPiece
     from reidkit.pieces import StepOutputs
-    cfg = LossConfig(ce_weight=0.2, triplet_weight=0, center_weight=0)
+    cfg = LossConfig(ce_weight=0.2, triplet_weight=0)
     objective = ReIDObjective(cfg)
     torch.manual_seed(0)
     logits, student, teacher = torch.randn(6, 5), torch.randn(6, 4), torch.randn(6, 4)
@@ -30,10 +30,10 @@ def test_objective_and_piece_combine_ce_and_l1_with_the_papers_weights():
     piece = DistillationPiece(torch.nn.Identity(), weight=0.8)       # a "teacher" that returns its input
     out = StepOutputs(teacher, [logits], [student], [student], pids, torch.zeros_like(pids), 0, 0)
     terms = objective(logits, student, pids, torch.zeros_like(pids)) | piece.extra_loss(out)
-    assert set(terms) == {"id", "distill"}
+    assert set(terms) == {"id", "distillation"}
     ce = CrossEntropyLabelSmooth(0.1)(logits, pids)
     assert terms["id"].item() == pytest.approx(0.2 * ce.item(), rel=1e-6)
-    assert terms["distill"].item() == pytest.approx(0.8 * (student - teacher).abs().mean().item(), rel=1e-6)
+    assert terms["distillation"].item() == pytest.approx(0.8 * (student - teacher).abs().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs a single-branch student"):
         piece.extra_loss(StepOutputs(teacher, [logits] * 2, [student] * 2, [student] * 2, pids, pids, 0, 0))
 
@@ -41,7 +41,7 @@ def test_objective_and_piece_combine_ce_and_l1_with_the_papers_weights():
 def test_the_student_is_distilled_on_the_feature_it_is_tested_with():
     """A BNNeck student tested after its BatchNorm is matched through that BatchNorm (batch statistics, running
     statistics untouched); one tested before it, on its training embedding."""
-    from reidkit.losses.distillation import DistillationPiece
+    from reidkit.methods.distillation import DistillationPiece
     from reidkit.models.heads import BNNeckHead
     from reidkit.pieces import StepOutputs
     torch.manual_seed(1)
@@ -53,8 +53,8 @@ def test_the_student_is_distilled_on_the_feature_it_is_tested_with():
     expected_tested = head.bottleneck(f_t)                         # what the head tests with, batch statistics
     running = head.bottleneck.running_mean.clone()
     out = StepOutputs(teacher, [torch.randn(8, 5)], [f_t], [f_t], pids, pids, 0, 0)
-    after = DistillationPiece(torch.nn.Identity(), 1.0, head).extra_loss(out)["distill"]
+    after = DistillationPiece(torch.nn.Identity(), 1.0, head).extra_loss(out)["distillation"]
     assert after.item() == pytest.approx((expected_tested - teacher).abs().mean().item(), rel=1e-5)
     torch.testing.assert_close(head.bottleneck.running_mean, running)           # no second update
     before = DistillationPiece(torch.nn.Identity(), 1.0, BNNeckHead(4, 5, test_feature="before_bn"))
-    assert before.extra_loss(out)["distill"].item() == pytest.approx((f_t - teacher).abs().mean().item(), rel=1e-6)
+    assert before.extra_loss(out)["distillation"].item() == pytest.approx((f_t - teacher).abs().mean().item(), rel=1e-6)

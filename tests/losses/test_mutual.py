@@ -41,8 +41,8 @@ def test_the_kl_term_trains_its_own_peer_only():
 @pytest.mark.slow
 def test_a_run_with_a_peer_trains_both_and_saves_the_peer(tiny_data, tmp_path):
     out = tmp_path / "dml"
-    recipe = load_recipe(None, [*tiny_overrides(tiny_data, out, epochs=2), "loss.mutual.peers=[osnet_x0_25]",
-                                "loss.center_weight=0"])
+    recipe = load_recipe(None, [*tiny_overrides(tiny_data, out, epochs=2), "mutual.peers=[osnet_x0_25]",
+                                "center_loss.weight=0"])
     trainer = Trainer(recipe, progress=False)
     piece = trainer.piece("mutual")
     assert piece is not None and len(piece.peers) == 1
@@ -56,7 +56,7 @@ def test_a_run_with_a_peer_trains_both_and_saves_the_peer(tiny_data, tmp_path):
     changed = [k for k, v in peer.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
     assert len(changed) > 0.9 * sum(v.dtype.is_floating_point for v in before.values())
     h = trainer.history
-    assert len(h["loss/mutual"]) == len(h["loss/peers"]) == 2 and all(v > 0 for v in h["loss/mutual"])
+    assert len(h["loss/mutual"]) == len(h["loss/mutual_peers"]) == 2 and all(v > 0 for v in h["loss/mutual"])
     assert 0 <= h["mutual/agreement"][-1] <= 1
     # the peer is a self-describing checkpoint: it embeds exactly as the trained peer
     model, spec = load_embedding_model(out / "peer_1_osnet_x0_25.pth")
@@ -70,34 +70,42 @@ def test_a_run_with_a_peer_trains_both_and_saves_the_peer(tiny_data, tmp_path):
 
 def test_the_fixbase_epochs_apply_to_every_peer():
     """With train.fixbase_epochs, a peer trains only the open layers first, as the recipe's own model does."""
-    import reidkit.losses.mutual as mutual
-    from reidkit.engine.objective import ReIDObjective
+    from reidkit.losses.objective import ReIDObjective
     from reidkit.models import build_model
-    from reidkit.pieces import PieceContext
-    recipe = load_recipe(None, ["model.name=resnet18_bnneck", "model.pretrained=none", "train.fixbase_epochs=1",
-                                "train.open_layers=[classifier]", "loss.mutual.peers=[osnet_x0_25]"])
-    model = build_model("resnet18_bnneck", 5, pretrained="none")
-    ctx = PieceContext(recipe, model, 5, model.feature_dim, torch.device("cpu"), ReIDObjective(recipe.loss))
-    piece = mutual._mutual(ctx)
-    assert piece is not None
-    peer = piece.peers[0]
-    piece.on_epoch_start(model, 0)
+    from reidkit.pieces import PieceContext, build_pieces
+
+    def pieces_and_models(overrides: list[str]):
+        recipe = load_recipe(None, ["model.name=resnet18_bnneck", "model.pretrained=none", *overrides])
+        model = build_model("resnet18_bnneck", 5, pretrained="none")
+        pieces = build_pieces(PieceContext(recipe, None, model, 5, model.feature_dim, torch.device("cpu"),
+                                           ReIDObjective(recipe.loss)))
+        models = [model] + [m for p in pieces for m in p.models()]
+        for p in pieces:                                  # as the Trainer does once its pieces are built
+            p.setup(models)
+        return pieces, models
+
+    pieces, models = pieces_and_models(["train.fixbase_epochs=1", "train.open_layers=[classifier]",
+                                        "mutual.peers=[osnet_x0_25]"])
+    assert [p.name for p in pieces][:1] == ["fixbase"] and len(models) == 2
+    peer = models[1]
+    for p in pieces:
+        p.on_epoch_start(models, 0)
     trained = {n for n, p in peer.named_parameters() if p.requires_grad}
     assert trained and all("classifier" in n for n in trained)
-    piece.on_epoch_start(model, 1)
+    for p in pieces:
+        p.on_epoch_start(models, 1)
     assert all(p.requires_grad for p in peer.parameters())
     with pytest.raises(ValueError, match="no module named 'head_fc'"):
-        mutual._mutual(PieceContext(load_recipe(None, ["train.fixbase_epochs=1", "train.open_layers=[head_fc]",
-                                                       "loss.mutual.peers=[osnet_x0_25]", "model.pretrained=none"]),
-                                    model, 5, model.feature_dim, torch.device("cpu"), ReIDObjective(recipe.loss)))
+        pieces_and_models(["train.fixbase_epochs=1", "train.open_layers=[head_fc]", "mutual.peers=[osnet_x0_25]"])
 
 
 def test_the_camera_miner_diagnostics_describe_the_recipe_model_alone():
     """The peers mine with the recipe's camera-aware miner (same schedule) but leave its statistics alone."""
     from reidkit.config import LossConfig
-    from reidkit.engine.objective import ReIDObjective
-    from reidkit.losses.camera_miner import CameraMiningPiece
-    from reidkit.losses.mutual import MutualLearningPiece
+    from reidkit.losses import CameraAwareBatchHardMiner
+    from reidkit.losses.objective import ReIDObjective
+    from reidkit.methods.camera_aware import CameraAwarePiece
+    from reidkit.methods.mutual import MutualLearningPiece
     from reidkit.pieces import StepOutputs
     g = torch.Generator().manual_seed(3)
     pids, camids = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -108,8 +116,8 @@ def test_the_camera_miner_diagnostics_describe_the_recipe_model_alone():
         def forward(self, x):
             return torch.zeros(6, 3), peer_features
 
-    objective = ReIDObjective(LossConfig(miner="camera_aware", center_weight=0.0))
-    mining = CameraMiningPiece(objective.miner)
+    objective = ReIDObjective(LossConfig(miner="camera_aware"), CameraAwareBatchHardMiner())
+    mining = CameraAwarePiece(objective.miner)
     objective(torch.zeros(6, 3), peer_features, pids, camids)
     peer_alone = mining.diagnostics()
     objective(torch.zeros(6, 3), mine, pids, camids)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reidkit.config import LossConfig, ModelConfig
-from reidkit.engine.objective import ReIDObjective
+from reidkit.losses.objective import ReIDObjective
 from reidkit.models import build_model
 
 
@@ -47,7 +47,7 @@ def test_regional_model_branches_by_hand():
 
 def test_multi_branch_objective_sums_the_branches():
     torch.manual_seed(0)
-    cfg = LossConfig(center_weight=0.0, triplet_weight=1.0)
+    cfg = LossConfig(triplet_weight=1.0)
     objective = ReIDObjective(cfg)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     camids = torch.zeros_like(pids)
@@ -57,7 +57,7 @@ def test_multi_branch_objective_sums_the_branches():
     single = [objective(lg, f, pids, camids) for lg, f in zip(logits, features)]
     for key in ("id", "triplet"):
         assert terms[key].item() == pytest.approx(sum(t[key].item() for t in single), rel=1e-6)
-    from reidkit.losses.center import CenterLossPiece
+    from reidkit.methods.center_loss import CenterLossPiece
     from reidkit.pieces import StepOutputs
     with pytest.raises(ValueError, match="center loss needs one embedding"):
         CenterLossPiece(4, 8, 5e-4, 0.5).extra_loss(StepOutputs(None, logits, features, features, pids, camids, 0, 0))

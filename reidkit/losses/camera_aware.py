@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..pieces import PieceContext, TrainingPiece, register_piece
 from .miners import BatchHardMiner, Triplets
 
 SCHEDULES = ("decay", "constant", "early", "off")
@@ -109,29 +108,3 @@ class CameraAwareBatchHardMiner(BatchHardMiner):
         calls = [asdict(s) for s in self.unread]
         self.unread.clear()
         return {k: sum(c[k] for c in calls) / len(calls) for k in calls[0]}
-
-
-class CameraMiningPiece(TrainingPiece):
-    """Tells the miner where training is before each step and records what it picked, every iteration
-    (the fractions of cross-camera positives and same-camera negatives, and the biases)."""
-
-    trace = True
-
-    def __init__(self, miner: CameraAwareBatchHardMiner):
-        self.miner = miner
-
-    def on_step_start(self, step: int, epoch: int) -> None:
-        self.miner.set_time(step, epoch)
-
-    def diagnostics(self) -> dict[str, float]:
-        return self.miner.take_stats()
-
-    def panel(self) -> dict:
-        return {"title": "camera-aware mining", "ylabel": "fraction of anchors", "ylim": [0, 1.02],
-                "right": ["bias_positive", "bias_negative"], "right_label": "bias added to distances"}
-
-
-@register_piece("camera_mining")
-def _camera_mining(ctx: PieceContext) -> CameraMiningPiece | None:
-    miner = getattr(ctx.objective, "miner", None)
-    return CameraMiningPiece(miner) if isinstance(miner, CameraAwareBatchHardMiner) else None

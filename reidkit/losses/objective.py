@@ -1,7 +1,7 @@
 """The training objective every recipe has: identity loss + triplet loss, weighted by the recipe.
 
 Everything a method adds beyond these two (center loss, adaptive L2, distillation, ...)
-is a training piece (:mod:`reidkit.pieces`) beside its method's module.
+is a training piece (:mod:`reidkit.pieces`) in its method's module (:mod:`reidkit.methods`).
 """
 from __future__ import annotations
 
@@ -11,21 +11,19 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from ..config import LossConfig
-from ..losses import BatchHardMiner, CameraAwareBatchHardMiner, CrossEntropyLabelSmooth, TripletLoss
+from ..config import LossConfig, Recipe
 from ..numerics import full_precision
+from ..sections import MINERS, load_methods
+from .cross_entropy import CrossEntropyLabelSmooth
+from .miners import BatchHardMiner
+from .triplet import TripletLoss
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite."""
-
-
-def build_miner(cfg: LossConfig) -> BatchHardMiner:
-    """The recipe's ``loss.miner``: batch-hard, or camera-aware with ``loss.camera_bias``."""
-    if cfg.miner == "camera_aware":
-        b = cfg.camera_bias
-        return CameraAwareBatchHardMiner(b.k, b.m, b.schedule, b.early_epochs, b.time_unit, b.bias_in_loss)
-    return BatchHardMiner()
+def build_miner(recipe: Recipe) -> BatchHardMiner:
+    """The recipe's ``loss.miner``, built from its recipe section when it owns one."""
+    load_methods()
+    name = recipe.loss.miner
+    return MINERS[name](recipe.section(name) if name in MINERS.configs else None)
 
 
 class ReIDObjective(nn.Module):
@@ -33,8 +31,10 @@ class ReIDObjective(nn.Module):
 
     def __init__(self, cfg: LossConfig, miner: BatchHardMiner | None = None):
         super().__init__()
+        if miner is None and cfg.miner != "batch_hard":
+            raise ValueError(f"loss.miner={cfg.miner}: pass its miner (build_miner(recipe)) to the objective")
         self.cfg = cfg
-        self.miner = miner if miner is not None else build_miner(cfg)
+        self.miner: BatchHardMiner = miner if miner is not None else BatchHardMiner()
         self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
         self.triplet = TripletLoss(cfg.triplet_margin, self.miner) if cfg.triplet_weight > 0 else None
 
