@@ -38,7 +38,8 @@ class Strict(BaseModel):
 #: Batch samplers: ``random`` (every image once per epoch, shuffled; torchreid's RandomSampler), ``identity``
 #: (P identities x K images; the BoT / torchreid RandomIdentitySampler) and ``camera_diverse`` (P x K with each
 #: identity's K images spread over its cameras).  ``auto`` resolves to ``identity`` when the recipe has a
-#: triplet loss, else ``random``; the resolved name is what the run records.
+#: triplet loss or hides its training labels (an unsupervised method draws P clusters x K images), else
+#: ``random``; the resolved name is what the run records.
 SAMPLERS = ("random", "identity", "camera_diverse")
 
 _RENAMED = {"data.num_identities": "data.batch_size (the global batch, = P x K with data.num_instances = K)",
@@ -58,6 +59,10 @@ class DataConfig(Strict):
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
     skip_bad_images: bool = False
+    # known: the training identities are labels; hidden: training never reads them (unsupervised adaptation:
+    # a method such as cluster_memory labels the training images itself; the true ones are kept for its
+    # diagnostics only, and query / gallery keep theirs for evaluation)
+    labels: Literal["known", "hidden"] = "known"
     # hold these training identities out as a validation query/gallery (a count, or a fraction of those seen by
     # two or more cameras; seeded by train.seed): model selection and lr plateaus then never read the test set
     val_identities: int | float | None = Field(None, gt=0)
@@ -126,8 +131,10 @@ class ModelConfig(Strict):
         if family is None:
             unknown = [k for k, v in given.items() if _FORMER_SHARED_OPTIONS.get(k, object()) != v]
             if unknown:
-                raise ValueError(f"model {self.name!r} takes no option {', '.join(unknown)} (its options: "
-                                 f"{', '.join(k for k in type(self).model_fields if k not in NOT_SHAPING)})")
+                known = list(type(self).model_fields)
+                raise ValueError("; ".join(f"unknown key 'model.{k}'{did_you_mean(k, known)}" for k in unknown)
+                                 + f": model {self.name!r} takes no option {', '.join(unknown)} (its options: "
+                                 f"{', '.join(k for k in known if k not in NOT_SHAPING)})")
             options: dict[str, Any] = {}
         else:
             given = {k: v for k, v in given.items()
@@ -315,7 +322,9 @@ class Recipe(Strict):
     def _batches_fit_the_losses(self) -> Recipe:
         d, loss = self.data, self.loss
         if d.sampler == "auto":                     # recorded resolved, so the run says which it used
-            object.__setattr__(d, "sampler", "identity" if loss.triplet_weight > 0 else "random")
+            # hidden labels: the method's pseudo-identities are drawn P x K (its memory loss contrasts them)
+            object.__setattr__(d, "sampler", "identity" if loss.triplet_weight > 0 or d.labels == "hidden"
+                               else "random")
         if d.sampler != "random":
             if d.batch_size % d.num_instances:
                 raise ValueError(f"data.batch_size={d.batch_size} is not a multiple of data.num_instances="
@@ -333,6 +342,12 @@ class Recipe(Strict):
             raise ValueError("schedule.kind=plateau lowers the lr when a metric stops improving: give it a validation "
                              "split (data.val_identities, e.g. 100) — or train.select_on=test, which reads the test "
                              "set and is flagged as such")
+        if d.labels == "hidden" and d.val_identities is not None:
+            raise ValueError("data.labels=hidden: a validation split needs identity labels; leave "
+                             "data.val_identities unset (best.pth is then the last epoch)")
+        if d.labels == "hidden" and self.loss.ce_weight > 0:
+            raise ValueError("data.labels=hidden: the identity (CE) loss needs identity labels; set loss.ce_weight=0 "
+                             "(the unsupervised method's memory loss takes its place)")
         if isinstance(d.val_identities, float) and d.val_identities >= 1:
             raise ValueError(f"data.val_identities={d.val_identities}: a fraction must be below 1 (or give a count)")
         return self

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import BaseModel
@@ -99,6 +100,16 @@ class TrainingPiece:
         """Once, after every piece is built and before anything trains or resumes (check the models now,
         not at epoch 1)."""
 
+    #: whether :meth:`relabel` gives labels (a recipe that hides its training labels needs such a piece)
+    relabels: bool = False
+
+    def relabel(self, models: Sequence[nn.Module], epoch: int) -> np.ndarray | None:
+        """Before epoch ``epoch`` (before the models' train modes are set): new identity labels of the training
+        images, one per image in the training split's order (-1: left out of this epoch's batches), or None to
+        keep the current ones.  The recipe's sampler then draws its batches from them; one piece at most
+        relabels."""
+        return None
+
     def on_epoch_start(self, models: Sequence[nn.Module], epoch: int) -> None:
         """Before the epoch's first batch; the models are in train mode, and the pieces before this one (in
         registration order) have set their modes."""
@@ -128,8 +139,8 @@ class TrainingPiece:
         return step_means
 
     def panel(self) -> dict[str, Any]:
-        """How ``curves.png`` draws this piece: ``title``, ``ylabel``, ``ylim``; ``right`` lists keys drawn on a
-        second axis labelled ``right_label``."""
+        """How ``curves.png`` draws this piece: ``title``, ``ylabel``, ``ylim``; ``keys`` (default: all) the
+        diagnostics drawn; ``right`` lists keys drawn on a second axis labelled ``right_label``."""
         return {"title": self.name.replace("_", " ")}
 
     def state_dict(self) -> dict:
@@ -162,6 +173,8 @@ class PieceContext(Generic[Section]):
     load_model: Callable[..., nn.Module] | None = None     # (arch, checkpoint, **options) -> eval model
     train_images: ImageCache | None = None                 # the decoded training split (this process's)
     env: DistEnv = field(default_factory=DistEnv.current)
+    # data.labels=hidden: the training images' true identities, for diagnostics only (never training or selection)
+    hidden_labels: np.ndarray | None = None
 
 
 PieceBuilder = Callable[[PieceContext[Any]], TrainingPiece | None]

@@ -30,9 +30,9 @@ CORE_SECTIONS = ("data", "augment", "model", "loss", "optim", "schedule", "train
 
 #: reidkit's methods, one module each (its recipe section, its piece or miner, its registration)
 BUILTIN_METHODS = ("reidkit.losses.miners", "reidkit.methods.adaptive_l2", "reidkit.methods.bn_stats",
-                   "reidkit.methods.camera_aware", "reidkit.methods.center_loss", "reidkit.methods.distillation",
-                   "reidkit.methods.fixbase", "reidkit.methods.mutual", "reidkit.methods.precise_bn",
-                   "reidkit.methods.ptl_cells")
+                   "reidkit.methods.camera_aware", "reidkit.methods.center_loss", "reidkit.methods.cluster_memory",
+                   "reidkit.methods.distillation", "reidkit.methods.fixbase", "reidkit.methods.mutual",
+                   "reidkit.methods.precise_bn", "reidkit.methods.ptl_cells")
 
 #: where other packages declare their methods' modules (importlib.metadata entry points)
 ENTRY_POINT_GROUP = "reidkit.methods"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from .cache import ImageCache
@@ -87,6 +88,16 @@ class TrainLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def relabel(self, pids: np.ndarray, sampler: BatchSampler) -> None:
+        """New identity labels of the training images (-1: none) and the sampler that draws batches from them
+        (the same batch size and grouping: each process's share stays where it was)."""
+        if len(pids) != len(self.pids):
+            raise ValueError(f"{len(pids)} labels for {len(self.pids)} training images")
+        if (sampler.batch_size, sampler.group_size) != (self.sampler.batch_size, self.sampler.group_size):
+            raise ValueError("a relabelled sampler must draw batches of the same size and grouping")
+        self.pids = torch.as_tensor(np.asarray(pids, dtype=np.int64))
+        self.sampler = sampler
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -1,9 +1,12 @@
 """Dataset records: one image with its identity and camera, grouped into splits."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 
 class DatasetLayoutError(ValueError):
@@ -93,3 +96,13 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     return found
+
+
+def hide_training_labels(dataset: ReIDDataset) -> tuple[ReIDDataset, np.ndarray]:
+    """``dataset`` with every training image its own identity (0..N-1) until a method labels them, and the true
+    identities, kept apart (for a method's diagnostics only); query and gallery keep their labels."""
+    truth = np.array([r.pid for r in dataset.train], dtype=np.int64)
+    train = [ImageRecord(r.path, i, r.camid) for i, r in enumerate(dataset.train)]
+    note = (f"training identities hidden (data.labels=hidden): {len(train)} images, each its own instance until "
+            "the method labels them")
+    return dataclasses.replace(dataset, train=train, notes=[*dataset.notes, note]), truth

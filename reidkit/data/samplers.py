@@ -119,6 +119,25 @@ class RandomIdentityBatchSampler:
         return self._length[1]
 
 
+class SubsetBatchSampler:
+    """Another sampler's batches over some of the images (``indices``, e.g. those a clustering kept), given as
+    indices of the whole training set."""
+
+    def __init__(self, sampler: BatchSampler, indices: Sequence[int] | np.ndarray):
+        self.sampler, self.indices = sampler, np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.group_size = sampler.batch_size, sampler.group_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.sampler:
+            yield self.indices[batch].tolist()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def build_sampler(name: str, pids: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray, batch_size: int,
                   num_instances: int, seed: int = 0) -> BatchSampler:
     """The sampler a recipe names (``data.sampler``) over the training images' identities and cameras."""

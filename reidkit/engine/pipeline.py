@@ -13,7 +13,7 @@ import torch
 from ..config import Recipe
 from ..data.cache import ImageCache
 from ..data.loader import TrainLoader
-from ..data.samplers import build_sampler
+from ..data.samplers import BatchSampler, SubsetBatchSampler, build_sampler
 from ..data.transforms import BatchAugment
 from .distributed import ONE_PROCESS, DistEnv
 
@@ -29,7 +29,8 @@ def build_train_loader(recipe: Recipe, cache: ImageCache, device: torch.device |
     """
     d = recipe.data
     seed = recipe.train.seed if seed is None else seed
-    check_positive_pairs(recipe, cache.pids())
+    if d.labels == "known":                     # hidden: the method's pseudo-labels are checked when they come
+        check_positive_pairs(recipe, cache.pids())
     sampler = build_sampler(d.sampler, cache.pids(), cache.camids(), d.batch_size, d.num_instances, seed=seed)
     return TrainLoader(cache, sampler, BatchAugment(recipe.augment, seed=seed + 1), device, env.rank,
                        env.world_size, d.cache_on_device)
@@ -50,3 +51,19 @@ def check_positive_pairs(recipe: Recipe, pids: np.ndarray) -> None:
         log.warning("WARNING: only %d of %d training identities have two or more images, fewer than the %d a batch "
                     "draws (data.batch_size / data.num_instances): batches repeat them, and the triplet loss sees "
                     "few positives", paired, len(counts), recipe.data.num_identities)
+
+
+def relabelled_sampler(recipe: Recipe, pids: np.ndarray, camids: np.ndarray, seed: int | None = None) -> BatchSampler:
+    """The recipe's sampler over new training labels (a method's pseudo-labels; -1: the image is left out)."""
+    d = recipe.data
+    kept = np.flatnonzero(np.asarray(pids) >= 0)
+    if len(kept) < d.batch_size:
+        raise ValueError(f"the new training labels keep {len(kept)} images, fewer than one batch of {d.batch_size} "
+                         "(data.batch_size): the clustering found (almost) nothing; see its eps / min_samples")
+    check_positive_pairs(recipe, np.asarray(pids)[kept])
+    sampler = build_sampler(d.sampler, np.asarray(pids)[kept], np.asarray(camids)[kept], d.batch_size,
+                            d.num_instances, seed=recipe.train.seed if seed is None else seed)
+    if len(sampler) == 0:
+        raise ValueError(f"the new training labels give no batch of {d.num_identities} identities x "
+                         f"{d.num_instances} images: {len(np.unique(np.asarray(pids)[kept]))} clusters")
+    return SubsetBatchSampler(sampler, kept)

@@ -54,8 +54,12 @@ class RunRecord:
             trace["step"].append(step)
             for k, v in values.items():
                 trace.setdefault(k, []).append(float(v))
-        self.history.setdefault("panels", {})[piece.name] = piece.panel()
+        self.add_panel(piece)
         self._latest_diagnostics[piece.name] = values
+
+    def add_panel(self, piece: TrainingPiece) -> None:
+        """How ``curves.png`` draws the piece's diagnostics (``history["panels"][name]``)."""
+        self.history.setdefault("panels", {})[piece.name] = piece.panel()
 
     def add_step(self, step: int, terms: dict[str, float], lr: float) -> None:
         """A logged step (every ``train.log_every``): loss terms, lr and the pieces' latest values, TensorBoard only."""

@@ -24,7 +24,7 @@ from ..config import Recipe
 from ..data.cache import ImageCache, decode_each
 from ..data.combine import build_recipe_dataset
 from ..data.loader import Batch
-from ..data.records import ReIDDataset
+from ..data.records import ReIDDataset, hide_training_labels
 from ..data.samplers import shard_bounds
 from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
@@ -52,7 +52,7 @@ from .evaluate import evaluate_model, evaluate_other_datasets, load_other_datase
 from .guards import DivergenceGuard, StopRequests, TrainingInterrupted
 from .meter import NonFiniteLossError, StepMeter
 from .optim import build_optimizer
-from .pipeline import build_train_loader
+from .pipeline import build_train_loader, relabelled_sampler
 from .run_folder import release_run_folder
 from .run_outputs import open_run_outputs, write_run_outputs
 from .run_record import DiagnosticSums, RunRecord
@@ -100,6 +100,11 @@ class Trainer:
         seed_everything(t.seed)
         check_model(recipe.model.name, pretrained=recipe.model.pretrained or "none", **recipe.model.options())
         self.dataset = build_recipe_dataset(d)
+        # data.labels=hidden: the true training identities leave the dataset here (never read by training or
+        # selection); the pieces get them for their diagnostics
+        self.hidden_labels: np.ndarray | None = None
+        if d.labels == "hidden":
+            self.dataset, self.hidden_labels = hide_training_labels(self.dataset)
         self.validation: ValidationSplit | None = None
         if d.val_identities is not None:
             self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
@@ -120,7 +125,7 @@ class Trainer:
                                                                            self.env).items()}
                                 if self.validation is not None else {}))
         self.train_cache = caches["train"]
-        self.num_classes = self.dataset.num_train_pids
+        self.num_classes = 1 if self.hidden_labels is not None else self.dataset.num_train_pids
         self._build_model()
         self._build_optimisation()
         self.loader = build_train_loader(recipe, self.train_cache, self.device, self.env)
@@ -155,12 +160,15 @@ class Trainer:
         self.objective = ReIDObjective(r.loss, build_miner(r)).to(self.device)
         ctx = PieceContext(r, None, self.model, self.num_classes, cast(int, self.model.feature_dim), self.device,
                            self.objective, self.memory_format, load_model=model_from_checkpoint,
-                           train_images=self.train_cache, env=self.env)
+                           train_images=self.train_cache, env=self.env, hidden_labels=self.hidden_labels)
         self.pieces: list[TrainingPiece] = build_pieces(ctx)
         # every network trained: the recipe's model, then those the pieces add (deep mutual learning's peers)
         self.models = [self.model] + [m for piece in self.pieces for m in piece.models()]
         for piece in self.pieces:
             piece.setup(self.models)
+        if self.hidden_labels is not None and not any(piece.relabels for piece in self.pieces):
+            raise ValueError("data.labels=hidden, but no training piece labels the training images: switch on an "
+                             "unsupervised method (e.g. cluster_memory.eps=0.6; `reidkit methods` lists them)")
         self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
                                          broadcast_buffers=not t.sync_bn)
 
@@ -225,6 +233,7 @@ class Trainer:
     # -- loop --------------------------------------------------------------
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_batches`` batches); returns mean loss terms, lr, images/s."""
+        self._relabel(epoch)
         for model in self.models:
             model.train()
         self.loader.set_epoch(epoch)
@@ -275,11 +284,25 @@ class Trainer:
         means = meter.means()
         for piece in self.pieces:
             step_means = {k: v["sum"] / v["count"] for k, v in diagnostics.get(piece.name, {}).items()}
-            for k, v in piece.epoch_diagnostics(step_means).items():
+            values = piece.epoch_diagnostics(step_means)
+            if values:
+                self.record.add_panel(piece)
+            for k, v in values.items():
                 means[f"{piece.name}/{k}"] = v
         means["images_per_s"] = images / (time.perf_counter() - t0)
         means["lr"] = lr
         return means
+
+    def _relabel(self, epoch: int) -> None:
+        """Before an epoch: the training images' labels a piece gives (an unsupervised method's pseudo-labels),
+        and the batches the recipe's sampler draws from them."""
+        given = [(piece.name, labels) for piece in self.pieces
+                 if (labels := piece.relabel(self.models, epoch)) is not None]
+        if len(given) > 1:
+            raise ValueError(f"training pieces {', '.join(n for n, _ in given)} both relabel the training set")
+        if given:
+            labels = np.asarray(given[0][1], dtype=np.int64)
+            self.loader.relabel(labels, relabelled_sampler(self.recipe, labels, self.train_cache.camids()))
 
     def _train_step(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         """Forward, losses, backward and every optimiser's step for one batch; returns the weighted terms."""
@@ -397,7 +420,9 @@ class Trainer:
                                    {p.name: p.state_dict() for p in self.pieces})
             self.record.add_epoch(epoch, means)
             if self.is_main:
-                line = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("lr", "images_per_s"))
+                # the loss terms; the pieces' diagnostics go to history.json and TensorBoard (and their own lines)
+                line = " ".join(f"{k}={v:.4f}" for k, v in means.items()
+                                if k not in ("lr", "images_per_s") and "/" not in k)
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:

@@ -160,8 +160,13 @@ def _reciprocal(nbrs: np.ndarray, width: int, n: int) -> sp.csr_matrix:
     return forward.multiply(forward.T).tocsr().astype(np.int32)
 
 
-def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int) -> sp.csr_matrix:
-    """The k-reciprocal feature V (after query expansion when ``k2 > 1``)."""
+def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int,
+              normalised: bool = True) -> sp.csr_matrix:
+    """The k-reciprocal feature V (after query expansion when ``k2 > 1``); its weights are ``exp(-A**2 / max)``
+    of the input distance ``A`` squared and divided by its column maximum (Zhong et al.'s code, whose ``A`` is
+    the squared Euclidean distance from features), or ``exp(-A)`` with ``normalised=False``: from features and
+    the Euclidean metric ``A`` is the squared distance, as Cluster Contrast's ``compute_jaccard_distance``
+    weighs its neighbours (a softmax of minus the squared distance)."""
     n = source.num
     r_full = _reciprocal(nbrs, k1 + 1, n)
     r_half = _reciprocal(nbrs, int(np.around(k1 / 2.0)) + 1, n)
@@ -176,7 +181,9 @@ def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int) ->
     expansion.sort_indices()
     rows = np.repeat(np.arange(n), np.diff(expansion.indptr))
     cols = expansion.indices.astype(np.int64)
-    original = np.square(source.pairs(rows, cols), dtype=np.float32) / colmax[rows]
+    original = source.pairs(rows, cols).astype(np.float32)
+    if normalised:
+        original = np.square(original) / colmax[rows]
     weight = np.exp(-original.astype(np.float64))
     weight /= np.bincount(rows, weights=weight, minlength=n)[rows]
     v = sp.csr_matrix((weight, cols, expansion.indptr), shape=(n, n))
@@ -204,6 +211,61 @@ def _jaccard_block(v_query: sp.csr_matrix, v_gallery_csc: sp.csc_matrix) -> np.n
     m = np.bincount(qi * ng + gj, weights=np.minimum(qa, v_gallery_csc.data[flat]),
                     minlength=nrows * ng).reshape(nrows, ng)
     return 1.0 - m / (2.0 - m)
+
+
+def _jaccard_sparse(v_rows: sp.csr_matrix, v_csc: sp.csc_matrix, first_row: int,
+                    max_distance: float) -> sp.coo_matrix:
+    """The Jaccard distances ``1 - m / (2 - m)`` of ``v_rows`` (rows ``first_row...``) to every item that are at
+    most ``max_distance``, as a sparse block (pairs sharing no k-reciprocal neighbour are at distance 1)."""
+    nrows, n = v_rows.shape[0], v_csc.shape[0]
+    q = v_rows.tocoo()
+    counts = np.diff(v_csc.indptr)[q.col]
+    total = int(counts.sum())
+    qi = np.repeat(q.row.astype(np.int64), counts)
+    qa = np.repeat(q.data, counts)
+    starts = np.repeat(v_csc.indptr[q.col] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    flat = starts + np.arange(total)
+    m = sp.coo_matrix((np.minimum(qa, v_csc.data[flat]), (qi, v_csc.indices[flat].astype(np.int64))),
+                      shape=(nrows, n)).tocsr()          # duplicates summed: m[i, j] = sum_k min(V_ik, V_jk)
+    m = m.tocoo()
+    distance = 1.0 - m.data / (2.0 - m.data)
+    keep = distance <= max_distance
+    rows, cols = m.row[keep] + first_row, m.col[keep]
+    # every item at distance 0 from itself, stored explicitly (a sparse graph's missing entries are "far")
+    distance = np.maximum(distance[keep], 0.0)
+    distance[rows == cols] = 0.0
+    return sp.coo_matrix((distance.astype(np.float32), (rows, cols)), shape=(n, n))
+
+
+def jaccard_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, max_distance: float = 1.0,
+                  metric: str = "euclidean", normalised: bool = True,
+                  chunk_size: int = ROW_CHUNK) -> sp.csr_matrix:
+    """The k-reciprocal Jaccard distances among ``features`` (query = gallery = every item; re-ranking's
+    ``lambda = 0``) that are at most ``max_distance``, as a sparse N x N matrix with the diagonal stored.
+
+    Memory is O(N * k) for the neighbour lists and the encoding plus the pairs kept, never N x N: 100,000
+    items fit in a few GB.  ``normalised=False`` weighs the encoding as Cluster Contrast does (the squared
+    distance itself, not divided by its column maximum); on L2-normalised features with the Euclidean metric
+    its distances then equal that code's dense ``compute_jaccard_distance``.  The neighbour search runs on the
+    features' device.
+    """
+    check_metric(metric)
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be at least 1, got k1={k1}, k2={k2}")
+    feats = as_float_matrix(features, "features") if not isinstance(features, torch.Tensor) else features.float()
+    n = feats.shape[0]
+    with torch.no_grad():
+        source = _FeatureSource(feats[:0], feats, metric)
+        nbrs, colmax = _neighbours(source, max(k1 + 1, k2))
+        v = _encoding(source, nbrs, colmax, k1, k2, normalised)
+    v_csc = v.tocsc()
+    blocks = [_jaccard_sparse(v[s:min(s + chunk_size, n)], v_csc, s, max_distance) for s in range(0, n, chunk_size)]
+    if not blocks:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    rows = np.concatenate([b.row for b in blocks])
+    cols = np.concatenate([b.col for b in blocks])
+    data = np.concatenate([b.data for b in blocks])
+    return sp.csr_matrix((data, (rows, cols)), shape=(n, n))
 
 
 def _rerank_blocks(source, k1: int, k2: int, lambda_value: float,

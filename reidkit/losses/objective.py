@@ -55,7 +55,10 @@ class ReIDObjective(nn.Module):
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
         logit_pids = pids if logit_pids is None else logit_pids
-        terms = {"id": self.cfg.ce_weight * id_scale * sum(self.id_loss(full_precision(x), logit_pids) for x in logits)}
+        terms = {}
+        if self.cfg.ce_weight > 0:
+            terms["id"] = self.cfg.ce_weight * id_scale * sum(self.id_loss(full_precision(x), logit_pids)
+                                                              for x in logits)
         if self.triplet is not None:
             terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids)
                                                              for f in features)

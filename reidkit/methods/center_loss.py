@@ -63,4 +63,7 @@ def _center_loss(ctx: PieceContext[CenterLossConfig]) -> CenterLossPiece | None:
     cfg = ctx.config
     if cfg.weight <= 0:
         return None
+    if ctx.hidden_labels is not None:
+        raise ValueError("center_loss learns one centre per identity, and data.labels=hidden leaves the identities "
+                         "unknown: set center_loss.weight=0")
     return CenterLossPiece(ctx.num_classes, ctx.feature_dim, cfg.weight, cfg.lr)

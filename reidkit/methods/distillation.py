@@ -7,11 +7,11 @@ import logging
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import Strict
 from ..losses.distillation import FeatureDistillationLoss
+from ..models.heads import TestedFeature
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 
 log = logging.getLogger("reidkit")
@@ -29,23 +29,14 @@ class DistillationPiece(TrainingPiece):
     """Student-teacher distillation as a training piece: the frozen teacher embeds the same augmented
     batch (under the loop's autocast) and ``weight * L1`` pulls the student's training embedding to it."""
 
-    def __init__(self, teacher: nn.Module, weight: float, student_head: nn.Module | None = None):
+    def __init__(self, teacher: nn.Module, weight: float, student: nn.Module | None = None):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.weight = float(weight)
         self.loss = FeatureDistillationLoss()
-        # the student's BNNeck when it is tested after its BatchNorm: the distilled feature goes through it
-        bn = getattr(student_head, "bottleneck", None)
-        tested_after_bn = getattr(student_head, "test_feature", None) == "after_bn"
-        self.student_bn = bn if isinstance(bn, nn.BatchNorm1d) and tested_after_bn else None
-
-    def tested_feature(self, f_t: torch.Tensor) -> torch.Tensor:
-        """The student's training embedding as it is tested (through its BNNeck's BatchNorm, batch statistics)."""
-        bn = self.student_bn
-        if bn is None:
-            return f_t
-        return F.batch_norm(f_t, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+        # the student's embedding as it is tested: through its BNNeck's BatchNorm when it tests after it
+        self.tested_feature = TestedFeature(student) if student is not None else (lambda f_t: f_t)
 
     def to(self, device: torch.device) -> DistillationPiece:
         self.teacher.to(device)
@@ -72,4 +63,4 @@ def _distillation(ctx: PieceContext[DistillationConfig]) -> DistillationPiece | 
         raise ValueError("distillation needs the trainer's model loader (PieceContext.load_model)")
     teacher = ctx.load_model(cfg.arch, cfg.teacher).to(memory_format=ctx.memory_format)
     log.info("distilling from %s (%s, frozen), on the features each is tested with", cfg.teacher, cfg.arch)
-    return DistillationPiece(teacher, cfg.weight, getattr(ctx.model, "head", None))
+    return DistillationPiece(teacher, cfg.weight, ctx.model)

@@ -73,3 +73,22 @@ class BNNeckHead(nn.Module):
         if self.training:
             return self.classifier(f_i), f_t
         return f_i if self.test_feature == "after_bn" else f_t
+
+
+class TestedFeature:
+    """A model's training embedding as the model is tested: through its BNNeck's BatchNorm (the batch's
+    statistics, as in the training forward pass, without a second update of the running ones) when the model
+    tests after it, else unchanged.  Losses that compare training embeddings with test-time ones (a teacher's,
+    a memory built from evaluation features) use it."""
+
+    def __init__(self, model: nn.Module):
+        head = getattr(model, "head", None)
+        bn = getattr(head, "bottleneck", None)
+        tested_after_bn = getattr(head, "test_feature", None) == "after_bn"
+        self.bn = bn if isinstance(bn, nn.BatchNorm1d) and tested_after_bn else None
+
+    def __call__(self, f_t: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if bn is None:
+            return f_t
+        return F.batch_norm(f_t, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)

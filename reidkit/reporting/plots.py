@@ -66,7 +66,8 @@ def plot_curves(history: dict, out: str | Path) -> Path:
 
 
 def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
-    """One piece's series: per iteration when traced, else per epoch; ``spec["right"]`` keys on a second axis."""
+    """One piece's series: per iteration when traced, else per epoch; ``spec["keys"]``: only these are drawn
+    (default all); ``spec["right"]`` keys on a second axis."""
     trace = history.get(f"trace/{group}")
     if trace and trace.get("step"):
         x, series, unit = trace["step"], {k: v for k, v in trace.items() if k != "step"}, "iteration"
@@ -75,6 +76,8 @@ def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
         x, unit = history["epoch"], "epoch"
         series = {k[len(prefix):]: v for k, v in history.items() if k.startswith(prefix)}
     right_keys = set(spec.get("right", []))
+    if spec.get("keys"):                      # the piece draws only these (and its right-hand ones)
+        series = {k: v for k, v in series.items() if k in set(spec["keys"]) | right_keys}
     right_ax = ax.twinx() if right_keys & set(series) else None
     for i, (key, values) in enumerate(sorted(series.items())):
         target = right_ax if right_ax is not None and key in right_keys else ax

@@ -53,8 +53,13 @@ def test_the_student_is_distilled_on_the_feature_it_is_tested_with():
     expected_tested = head.bottleneck(f_t)                         # what the head tests with, batch statistics
     running = head.bottleneck.running_mean.clone()
     out = StepOutputs(teacher, [torch.randn(8, 5)], [f_t], [f_t], pids, pids, 0, 0)
-    after = DistillationPiece(torch.nn.Identity(), 1.0, head).extra_loss(out)["distillation"]
+    def student(with_head: torch.nn.Module) -> torch.nn.Module:     # a model is tested as its head says
+        model = torch.nn.Module()
+        model.head = with_head
+        return model
+
+    after = DistillationPiece(torch.nn.Identity(), 1.0, student(head)).extra_loss(out)["distillation"]
     assert after.item() == pytest.approx((expected_tested - teacher).abs().mean().item(), rel=1e-5)
     torch.testing.assert_close(head.bottleneck.running_mean, running)           # no second update
-    before = DistillationPiece(torch.nn.Identity(), 1.0, BNNeckHead(4, 5, test_feature="before_bn"))
+    before = DistillationPiece(torch.nn.Identity(), 1.0, student(BNNeckHead(4, 5, test_feature="before_bn")))
     assert before.extra_loss(out)["distillation"].item() == pytest.approx((f_t - teacher).abs().mean().item(), rel=1e-6)

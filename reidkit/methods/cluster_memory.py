@@ -1,0 +1,168 @@
+"""Unsupervised training and adaptation by clustering, as a method (docs/UNSUPERVISED.md).
+
+Before every epoch (``cluster_memory.every``) the training images are embedded with the current model as it
+is evaluated (flip-averaged, its test feature), clustered (k-reciprocal Jaccard distances + DBSCAN:
+:mod:`reidkit.evaluation.clustering`), and the clusters become the epoch's identity labels: the recipe's
+sampler draws P clusters x K images, outliers left out or kept as their own instances.  The loss is an
+InfoNCE over a memory initialised from the clusters' mean features and moved by momentum after every step:
+
+* ``memory: cluster`` — one centroid per cluster (Cluster Contrast, Dai et al. 2021; Cluster Contrast's
+  settings: temperature 0.05, momentum 0.1, eps 0.6 on Market-1501 / 0.7 on MSMT17, min_samples 4, k1 30,
+  k2 6);
+* ``memory: camera_proxy`` — one proxy per cluster and camera, an intra-camera term and an inter-camera term
+  with hard negatives (Wang et al., "Camera-aware Proxies", AAAI 2021: temperature 0.07, momentum 0.2,
+  inter-camera weight 0.5, 50 hard negatives): cameras are the one label a deployment always has.
+
+With ``data.labels: hidden`` the run never reads the training identities; they are kept for the diagnostics
+recorded every epoch (purity, NMI, ARI of the pseudo-labels), beside the clusters, outliers, the share of
+single-camera clusters, the cluster sizes and the time clustering took.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from ..config import Recipe, Strict
+from ..data.cache import ImageCache
+from ..engine.features import extract_features
+from ..evaluation.clustering import cluster_features, cluster_statistics, size_histogram
+from ..losses.cluster_memory import CameraProxyMemory, ClusterMemory
+from ..models.heads import TestedFeature
+from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
+
+log = logging.getLogger("reidkit")
+
+
+class ClusterMemoryConfig(Strict):
+    """The recipe section ``cluster_memory``: pseudo-labels by clustering, and a memory loss over them."""
+
+    eps: float | None = Field(None, gt=0, le=1)   # DBSCAN radius on the Jaccard distance; None: the method is off
+    min_samples: int = Field(4, ge=1)             # DBSCAN's core-point neighbourhood (the image itself counts)
+    k1: int = Field(30, ge=1)                     # k-reciprocal neighbourhood
+    k2: int = Field(6, ge=1)                      # query expansion of the encoding
+    outliers: Literal["drop", "instances"] = "drop"     # unclustered images: left out, or each its own cluster
+    weights: Literal["cluster_contrast", "reranking"] = "cluster_contrast"    # how the encoding is weighed
+    memory: Literal["cluster", "camera_proxy"] = "cluster"
+    update: Literal["mean", "hard"] = "mean"      # cluster memory: towards the batch's mean, or its hardest image
+    temperature: float = Field(0.05, gt=0)
+    momentum: float = Field(0.1, ge=0, lt=1)      # the old vector's share in each update
+    weight: float = Field(1.0, gt=0)
+    inter_weight: float = Field(0.5, ge=0)        # camera_proxy: the inter-camera term's weight
+    hard_negatives: int = Field(50, ge=1)         # camera_proxy: negative proxies in the inter-camera term
+    every: int = Field(1, ge=1)                   # re-cluster every this many epochs
+    flip: bool = True                             # the clustered features average each image and its mirror
+
+
+class ClusterMemoryPiece(TrainingPiece):
+    """Relabels the training set by clustering and trains the embedding against the memory of its clusters."""
+
+    relabels = True
+
+    def __init__(self, cfg: ClusterMemoryConfig, recipe: Recipe, images: ImageCache, feature_dim: int,
+                 tested: TestedFeature, device: torch.device, hidden_labels: np.ndarray | None, speaks: bool):
+        self.cfg, self.recipe, self.images, self.device, self.speaks = cfg, recipe, images, device, speaks
+        self.tested, self.hidden_labels = tested, hidden_labels
+        self.camids = images.camids()
+        self.memory: ClusterMemory | CameraProxyMemory
+        if cfg.memory == "cluster":
+            self.memory = ClusterMemory(feature_dim, cfg.temperature, cfg.momentum, cfg.update)
+        else:
+            self.memory = CameraProxyMemory(feature_dim, cfg.temperature, cfg.momentum, cfg.hard_negatives)
+        self.labels: np.ndarray | None = None
+        self.stats: dict[str, float] = {}
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def to(self, device: torch.device) -> ClusterMemoryPiece:
+        self.memory.to(device)
+        return self
+
+    def relabel(self, models: Sequence[nn.Module], epoch: int) -> np.ndarray | None:
+        if self.labels is not None and epoch % self.cfg.every:
+            return self.labels                   # kept (as restored by a resume, or from the last clustering)
+        r, cfg = self.recipe, self.cfg
+        t0 = time.perf_counter()
+        features = extract_features(models[0], self.images, r.data.test_batch_size, flip=cfg.flip,
+                                    amp=r.train.amp, channels_last=r.train.channels_last, device=self.device)
+        t1 = time.perf_counter()
+        assert cfg.eps is not None
+        found = cluster_features(features, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights)
+        labels = torch.from_numpy(found.labels).to(features.device)
+        if isinstance(self.memory, ClusterMemory):
+            self.memory.reset(features, labels)
+        else:
+            self.memory.reset(features, labels, torch.from_numpy(self.camids).to(features.device))
+        self.labels = found.labels
+        self.stats = cluster_statistics(found.labels, self.camids, self.hidden_labels)
+        self.stats["outliers"] = found.outliers / len(found.labels)         # DBSCAN's, before "instances"
+        self.stats |= {f"size_{k}": float(v) for k, v in size_histogram(found.labels).items()}
+        self.stats |= {"seconds_features": t1 - t0, "seconds_distances": found.seconds["distances"],
+                       "seconds_dbscan": found.seconds["dbscan"]}
+        if self.speaks:
+            truth = (f", purity {100 * self.stats['purity']:.1f}% NMI {self.stats['nmi']:.3f} ARI "
+                     f"{self.stats['ari']:.3f} (hidden labels, recorded only)" if "purity" in self.stats else "")
+            log.info("epoch %d: %d clusters, %.1f%% outliers, %.0f%% of clusters single-camera%s; clustering %.1f s "
+                     "(features %.1f s)", epoch + 1, found.clusters, 100 * self.stats["outliers"],
+                     100 * self.stats.get("single_camera", 0.0), truth, time.perf_counter() - t0, t1 - t0)
+        return found.labels
+
+    def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        if len(out.features) > 1:
+            raise ValueError("cluster_memory needs a single-branch model (one embedding per image)")
+        f = self.tested(out.features[0]).float()
+        self._batch = (f.detach(), out.pids, out.camids)
+        if isinstance(self.memory, ClusterMemory):
+            return {"cluster_memory": self.cfg.weight * self.memory(f, out.pids)}
+        intra, inter = self.memory(f, out.pids, out.camids)
+        return {"cluster_memory": self.cfg.weight * intra,
+                "cluster_memory_inter": self.cfg.weight * self.cfg.inter_weight * inter}
+
+    def after_backward(self) -> None:
+        if self._batch is not None:
+            f, pids, camids = self._batch
+            if isinstance(self.memory, ClusterMemory):
+                self.memory.update(f, pids)
+            else:
+                self.memory.update(f, pids, camids)
+            self._batch = None
+
+    def epoch_diagnostics(self, step_means: dict[str, float]) -> dict[str, float]:
+        return dict(self.stats)
+
+    def panel(self) -> dict:
+        return {"title": "pseudo-labels", "ylabel": "share", "ylim": [0, 1.02],
+                "keys": ["purity", "nmi", "ari", "outliers", "single_camera"],
+                "right": ["clusters"], "right_label": "clusters"}
+
+    def state_dict(self) -> dict:
+        state: dict[str, object] = {"memory": {k: v.detach().cpu() for k, v in self.memory.state_dict().items()}}
+        if self.labels is not None:
+            state["labels"] = torch.from_numpy(self.labels)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state["memory"].items():      # the memory's size is the clustering's
+            setattr(self.memory, name, value.to(self.device))
+        if "labels" in state:
+            self.labels = state["labels"].numpy().astype(np.int64)
+
+
+@register_piece("cluster_memory", config=ClusterMemoryConfig)
+def _cluster_memory(ctx: PieceContext[ClusterMemoryConfig]) -> ClusterMemoryPiece | None:
+    """Unsupervised training by clustering (Cluster Contrast; camera-aware proxies), on when
+    ``cluster_memory.eps`` is set."""
+    cfg = ctx.config
+    if cfg.eps is None:
+        return None
+    if ctx.train_images is None:
+        raise ValueError("cluster_memory needs the training images (PieceContext.train_images)")
+    if ctx.recipe.data.sampler == "random":
+        raise ValueError("cluster_memory draws P clusters x K images: set data.sampler=identity (or camera_diverse)")
+    return ClusterMemoryPiece(cfg, ctx.recipe, ctx.train_images, ctx.feature_dim, TestedFeature(ctx.model),
+                              ctx.device, ctx.hidden_labels, ctx.env.is_main)

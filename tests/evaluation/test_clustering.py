@@ -1,0 +1,97 @@
+"""Pseudo-labels by clustering: the sparse Jaccard graph against a dense reference written after Cluster Contrast's
+``compute_jaccard_distance``, DBSCAN on separated blobs, and the statistics by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidkit.evaluation.clustering import cluster_features, cluster_statistics, size_histogram
+from reidkit.evaluation.rerank import jaccard_graph
+
+
+def dense_jaccard_reference(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """The dense N x N Jaccard distance as Cluster Contrast computes it: squared Euclidean distances, k-reciprocal
+    sets with the k1/2 expansion, softmax(-d) weights, query expansion over the k2 nearest, 1 - m / (2 - m)."""
+    n = len(x)
+    sq = (x * x).sum(1)
+    d = sq[:, None] + sq[None, :] - 2 * x @ x.T
+    rank = np.argsort(d, axis=1, kind="stable")
+
+    def reciprocal(i: int, k: int) -> np.ndarray:
+        forward = rank[i, :k + 1]
+        return forward[np.where(rank[forward, :k + 1] == i)[0]]
+
+    v = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expansion = r
+        for c in r:
+            half = reciprocal(c, int(np.around(k1 / 2)))
+            if len(np.intersect1d(half, r)) > 2 / 3 * len(half):
+                expansion = np.append(expansion, half)
+        expansion = np.unique(expansion)
+        w = np.exp(-d[i, expansion])
+        v[i, expansion] = w / w.sum()
+    if k2 != 1:
+        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
+    m = np.minimum(v[:, None, :], v[None, :, :]).sum(-1)
+    return 1 - m / (2 - m)
+
+
+def blobs(num: int = 8, per: int = 10, dim: int = 24, spread: float = 0.05, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(num, dim, generator=g), dim=1) * 4
+    x = torch.cat([c + spread * torch.randn(per, dim, generator=g) for c in centres])
+    return x, np.repeat(np.arange(num), per)
+
+
+@pytest.mark.parametrize("k1,k2", [(20, 6), (8, 1), (5, 3)])
+def test_the_sparse_graph_equals_the_dense_cluster_contrast_jaccard(k1, k2):
+    x, _ = blobs(6, 15, 16, spread=0.6, seed=k1)
+    x = F.normalize(x, dim=1)
+    reference = dense_jaccard_reference(x.double().numpy(), k1, k2)
+    graph = jaccard_graph(x, k1, k2, max_distance=1.0, normalised=False)
+    dense = np.ones_like(reference)
+    c = graph.tocoo()
+    dense[c.row, c.col] = c.data
+    np.testing.assert_allclose(dense, reference, atol=2e-6)
+    # a radius keeps exactly the pairs within it, the diagonal stored at 0
+    near = jaccard_graph(x, k1, k2, max_distance=0.5, normalised=False)
+    stored = near.tocoo()
+    assert (reference[stored.row, stored.col] <= 0.5 + 1e-6).all() and (near.diagonal() == 0).all()
+    assert int((reference <= 0.5 - 1e-6).sum()) <= near.nnz <= int((reference <= 0.5 + 1e-6).sum())
+
+
+def test_separated_blobs_cluster_exactly_and_outliers_follow_the_recipe():
+    x, truth = blobs(8, 10)
+    far = torch.full((1, x.shape[1]), 40.0)                       # one image like no other
+    # k1 + 1 = a blob's size: a blob's k-reciprocal set is the blob, and nobody's holds the lone image (k2=1:
+    # query expansion would lend it its neighbours' neighbourhoods)
+    found = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=9, k2=1)
+    assert (found.clusters, found.outliers) == (8, 1) and found.labels[-1] == -1
+    labels = found.labels[:-1]
+    # the same partition as the truth: every blob one cluster, every cluster one blob
+    assert len({(a, b) for a, b in zip(labels, truth)}) == 8 == len(set(labels))
+    kept = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=9, k2=1, outliers="instances")
+    assert kept.labels[-1] == 8 and kept.outliers == 1 and np.array_equal(kept.labels[:-1], labels)
+    with_expansion = cluster_features(x, eps=0.6, min_samples=4, k1=8, k2=3)      # the blobs alone, QE on
+    assert len({(a, b) for a, b in zip(with_expansion.labels, truth)}) == 8 == with_expansion.clusters
+    with pytest.raises(ValueError, match="outliers must be"):
+        cluster_features(x, outliers="keep")
+
+
+def test_statistics_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, -1])
+    camids = np.array([0, 1, 0, 1, 1, 0, 0, 0, 0, 1])
+    truth = np.array([5, 5, 7, 6, 6, 8, 8, 9, 9, 5])
+    s = cluster_statistics(labels, camids, truth)
+    assert (s["clusters"], s["largest"], s["mean_size"]) == (3, 4, 3) and s["outliers"] == pytest.approx(0.1)
+    assert s["single_camera"] == pytest.approx(2 / 3)            # clusters 1 and 2 hold one camera each
+    assert s["purity"] == pytest.approx((2 + 2 + 2) / 9)           # majorities: 5 of {5,5,7}, 6, 8 (or 9)
+    # ARI by hand: pair counts within cells 4, within clusters 10, within identities 4, of 36 pairs:
+    # (4 - 10 * 4 / 36) / ((10 + 4) / 2 - 10 * 4 / 36)
+    assert s["ari"] == pytest.approx((4 - 40 / 36) / (7 - 40 / 36)) and 0 < s["nmi"] < 1
+    assert cluster_statistics(labels, camids, np.arange(10) * 0 + labels + 1)["purity"] == 1.0
+    assert size_histogram(labels) == {"1": 0, "2-3": 2, "4-7": 1, "8-15": 0, "16-31": 0, "32-63": 0, "64+": 0}
