@@ -38,6 +38,7 @@ class ReIDDataset:
     query: list[ImageRecord]
     gallery: list[ImageRecord]
     notes: list[str] = field(default_factory=list)
+    identities: bool = True        # False: the training pids are placeholders (unlabelled crops)
 
     @property
     def num_train_pids(self) -> int:
@@ -98,10 +99,11 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def hide_training_labels(dataset: ReIDDataset) -> tuple[ReIDDataset, np.ndarray]:
+def hide_training_labels(dataset: ReIDDataset) -> tuple[ReIDDataset, np.ndarray | None]:
     """``dataset`` with every training image its own identity (0..N-1) until a method labels them, and the true
-    identities, kept apart (for a method's diagnostics only); query and gallery keep their labels."""
-    truth = np.array([r.pid for r in dataset.train], dtype=np.int64)
+    identities, kept apart (for a method's diagnostics only; None when the dataset has none); query and gallery
+    keep their labels."""
+    truth = np.array([r.pid for r in dataset.train], dtype=np.int64) if dataset.identities else None
     train = [ImageRecord(r.path, i, r.camid) for i, r in enumerate(dataset.train)]
     note = (f"training identities hidden (data.labels=hidden): {len(train)} images, each its own instance until "
             "the method labels them")

@@ -103,8 +103,12 @@ class Trainer:
         # data.labels=hidden: the true training identities leave the dataset here (never read by training or
         # selection); the pieces get them for their diagnostics
         self.hidden_labels: np.ndarray | None = None
-        if d.labels == "hidden":
+        self.labels_hidden = d.labels == "hidden"
+        if self.labels_hidden:
             self.dataset, self.hidden_labels = hide_training_labels(self.dataset)
+        elif not self.dataset.identities:
+            raise ValueError(f"{self.dataset.name} has no identity labels: set data.labels=hidden and an unsupervised "
+                             "method (docs/UNSUPERVISED.md)")
         self.validation: ValidationSplit | None = None
         if d.val_identities is not None:
             self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
@@ -114,18 +118,23 @@ class Trainer:
                               self.env.describe() if self.env.enabled else None)
         if self.is_main:
             log_run_plan(self.facts)
+        # unlabelled crops have no query / gallery: the run trains, records, and keeps its last epoch
+        self.has_test = bool(self.dataset.query) and bool(self.dataset.gallery)
+        if not self.has_test and self.is_main:
+            log.info("%s has no query / gallery: nothing is evaluated; best.pth is the last epoch",
+                     self.dataset.name)
         workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         # every split decoded now, so that bad files anywhere are all named before epoch 1
         caches = decode_each({"train": lambda: ImageCache(self.dataset.train, (d.height, d.width),
                                                           mmap_path=d.cache_file, skip_bad_images=d.skip_bad_images,
                                                           workers=workers, progress=progress and self.is_main,
                                                           desc="train")}
-                             | test_cache_jobs(recipe, self.dataset, progress, self.env)
+                             | (test_cache_jobs(recipe, self.dataset, progress, self.env) if self.has_test else {})
                              | ({f"val {k}": v for k, v in test_cache_jobs(recipe, self._val_dataset(), progress,
                                                                            self.env).items()}
                                 if self.validation is not None else {}))
         self.train_cache = caches["train"]
-        self.num_classes = 1 if self.hidden_labels is not None else self.dataset.num_train_pids
+        self.num_classes = 1 if self.labels_hidden else self.dataset.num_train_pids
         self._build_model()
         self._build_optimisation()
         self.loader = build_train_loader(recipe, self.train_cache, self.device, self.env)
@@ -143,7 +152,8 @@ class Trainer:
         self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
         self.record = RunRecord()                          # history.json and TensorBoard
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
-        self._test_caches: tuple[ImageCache, ImageCache] = (caches["query"], caches["gallery"])
+        self._test_caches: tuple[ImageCache, ImageCache] | None = ((caches["query"], caches["gallery"])
+                                                                  if self.has_test else None)
         self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
         self.guard = DivergenceGuard()
         self.stop = StopRequests(enabled=False)             # Ctrl-C: finish the step, then stop (during fit)
@@ -166,7 +176,7 @@ class Trainer:
         self.models = [self.model] + [m for piece in self.pieces for m in piece.models()]
         for piece in self.pieces:
             piece.setup(self.models)
-        if self.hidden_labels is not None and not any(piece.relabels for piece in self.pieces):
+        if self.labels_hidden and not any(piece.relabels for piece in self.pieces):
             raise ValueError("data.labels=hidden, but no training piece labels the training images: switch on an "
                              "unsupervised method (e.g. cluster_memory.eps=0.6; `reidkit methods` lists them)")
         self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
@@ -187,6 +197,8 @@ class Trainer:
     @property
     def test_caches(self) -> tuple[ImageCache, ImageCache]:
         """Query and gallery images, decoded with the train images (this process's share under DDP)."""
+        if self._test_caches is None:
+            raise ValueError(f"{self.dataset.name} has no query / gallery to evaluate on")
         return self._test_caches
 
     @property
@@ -426,7 +438,11 @@ class Trainer:
                 log.info("epoch %d/%d  %s  lr=%.2e  %.1f img/s", epoch + 1, t.epochs, line, means["lr"],
                          means["images_per_s"])
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                result = self._evaluate_epoch(epoch)
+                if self.has_test:
+                    result = self._evaluate_epoch(epoch)
+                else:                                    # nothing to evaluate on: the latest epoch is kept
+                    self.before_evaluation(epoch)
+                    self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
         self._finish(result)
         return result

@@ -55,8 +55,9 @@ def plot_curves(history: dict, out: str | Path) -> Path:
     ax_map.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_map.set_ylabel("%")
     ax_map.set_ylim(0, 100)
-    ax_map.legend()
-    ax_map.set_title("evaluation")
+    if ax_map.get_lines():
+        ax_map.legend()
+    ax_map.set_title("evaluation" if ax_map.get_lines() else "evaluation (none: no query / gallery)")
     for ax, group in zip(axes[2:], groups):
         _plot_group(ax, history, group, history.get("panels", {}).get(group, {}))
     fig.tight_layout()

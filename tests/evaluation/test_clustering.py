@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from reidkit.evaluation.clustering import cluster_features, cluster_statistics, size_histogram
+from reidkit.evaluation import rerank
 from reidkit.evaluation.rerank import jaccard_graph
 
 
@@ -48,7 +49,11 @@ def blobs(num: int = 8, per: int = 10, dim: int = 24, spread: float = 0.05, seed
 
 
 @pytest.mark.parametrize("k1,k2", [(20, 6), (8, 1), (5, 3)])
-def test_the_sparse_graph_equals_the_dense_cluster_contrast_jaccard(k1, k2):
+@pytest.mark.parametrize("block", ["dense", "sparse"])
+def test_the_sparse_graph_equals_the_dense_cluster_contrast_jaccard(k1, k2, block, monkeypatch):
+    """Both ways of summing a block (dense below DENSE_BLOCK, sparse above: 100,000 images) give the reference."""
+    if block == "sparse":
+        monkeypatch.setattr(rerank, "DENSE_BLOCK", 0)
     x, _ = blobs(6, 15, 16, spread=0.6, seed=k1)
     x = F.normalize(x, dim=1)
     reference = dense_jaccard_reference(x.double().numpy(), k1, k2)

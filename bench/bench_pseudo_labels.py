@@ -1,0 +1,165 @@
+"""Pseudo-labelling (unsupervised adaptation, issue 36): reidkit's sparse Jaccard + DBSCAN against the way the
+reference implementation computes it, on the same features.
+
+    python -m bench.bench_pseudo_labels [--features F.npy] [--large 100000] [--threads 2]
+
+The reference way is Cluster Contrast's ``compute_jaccard_distance`` (Dai et al. 2021; the same in SpCL): a dense
+N x N distance matrix, a dense N x N k-reciprocal encoding built row by row in Python, a dense N x N Jaccard
+matrix, then DBSCAN on it.  It is written here after that code, in its own words (numpy, float32 as the original
+keeps its matrices), and timed on the same features; reidkit's ``cluster_features`` (sparse encoding, sparse
+graph within eps, ``weights=cluster_contrast``) must give the same clusters.
+
+Features: ``--features`` (an ``N x D`` .npy: e.g. the CUHK03-labeled train set embedded by the imported MSMT17 OSNet
+x0.25, which ``--cuhk03`` computes and caches under runs/), or synthetic clustered features of the same size.
+``--large N`` also clusters ``N x 512`` synthetic features with reidkit alone, in a child process whose peak memory
+is read back (the dense reference would need ``3 N^2`` floats: for 100,000 images, 120 GB).
+Goals: 7,239 images (features given) < 10 s on this CPU; 100,000 x 512 within 4 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score
+
+from bench.measure import set_threads
+from reidkit.evaluation.clustering import cluster_features
+
+
+def reference_jaccard(x: np.ndarray, k1: int = 30, k2: int = 6) -> np.ndarray:
+    """Dense N x N Jaccard distances the way Cluster Contrast's ``compute_jaccard_distance`` computes them."""
+    n = len(x)
+    x = x.astype(np.float32)
+    dist = np.maximum(2 - 2 * x @ x.T, 0).astype(np.float32)          # squared distance of unit vectors
+    rank = np.argsort(dist, axis=1).astype(np.int32)
+    half = int(np.around(k1 / 2))
+
+    def reciprocal(i: int, k: int) -> np.ndarray:
+        forward = rank[i, :k + 1]
+        return forward[np.where(rank[forward, :k + 1] == i)[0]]
+
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expansion = r
+        for c in r:
+            cand = reciprocal(c, half)
+            if len(np.intersect1d(cand, r)) > 2 / 3 * len(cand):
+                expansion = np.append(expansion, cand)
+        expansion = np.unique(expansion)
+        w = np.exp(-dist[i, expansion])
+        v[i, expansion] = w / w.sum()
+    del dist
+    if k2 != 1:
+        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)]).astype(np.float32)
+    inverted = [np.where(v[:, i] != 0)[0] for i in range(n)]
+    jaccard = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        m = np.zeros(n, dtype=np.float32)
+        nonzero = np.where(v[i] != 0)[0]
+        for j in nonzero:
+            m[inverted[j]] += np.minimum(v[i, j], v[inverted[j], j])
+        jaccard[i] = np.maximum(1 - m / (2 - m), 0)
+    return jaccard
+
+
+def synthetic(n: int, dim: int = 512, identities: int | None = None, seed: int = 0) -> np.ndarray:
+    """Clustered features: ``identities`` directions, each image one of them plus noise, L2-normalised."""
+    g = torch.Generator().manual_seed(seed)
+    identities = identities or max(2, n // 10)
+    centres = torch.nn.functional.normalize(torch.randn(identities, dim, generator=g), dim=1)
+    x = centres[torch.randint(0, identities, (n,), generator=g)] + 0.035 * torch.randn(n, dim, generator=g)
+    return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+def cuhk03_features(cache: Path) -> np.ndarray:
+    """CUHK03-labeled train embedded by the imported MSMT17 OSNet x0.25 (flip-averaged), cached in ``cache``."""
+    if cache.is_file():
+        return np.load(cache)
+    from reidkit.data import build_dataset
+    from reidkit.data.cache import ImageCache
+    from reidkit.engine.features import extract_features
+    from reidkit.models import build_model
+    from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
+    weights = Path("runs/osnet_x0_25_msmt17.pth")
+    if not weights.is_file():
+        raise SystemExit(f"{weights} not found: reidkit import-onnx ../shared/data/weights/osnet_x0_25_msmt17.onnx "
+                         f"--arch osnet_x0_25 --out {weights}")
+    model = build_model("osnet_x0_25", 1, pretrained="none")
+    load_model_weights(model, load_checkpoint(weights), str(weights))
+    train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
+    images = ImageCache(train, (256, 128))
+    x = extract_features(model.eval(), images, 128, flip=True).numpy()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, x)
+    return x
+
+
+def large_child(n: int) -> None:
+    """(In a child process.)  Cluster ``n x 512`` synthetic features with reidkit; print time and peak memory."""
+    x = torch.from_numpy(synthetic(n))
+    t0 = time.perf_counter()
+    found = cluster_features(x, eps=0.6)
+    print(json.dumps({"n": n, "seconds": time.perf_counter() - t0, "clusters": found.clusters,
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--features", type=Path, help="an N x D .npy of features (default: --cuhk03 or synthetic)")
+    p.add_argument("--cuhk03", action="store_true", help="the real CUHK03-labeled train features (cached in runs/)")
+    p.add_argument("--n", type=int, default=7239, help="synthetic features: how many (default: CUHK03's train)")
+    p.add_argument("--eps", type=float, default=0.6)
+    p.add_argument("--large", type=int, default=0, help="also cluster this many 512-d features, reidkit only")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child-large", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    set_threads(args.threads)
+    if args.child_large:
+        large_child(args.child_large)
+        return
+    if args.features:
+        x, what = np.load(args.features), str(args.features)
+    elif args.cuhk03:
+        x, what = cuhk03_features(Path("runs/bench_pseudo_labels/cuhk03_train_osnet_msmt17.npy")), \
+            "CUHK03-labeled train, MSMT17 OSNet x0.25 (flip-averaged)"
+    else:
+        x, what = synthetic(args.n), f"synthetic {args.n} x 512"
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, k1 30, k2 6; "
+          f"{args.threads} threads")
+    t0 = time.perf_counter()
+    ours = cluster_features(torch.from_numpy(x), eps=args.eps)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jaccard = reference_jaccard(x)
+    t_dist = time.perf_counter() - t0
+    theirs = DBSCAN(eps=args.eps, min_samples=4, metric="precomputed").fit_predict(jaccard)
+    t_ref = time.perf_counter() - t0
+    same = adjusted_rand_score(theirs, ours.labels)
+    dense_gb = 3 * x.shape[0] ** 2 * 4 / 1e9
+    print(f"{'':28s} {'seconds':>8s} {'clusters':>9s} {'outliers':>9s}")
+    print(f"{'reidkit (sparse)':28s} {t_ours:8.2f} {ours.clusters:9d} {ours.outliers:9d}   "
+          f"(distances {ours.seconds['distances']:.2f} s, DBSCAN {ours.seconds['dbscan']:.2f} s)")
+    print(f"{'reference way (dense)':28s} {t_ref:8.2f} {len(set(theirs) - {-1}):9d} {int((theirs < 0).sum()):9d}   "
+          f"(distances {t_dist:.2f} s; its N x N matrices ~{dense_gb:.2f} GB)")
+    print(f"speed: reidkit / reference = {t_ref / t_ours:.1f}x; the same clusters: ARI {same:.6f}")
+    if args.large:
+        out = subprocess.run([sys.executable, "-m", "bench.bench_pseudo_labels", "--child-large", str(args.large),
+                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"large: {r['n']} x 512 synthetic, reidkit: {r['seconds']:.1f} s, {r['clusters']} clusters, peak "
+              f"memory {r['peak_rss_gb']:.2f} GB (the process, torch included); the dense reference would hold "
+              f"~{3 * r['n'] ** 2 * 4 / 1e9:.0f} GB")
+
+
+if __name__ == "__main__":
+    main()
