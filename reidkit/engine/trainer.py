@@ -179,7 +179,10 @@ class Trainer:
         if self.labels_hidden and not any(piece.relabels for piece in self.pieces):
             raise ValueError("data.labels=hidden, but no training piece labels the training images: switch on an "
                              "unsupervised method (e.g. cluster_memory.eps=0.6; `reidkit methods` lists them)")
-        self.train_model = data_parallel(self.model, self.device, find_unused_parameters=t.fixbase_epochs > 0,
+        # parameters without a gradient in some steps: the frozen layers of fixbase epochs, the classifier when no
+        # identity loss reads it (an unsupervised method's memory loss)
+        self.train_model = data_parallel(self.model, self.device,
+                                         find_unused_parameters=t.fixbase_epochs > 0 or r.loss.ce_weight == 0,
                                          broadcast_buffers=not t.sync_bn)
 
     def _build_optimisation(self) -> None:

@@ -154,5 +154,5 @@ def cluster_means(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     keep = labels >= 0
     f = F.normalize(features[keep].float(), dim=1)
     count = int(labels[keep].max()) + 1 if keep.any() else 0
-    sums = torch.zeros(count, f.shape[1], device=f.device).index_add_(0, labels[keep].to(f.device), f)
+    sums = torch.zeros(count, f.shape[1], device=f.device, dtype=f.dtype).index_add_(0, labels[keep].to(f.device), f)
     return F.normalize(sums, dim=1)

@@ -85,7 +85,8 @@ class TestedFeature:
         head = getattr(model, "head", None)
         bn = getattr(head, "bottleneck", None)
         tested_after_bn = getattr(head, "test_feature", None) == "after_bn"
-        self.bn = bn if isinstance(bn, nn.BatchNorm1d) and tested_after_bn else None
+        # (SyncBatchNorm under data parallelism: the features it normalises here are the gathered global batch)
+        self.bn = bn if isinstance(bn, nn.modules.batchnorm._BatchNorm) and tested_after_bn else None
 
     def __call__(self, f_t: torch.Tensor) -> torch.Tensor:
         bn = self.bn

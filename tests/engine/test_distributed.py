@@ -74,6 +74,8 @@ def _worker(rank: int, world: int, port: int, plan: dict) -> None:
                       loader_share=[trainer.loader.start, trainer.loader.end])
         if rank == 0:
             torch.save(trainer.model.state_dict(), plan["weights"])
+        if plan.get("pieces"):                # every process's pieces (a memory must be the same in each)
+            torch.save({p.name: p.state_dict() for p in trainer.pieces}, f"{plan['weights']}.pieces{rank}")
     except Exception as e:  # noqa: BLE001 - reported to the test
         import traceback
         result.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), losses=losses)
@@ -191,3 +193,27 @@ def test_torchrun_launches_data_parallel_training_from_the_command_line(tiny_dat
     assert (out / "last.pth").is_file() and (out / "history.json").is_file()
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["world_size"] == 2 and not any(k.startswith("module.") for k in state["state_dict"])
+
+
+@pytest.mark.slow
+def test_the_cluster_memory_is_the_same_in_every_process_and_as_in_one(tiny_data, tmp_path):
+    """Unsupervised training (hidden labels, clustering, a cluster memory): every process clusters the same
+    features into the same labels and updates its memory from the same gathered batch, so two processes hold
+    identical memories, equal to the one-process run's."""
+    extra = ["data.labels=hidden", "loss.ce_weight=0", "loss.triplet_weight=0", "center_loss.weight=0",
+             "adaptive_l2.amplitude=0", "cluster_memory.eps=0.6", "cluster_memory.min_samples=2",
+             "cluster_memory.k1=6", "cluster_memory.k2=2", "train.eval_every=2"]
+    plan = lambda name: {"overrides": overrides(tiny_data, tmp_path / name, extra=extra),  # noqa: E731
+                         "weights": str(tmp_path / f"{name}.pt"), "float64": True, "pieces": True}
+    one = run(1, plan("one"), tmp_path)[0]
+    two = run(2, plan("two"), tmp_path)
+    assert "error" not in one and all("error" not in r for r in two), (one, two)
+    memories = [torch.load(f"{tmp_path / name}.pt.pieces{rank}")["cluster_memory"]
+                for name, rank in (("one", 0), ("two", 0), ("two", 1))]
+    assert torch.equal(memories[1]["labels"], memories[2]["labels"])
+    assert torch.equal(memories[1]["memory"]["centroids"], memories[2]["memory"]["centroids"])
+    assert torch.equal(memories[0]["labels"], memories[1]["labels"])
+    torch.testing.assert_close(memories[1]["memory"]["centroids"], memories[0]["memory"]["centroids"],
+                               rtol=1e-5, atol=1e-6)
+    for a, b in zip(one["losses"], two[0]["losses"]):
+        assert b["cluster_memory"] == pytest.approx(a["cluster_memory"], rel=1e-6)

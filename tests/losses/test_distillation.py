@@ -63,3 +63,18 @@ def test_the_student_is_distilled_on_the_feature_it_is_tested_with():
     torch.testing.assert_close(head.bottleneck.running_mean, running)           # no second update
     before = DistillationPiece(torch.nn.Identity(), 1.0, student(BNNeckHead(4, 5, test_feature="before_bn")))
     assert before.extra_loss(out)["distillation"].item() == pytest.approx((f_t - teacher).abs().mean().item(), rel=1e-6)
+
+
+def test_the_tested_feature_finds_a_synchronised_bnneck():
+    """Under data parallelism the BNNeck's BatchNorm is a SyncBatchNorm: distillation (and cluster_memory) still
+    compare the embedding as the model tests it (a plain isinstance(BatchNorm1d) check missed it)."""
+    from reidkit.models.heads import BNNeckHead, TestedFeature
+    model = torch.nn.Module()
+    model.head = BNNeckHead(4, 5)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(synced.head.bottleneck, torch.nn.SyncBatchNorm)
+    f_t = 3 + torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    tested = TestedFeature(synced)(f_t)
+    torch.testing.assert_close(tested.mean(dim=0), torch.zeros(4), atol=1e-6, rtol=0)     # batch-normalised
+    model.head.test_feature = "before_bn"
+    assert TestedFeature(model)(f_t) is f_t
