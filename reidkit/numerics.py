@@ -113,3 +113,9 @@ def exact_cpu_batchnorm(model: nn.Module, device: torch.device | str,
             if type(m) is nn.BatchNorm2d:
                 m.__class__ = ExactBatchNorm2d
     return model
+
+
+def place_model(model: nn.Module, device: torch.device | str, memory_format: torch.memory_format) -> nn.Module:
+    """A model where it trains: on ``device``, in ``memory_format``, with exact BatchNorm statistics where
+    channels_last on a CPU needs them (:func:`exact_cpu_batchnorm`).  Every model a run trains is placed so."""
+    return exact_cpu_batchnorm(model.to(device).to(memory_format=memory_format), device, memory_format)

@@ -31,7 +31,7 @@ from ..evaluation import RankResult
 from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
 from ..losses.objective import ReIDObjective, build_miner
 from ..models import build_model, check_model
-from ..numerics import exact_cpu_batchnorm
+from ..numerics import place_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
 from .checkpoint import (
     EmbeddingSpec,
@@ -165,8 +165,7 @@ class Trainer:
         model = build_model(m.name, self.num_classes, pretrained=m.pretrained or "none", **m.options())
         if self.env.enabled and t.sync_bn:
             model = convert_batchnorm(model, self.device)
-        self.model = exact_cpu_batchnorm(model.to(self.device).to(memory_format=self.memory_format), self.device,
-                                         self.memory_format)
+        self.model = place_model(model, self.device, self.memory_format)
         self.objective = ReIDObjective(r.loss, build_miner(r)).to(self.device)
         ctx = PieceContext(r, None, self.model, self.num_classes, cast(int, self.model.feature_dim), self.device,
                            self.objective, self.memory_format, load_model=model_from_checkpoint,

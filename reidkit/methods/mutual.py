@@ -28,7 +28,7 @@ from ..engine.optim import model_parameter_groups
 from ..losses.mutual import mutual_kl
 from ..losses.objective import ReIDObjective
 from ..models import build_model
-from ..numerics import exact_cpu_batchnorm
+from ..numerics import place_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, register_piece
 
 log = logging.getLogger("reidkit")
@@ -124,8 +124,7 @@ def _mutual(ctx: PieceContext[MutualConfig]) -> MutualLearningPiece | None:
     peers, groups = [], []
     for k, arch in enumerate(cfg.peers, start=1):
         peer = build_model(arch, ctx.num_classes, pretrained=cfg.pretrained or r.model.pretrained or "none")
-        peers.append(exact_cpu_batchnorm(peer.to(ctx.device).to(memory_format=ctx.memory_format), ctx.device,
-                                         ctx.memory_format))
+        peers.append(place_model(peer, ctx.device, ctx.memory_format))
         groups += model_parameter_groups(peer, r.optim, prefix=f"peer {k} ")
     log.info("deep mutual learning: %s with %s (weight %g, temperature %g)", r.model.name, ", ".join(cfg.peers),
              cfg.weight, cfg.temperature)
