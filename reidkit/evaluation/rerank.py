@@ -198,9 +198,9 @@ def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int,
     return v
 
 
-def _jaccard_block(v_query: sp.csr_matrix, v_gallery_csc: sp.csc_matrix) -> np.ndarray:
-    """``1 - m / (2 - m)`` with ``m[i, j] = sum_k min(Vq[i, k], Vg[j, k])``."""
-    nrows, ng = v_query.shape[0], v_gallery_csc.shape[0]
+def _pair_minima(v_query: sp.csr_matrix, v_gallery_csc: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, column, min(Vq[row, k], Vg[column, k]))`` for every k where both are non-zero: summed over k per
+    (row, column) they give ``m``."""
     q = v_query.tocoo()
     counts = np.diff(v_gallery_csc.indptr)[q.col]
     total = int(counts.sum())
@@ -208,9 +208,14 @@ def _jaccard_block(v_query: sp.csr_matrix, v_gallery_csc: sp.csc_matrix) -> np.n
     qa = np.repeat(q.data, counts)
     starts = np.repeat(v_gallery_csc.indptr[q.col] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
     flat = starts + np.arange(total)
-    gj = v_gallery_csc.indices[flat].astype(np.int64)
-    m = np.bincount(qi * ng + gj, weights=np.minimum(qa, v_gallery_csc.data[flat]),
-                    minlength=nrows * ng).reshape(nrows, ng)
+    return qi, v_gallery_csc.indices[flat].astype(np.int64), np.minimum(qa, v_gallery_csc.data[flat])
+
+
+def _jaccard_block(v_query: sp.csr_matrix, v_gallery_csc: sp.csc_matrix) -> np.ndarray:
+    """``1 - m / (2 - m)`` with ``m[i, j] = sum_k min(Vq[i, k], Vg[j, k])``."""
+    nrows, ng = v_query.shape[0], v_gallery_csc.shape[0]
+    qi, gj, mins = _pair_minima(v_query, v_gallery_csc)
+    m = np.bincount(qi * ng + gj, weights=mins, minlength=nrows * ng).reshape(nrows, ng)
     return 1.0 - m / (2.0 - m)
 
 
@@ -219,15 +224,7 @@ def _jaccard_sparse(v_rows: sp.csr_matrix, v_csc: sp.csc_matrix, first_row: int,
     """The Jaccard distances ``1 - m / (2 - m)`` of ``v_rows`` (rows ``first_row...``) to every item that are at
     most ``max_distance``, as a sparse block (pairs sharing no k-reciprocal neighbour are at distance 1)."""
     nrows, n = v_rows.shape[0], v_csc.shape[0]
-    q = v_rows.tocoo()
-    counts = np.diff(v_csc.indptr)[q.col]
-    total = int(counts.sum())
-    qi = np.repeat(q.row.astype(np.int64), counts)
-    qa = np.repeat(q.data, counts)
-    starts = np.repeat(v_csc.indptr[q.col] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
-    flat = starts + np.arange(total)
-    gj = v_csc.indices[flat].astype(np.int64)
-    mins = np.minimum(qa, v_csc.data[flat])
+    qi, gj, mins = _pair_minima(v_rows, v_csc)
     if nrows * n <= DENSE_BLOCK:             # m[i, j] = sum_k min(V_ik, V_jk): a dense block sums fastest
         dense = np.bincount(qi * n + gj, weights=mins, minlength=nrows * n)
         where = np.flatnonzero(dense)
