@@ -173,3 +173,27 @@ def test_build_sampler_names_the_recipe_samplers():
         build_sampler("identity", pids, camids, 18, 4)
     with pytest.raises(ValueError, match="unknown sampler 'pk'"):
         build_sampler("pk", pids, camids, 16, 4)
+
+
+def test_relabelled_batches_draw_only_the_kept_images_under_their_new_labels():
+    """A piece's labels (-1: left out) become P x K batches of the whole training set's indices."""
+    import numpy as np
+
+    from reidkit.engine.pipeline import relabelled_sampler
+    from reidkit.recipe_files import load_recipe
+    recipe = load_recipe(None, ["data.batch_size=4", "data.num_instances=2", "data.sampler=identity"])
+    labels = np.array([0, -1, 0, 1, 1, -1, 2, 2, 2, -1])
+    camids = np.zeros(10, dtype=int)
+    sampler = relabelled_sampler(recipe, labels, camids, seed=3)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert batches and all(len(b) == 4 for b in batches)
+    drawn = [i for b in batches for i in b]
+    assert all(labels[i] >= 0 for i in drawn)                         # the left-out images never come
+    for b in batches:                                                 # K = 2 images of each of P = 2 labels
+        assert [labels[i] for i in b][0::2] == [labels[i] for i in b][1::2]
+    again = relabelled_sampler(recipe, labels, camids, seed=3)
+    again.set_epoch(0)
+    assert list(again) == batches                                     # seeded: a resumed epoch draws the same
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        relabelled_sampler(recipe, np.array([0, 0, -1, -1, -1]), np.zeros(5, dtype=int))
