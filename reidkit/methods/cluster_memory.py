@@ -7,7 +7,7 @@ sampler draws P clusters x K images, outliers left out or kept as their own inst
 InfoNCE over a memory initialised from the clusters' mean features and moved by momentum after every step:
 
 * ``memory: cluster`` — one centroid per cluster (Cluster Contrast, Dai et al. 2021; Cluster Contrast's
-  settings: temperature 0.05, momentum 0.1, eps 0.6 on Market-1501 / 0.7 on MSMT17, min_samples 4, k1 30,
+  settings: temperature 0.05, momentum 0.1, eps 0.6 on Market-1501, DukeMTMC and MSMT17, min_samples 4, k1 30,
   k2 6);
 * ``memory: camera_proxy`` — one proxy per cluster and camera, an intra-camera term and an inter-camera term
   with hard negatives (Wang et al., "Camera-aware Proxies", AAAI 2021: temperature 0.07, momentum 0.2,
