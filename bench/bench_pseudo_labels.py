@@ -86,9 +86,9 @@ def cuhk03_features(cache: Path) -> np.ndarray:
         return np.load(cache)
     from reidkit.data import build_dataset
     from reidkit.data.cache import ImageCache
+    from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
     from reidkit.engine.features import extract_features
     from reidkit.models import build_model
-    from reidkit.engine.checkpoint import load_checkpoint, load_model_weights
     weights = Path("runs/osnet_x0_25_msmt17.pth")
     if not weights.is_file():
         raise SystemExit(f"{weights} not found: reidkit import-onnx ../shared/data/weights/osnet_x0_25_msmt17.onnx "

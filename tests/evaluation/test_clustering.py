@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidkit.evaluation.clustering import cluster_features, cluster_statistics, size_histogram
 from reidkit.evaluation import rerank
+from reidkit.evaluation.clustering import cluster_features, cluster_statistics, size_histogram
 from reidkit.evaluation.rerank import jaccard_graph
 
 
