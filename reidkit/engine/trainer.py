@@ -7,9 +7,7 @@ launched by ``torchrun``, as one of several data-parallel processes
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -21,12 +19,9 @@ import torch
 from tqdm import tqdm
 
 from ..config import Recipe
-from ..data.cache import ImageCache, decode_each
-from ..data.combine import build_recipe_dataset
+from ..data.cache import ImageCache
 from ..data.loader import Batch
-from ..data.records import ReIDDataset, hide_training_labels
 from ..data.samplers import shard_bounds
-from ..data.validation import ValidationSplit, hold_out_identities
 from ..evaluation import RankResult
 from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
 from ..losses.objective import ReIDObjective, build_miner
@@ -48,11 +43,12 @@ from .distributed import (
     is_collective_failure,
     unwrap,
 )
-from .evaluate import evaluate_model, evaluate_other_datasets, load_other_datasets, test_cache_jobs
+from .evaluate import evaluate_model, evaluate_other_datasets, load_other_datasets
 from .guards import DivergenceGuard, StopRequests, TrainingInterrupted
 from .meter import NonFiniteLossError, StepMeter
 from .optim import build_optimizer
 from .pipeline import build_train_loader, relabelled_sampler
+from .run_data import decode_run_images, prepare_dataset, validation_dataset
 from .run_folder import release_run_folder
 from .run_outputs import open_run_outputs, write_run_outputs
 from .run_record import DiagnosticSums, RunRecord
@@ -99,20 +95,8 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         seed_everything(t.seed)
         check_model(recipe.model.name, pretrained=recipe.model.pretrained or "none", **recipe.model.options())
-        self.dataset = build_recipe_dataset(d)
-        # data.labels=hidden: the true training identities leave the dataset here (never read by training or
-        # selection); the pieces get them for their diagnostics
-        self.hidden_labels: np.ndarray | None = None
+        self.dataset, self.hidden_labels, self.validation = prepare_dataset(recipe)
         self.labels_hidden = d.labels == "hidden"
-        if self.labels_hidden:
-            self.dataset, self.hidden_labels = hide_training_labels(self.dataset)
-        elif not self.dataset.identities:
-            raise ValueError(f"{self.dataset.name} has no identity labels: set data.labels=hidden and an unsupervised "
-                             "method (docs/UNSUPERVISED.md)")
-        self.validation: ValidationSplit | None = None
-        if d.val_identities is not None:
-            self.validation = hold_out_identities(self.dataset.train, d.val_identities, t.seed)
-            self.dataset = dataclasses.replace(self.dataset, train=self.validation.train)
         self.select_on = t.select_on if t.select_on != "auto" else ("val" if self.validation else "last")
         self.facts = RunFacts(recipe, self.dataset, self.validation, self.select_on, describe(self.device),
                               self.env.describe() if self.env.enabled else None)
@@ -123,17 +107,8 @@ class Trainer:
         if not self.has_test and self.is_main:
             log.info("%s has no query / gallery: nothing is evaluated; best.pth is the last epoch",
                      self.dataset.name)
-        workers = d.decode_workers or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
-        # every split decoded now, so that bad files anywhere are all named before epoch 1
-        caches = decode_each({"train": lambda: ImageCache(self.dataset.train, (d.height, d.width),
-                                                          mmap_path=d.cache_file, skip_bad_images=d.skip_bad_images,
-                                                          workers=workers, progress=progress and self.is_main,
-                                                          desc="train")}
-                             | (test_cache_jobs(recipe, self.dataset, progress, self.env) if self.has_test else {})
-                             | ({f"val {k}": v for k, v in test_cache_jobs(recipe, self._val_dataset(), progress,
-                                                                           self.env).items()}
-                                if self.validation is not None else {}))
-        self.train_cache = caches["train"]
+        images = decode_run_images(recipe, self.dataset, self.validation, self.env, progress)
+        self.train_cache = images.train
         self.num_classes = 1 if self.labels_hidden else self.dataset.num_train_pids
         self._build_model()
         self._build_optimisation()
@@ -152,9 +127,7 @@ class Trainer:
         self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
         self.record = RunRecord()                          # history.json and TensorBoard
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
-        self._test_caches: tuple[ImageCache, ImageCache] | None = ((caches["query"], caches["gallery"])
-                                                                  if self.has_test else None)
-        self.val_caches = (caches["val query"], caches["val gallery"]) if self.validation is not None else None
+        self._test_caches, self.val_caches = images.test, images.validation
         self.guard = DivergenceGuard()
         self.stop = StopRequests(enabled=False)             # Ctrl-C: finish the step, then stop (during fit)
 
@@ -359,11 +332,6 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _val_dataset(self) -> ReIDDataset:
-        assert self.validation is not None
-        return ReIDDataset(f"{self.dataset.name} validation", self.dataset.root, [], self.validation.query,
-                           self.validation.gallery)
-
     def before_evaluation(self, epoch: int) -> None:
         """Every piece's ``before_evaluation`` (precise BN re-measures BatchNorm statistics, ...); called before
         every evaluation of epoch ``epoch`` (0-based)."""
@@ -383,11 +351,12 @@ class Trainer:
 
     def evaluate_validation(self) -> RankResult:
         """mAP / CMC of the current model on the held-out validation identities."""
-        assert self.val_caches is not None
+        assert self.val_caches is not None and self.validation is not None
         t = self.recipe.train
         return evaluate_model(self.model, *self.val_caches, self.recipe.eval, self.recipe.data.test_batch_size, t.amp,
                               channels_last=t.channels_last, device=self.device, env=self.env,
-                              dataset=self._val_dataset(), progress=self.progress)
+                              dataset=validation_dataset(self.dataset, self.validation),
+                              progress=self.progress)
 
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:

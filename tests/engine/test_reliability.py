@@ -333,7 +333,7 @@ def test_extract_lists_or_skips_bad_images(tiny_data, tmp_path, capsys):
 
 # 9. names that do not exist fail before any image is decoded ----------------------------------------------
 def test_a_misspelt_model_fails_before_the_data_is_read(tmp_path, monkeypatch):
-    from reidkit.engine import trainer as trainer_module
+    from reidkit.engine import run_data as trainer_module  # where the trainer reads its dataset
     monkeypatch.setattr(trainer_module, "build_recipe_dataset", lambda *a, **k: pytest.fail("dataset read first"))
     # (the recipe itself now refuses the name: the model's options are checked against its family)
     with pytest.raises(ValueError, match=r"unknown model 'osnet_x025' \(did you mean 'osnet_x0_25'"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import reidkit.engine.trainer as trainer_module
+import reidkit.engine.run_data as trainer_module  # where the trainer reads its dataset
 from conftest import tiny_overrides
 from reidkit.config import RecipeError
 from reidkit.data.records import ImageRecord
