@@ -9,7 +9,8 @@ cosine): mAP, rank-1 and images/s of the embedding pass (decoding excluded, rank
 
 - the real MSMT17 OSNet x0.25 (``../shared/data/weights/osnet_x0_25_msmt17.onnx``, imported), 256x128;
 - a ResNet trained by reidkit (``--resnet``: any checkpoint of a CUHK03 recipe, e.g.
-  ``reidkit train bot_r18_cuhk03 data.root=../shared/data/cuhk03/labeled_128x64 train.epochs=8``).
+  ``reidkit train bot_r18_cuhk03 data.root=../shared/data/cuhk03/labeled_128x64 train.epochs=8
+  data.val_identities=null``).
 
 The peers have no int8 path that works (fast-reid documents its own as broken), so the ratio is int8 over
 fp32 ONNX Runtime, reidkit's fastest fp32 CPU path (3.7x torchreid's best setting, bench_inference).

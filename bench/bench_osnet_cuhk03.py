@@ -65,7 +65,7 @@ def recipe_for(args):
                        [f"model.name={args.arch}", f"data.root={args.data}", f"train.epochs={args.epochs}",
                         f"train.eval_every={args.epochs}", f"train.seed={args.seed}", f"train.device={args.device}",
                         f"train.output_dir=/tmp/reidkit_bench_osnet/{args.arch}_{args.recipe}_{args.seed}_reidkit",
-                        *args.set])
+                        "data.val_identities=null", *args.set])     # torchreid trains on every identity
 
 
 def initial_weights(args, num_classes: int) -> dict[str, torch.Tensor] | None:

@@ -11,7 +11,7 @@ OUT=${1:-/tmp/reidkit_two_nodes}
 PORT=${PORT:-29517}
 rm -rf "$OUT" && mkdir -p "$OUT"
 $PY -m reidkit data synth --out "$OUT/data" --ids 40 --cameras 4 --distractors 10 >/dev/null
-RECIPE=(configs/bot_r18_cuhk03.yaml data.dataset=synthetic "data.root=$OUT/data" "data.options={num_cameras: 4}"
+RECIPE=(configs/bot_r18_cuhk03.yaml data.dataset=synthetic data.val_identities=null "data.root=$OUT/data" "data.options={num_cameras: 4}"
         data.height=64 data.width=32 data.batch_size=16 data.num_instances=2 model.pretrained=none
         train.epochs=2 train.eval_every=1 train.device=cpu train.threads=1 train.channels_last=false)
 for node in 0 1; do

@@ -60,7 +60,8 @@ def run(args) -> None:
                 continue
             out_dir = OUT / args.dataset / f"{args.tag}{variant}_seed{seed}"
             overrides = VARIANTS[variant] + [f"camera_aware.early_epochs={args.early_epochs}",
-                                             f"train.seed={seed}", f"train.output_dir={out_dir}"] + args.overrides
+                                             f"train.seed={seed}", f"train.output_dir={out_dir}",
+                                             "data.val_identities=null"] + args.overrides     # all identities
             recipe = load_recipe(str(RECIPES[args.dataset]), overrides)
             t0 = time.perf_counter()
             result = Trainer(recipe, progress=False).fit(overwrite=True)    # not recorded: an interrupted run

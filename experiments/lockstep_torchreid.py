@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={CUHK03}", f"data.height={args.height}",
-                                                f"data.width={args.width}",
+    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={CUHK03}", "data.val_identities=null",
+                                                f"data.height={args.height}", f"data.width={args.width}",
                                   f"train.output_dir=/tmp/reidkit_lockstep_{args.seed}", f"train.seed={args.seed}",
                                   f"train.channels_last={args.channels_last}"])
     trainer = Trainer(recipe, progress=False)

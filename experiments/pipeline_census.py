@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--check-cache", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={args.data}", f"train.seed={args.seed}"])
+    recipe = load_recipe(RECIPES[args.recipe], [f"data.root={args.data}", f"train.seed={args.seed}",
+                                                "data.val_identities=null"])     # as torchreid: every identity
     d, a = recipe.data, recipe.augment
     if (a.crop == "enlarge" or a.padding > 0) and a.crop_prob > 0:
         parser.error(f"recipe {args.recipe!r} crops its images (augment.crop={a.crop}, crop_prob={a.crop_prob}): "

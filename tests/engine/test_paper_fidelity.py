@@ -5,7 +5,7 @@ import torch
 
 from reidkit.data.transforms import erasing_value
 from reidkit.engine.schedulers import WarmupScheduler
-from reidkit.recipe_files import load_recipe
+from reidkit.recipe_files import load_recipe, packaged_recipes
 
 #: BoT's code (reid-strong-baseline: WarmupMultiStepLR, linear warmup 10 epochs from 0.01, milestones 40 / 70,
 #: gamma 0.1, base lr 3.5e-4; scheduler.step() on Events.EPOCH_STARTED, so 1-based epoch e runs at last_epoch e),
@@ -75,8 +75,23 @@ def test_every_row_of_an_ensemble_evaluation_uses_one_protocol(tiny_run, tiny_da
     assert ensemble.mAP == pytest.approx(one.mAP)
 
 
-@pytest.mark.parametrize("name", ["bot_r50_market1501", "adaptive_l2_r50_market1501", "ptl_r50_msmt17",
-                                  "ptl_densenet161_msmt17"])
-def test_market_size_recipes_select_on_held_out_identities(name):
+#: training identities of each dataset a shipped recipe names (the published splits; CUHK03-labeled as reidkit
+#: lays it out, docs/DATA.md); the synthetic sets are the recipes' own sizes
+TRAIN_IDENTITIES = {"market1501": 751, "dukemtmc": 702, "msmt17": 1041, "cuhk03_labeled": 743}
+#: shipped recipes that train on every labelled identity on purpose, and why (each says so in its header)
+TRAINS_ON_ALL = {"osnet_x0_25_cuhk03_amsgrad": "torchreid's recipe, compared with torchreid on the same data"}
+
+
+@pytest.mark.parametrize("name", sorted(packaged_recipes()))
+def test_recipes_select_on_held_out_identities_when_the_dataset_has_enough(name):
+    """Issue 35, item 5: a recipe on a dataset of 500+ training identities holds 100 out (Market-size sets and
+    CUHK03-labeled alike) and selects best.pth on them; one without labels (data.labels: hidden) or with a
+    documented reason trains on all of them, and its best.pth is the last epoch."""
     recipe = load_recipe(name)
-    assert recipe.data.val_identities == 100 and recipe.train.select_on == "auto"
+    identities = TRAIN_IDENTITIES.get(recipe.data.dataset, 0)
+    if recipe.data.labels == "hidden" or name in TRAINS_ON_ALL or identities < 500:
+        assert recipe.data.val_identities is None and recipe.train.select_on in ("auto", "last"), name
+        assert "val_identities" in packaged_recipes()[name].read_text() or recipe.data.labels == "hidden" \
+            or identities < 500, f"{name}: say in the recipe why it holds no identities out"
+    else:
+        assert recipe.data.val_identities == 100 and recipe.train.select_on == "auto", name

@@ -159,7 +159,8 @@ def test_deterministic_gpu_training_repeats_bit_for_bit(tiny_data, tmp_path):
     for run in ("a", "b"):
         out = tmp_path / run
         overrides = ["data.dataset=synthetic", f"data.root={tiny_data}", "data.options={num_cameras: 3}",
-                     "data.height=64", "data.width=32", "data.batch_size=16", "data.num_instances=2",
+                     "data.val_identities=null", "data.height=64", "data.width=32", "data.batch_size=16",
+                     "data.num_instances=2",
                      "model.name=resnet18_bnneck", "model.pretrained=none", "train.epochs=2", "train.eval_every=1",
                      "train.device=cuda", "train.deterministic=true", f"train.output_dir={out}"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -174,7 +175,7 @@ def test_deterministic_gpu_training_repeats_bit_for_bit(tiny_data, tmp_path):
 def test_torchrun_on_one_gpu(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     overrides = ["data.dataset=synthetic", f"data.root={tiny_data}", "data.options={num_cameras: 3}",
-                 "data.height=64", "data.width=32",
+                 "data.val_identities=null", "data.height=64", "data.width=32",
                  "data.batch_size=16", "data.num_instances=2", "model.name=resnet18_bnneck", "model.pretrained=none",
                  "train.epochs=1", "train.eval_every=1", f"train.output_dir={out}", "train.device=cuda"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
