@@ -101,7 +101,7 @@ class MutualLearningPiece(TrainingPiece):
     def write_outputs(self, out_dir: Path) -> list[Path]:
         paths = []
         for k, (peer, arch) in enumerate(zip(self.peers, self.names), start=1):
-            path = Path(out_dir) / f"peer_{k}_{arch}.pth"
+            path = Path(out_dir) / f"peer_{k}_{arch.replace('/', '-')}.pth"      # timm/x: peer_1_timm-x.pth
             save_checkpoint({"state_dict": peer.state_dict(),
                              "embedding": EmbeddingSpec(arch, {}, self.image_size).as_dict()}, path)
             paths.append(path)
