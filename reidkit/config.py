@@ -123,6 +123,7 @@ class ModelConfig(Strict):
     test_feature: Literal["after_bn", "before_bn"] = "after_bn"
     feature_clip: tuple[float, float] | None = None   # clip pooled features (adaptive L2's objective module: [0, 1])
     bn_bias: Literal["frozen", "trained"] = "frozen"     # the BNNeck's bias (BoT: frozen; adaptive L2: trained)
+    classifier: Literal["linear", "cosine"] = "linear"   # cosine: logits are cosines (loss.id_loss with a margin)
 
     @model_validator(mode="after")
     def _family_options(self) -> ModelConfig:
@@ -170,6 +171,11 @@ class LossConfig(Strict):
 
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ce_weight: float = Field(1.0, ge=0)
+    # the identity loss: softmax (the linear classifier's logits), or a margin on cosine logits (model.classifier:
+    # cosine): cosface, arcface, circle, with their scale and margin (None: each loss's default, losses/margin.py)
+    id_loss: Literal["softmax", "cosface", "arcface", "circle"] = "softmax"
+    id_loss_scale: float | None = Field(None, gt=0)
+    id_loss_margin: float | None = Field(None, ge=0, lt=1)
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: Annotated[float, Field(ge=0)] | None = 0.3     # null = soft margin
     # a registered miner (`reidkit methods` lists them); one with options reads the recipe section of its name
@@ -350,6 +356,13 @@ class Recipe(Strict):
                              "(the unsupervised method's memory loss takes its place)")
         if isinstance(d.val_identities, float) and d.val_identities >= 1:
             raise ValueError(f"data.val_identities={d.val_identities}: a fraction must be below 1 (or give a count)")
+        if (loss.id_loss != "softmax") != (self.model.classifier == "cosine"):
+            raise ValueError(f"loss.id_loss={loss.id_loss} with model.classifier={self.model.classifier}: the margin "
+                             "losses (cosface, arcface, circle) take the cosine classifier's logits, softmax the "
+                             "linear one's; set both (loss.id_loss=arcface model.classifier=cosine)")
+        if loss.id_loss == "softmax" and (loss.id_loss_scale is not None or loss.id_loss_margin is not None):
+            raise ValueError("loss.id_loss_scale / id_loss_margin belong to a margin loss: set loss.id_loss "
+                             "(cosface, arcface or circle)")
         return self
 
 

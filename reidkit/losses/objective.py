@@ -15,6 +15,7 @@ from ..config import LossConfig, Recipe
 from ..numerics import full_precision
 from ..sections import MINERS, load_methods
 from .cross_entropy import CrossEntropyLabelSmooth
+from .margin import MarginIdentityLoss
 from .miners import BatchHardMiner
 from .triplet import TripletLoss
 
@@ -27,7 +28,9 @@ def build_miner(recipe: Recipe) -> BatchHardMiner:
 
 
 class ReIDObjective(nn.Module):
-    """``ce_weight * label-smoothed CE + triplet_weight * triplet``; a zero weight switches a term off."""
+    """``ce_weight * label-smoothed CE + triplet_weight * triplet``; a zero weight switches a term off.  The CE
+    is on the classifier's logits (``id_loss: softmax``) or on its cosines with a margin (cosface, arcface,
+    circle: :mod:`reidkit.losses.margin`)."""
 
     def __init__(self, cfg: LossConfig, miner: BatchHardMiner | None = None):
         super().__init__()
@@ -35,7 +38,9 @@ class ReIDObjective(nn.Module):
             raise ValueError(f"loss.miner={cfg.miner}: pass its miner (build_miner(recipe)) to the objective")
         self.cfg = cfg
         self.miner: BatchHardMiner = miner if miner is not None else BatchHardMiner()
-        self.id_loss = CrossEntropyLabelSmooth(cfg.label_smoothing)
+        self.id_loss: nn.Module = (CrossEntropyLabelSmooth(cfg.label_smoothing) if cfg.id_loss == "softmax" else
+                                   MarginIdentityLoss(cfg.id_loss, cfg.id_loss_scale, cfg.id_loss_margin,
+                                                      cfg.label_smoothing))
         self.triplet = TripletLoss(cfg.triplet_margin, self.miner) if cfg.triplet_weight > 0 else None
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],

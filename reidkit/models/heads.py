@@ -47,8 +47,13 @@ class BNNeckHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, bnneck: bool = True,
                  test_feature: str = "after_bn", clip: tuple[float, float] | None = None,
-                 bn_bias: str = "frozen"):
+                 bn_bias: str = "frozen", classifier: str = "linear"):
         super().__init__()
+        if classifier not in ("linear", "cosine"):
+            raise ValueError(f"classifier must be 'linear' or 'cosine', got {classifier!r}")
+        # cosine: the logits are the cosines between f_i and each class's weight vector, what the margin-based
+        # identity losses (loss.id_loss: cosface, arcface, circle) put their margin on
+        self.cosine = classifier == "cosine"
         if test_feature not in ("after_bn", "before_bn"):
             raise ValueError(f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}")
         if bn_bias not in ("frozen", "trained"):
@@ -71,6 +76,8 @@ class BNNeckHead(nn.Module):
             f_t = f_t.clamp(*self.clip)
         f_i = self.bottleneck(f_t)
         if self.training:
+            if self.cosine:
+                return F.linear(F.normalize(f_i, dim=1), F.normalize(self.classifier.weight, dim=1)), f_t
             return self.classifier(f_i), f_t
         return f_i if self.test_feature == "after_bn" else f_t
 

@@ -231,9 +231,9 @@ def _register(width: str, ibn: bool) -> None:
 
     def bnneck(num_classes: int, pretrained: str | None = None, pooling: str = "avg", bnneck: bool = True,
                test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-               bn_bias: str = "frozen") -> OSNetBNNeck:
+               bn_bias: str = "frozen", classifier: str = "linear") -> OSNetBNNeck:
         model = OSNetBNNeck(num_classes, width, ibn, pooling, bnneck, test_feature, clip=feature_clip,
-                            bn_bias=bn_bias)
+                            bn_bias=bn_bias, classifier=classifier)
         return _init_from(model, pretrained, name, prefix="backbone.")
 
     full.__doc__ = f"OSNet {width} (Zhou et al. 2019), torchreid-compatible state_dict."

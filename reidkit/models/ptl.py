@@ -183,12 +183,15 @@ class PTLOptions(BaseModel):
 def _ptl_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone], cell: type[BConvCell]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-              bn_bias: str = "frozen", cell_ratio: int = 4, ptl_head: str = "bnneck") -> PTLNetwork:
-        if ptl_head == "paper" and (not bnneck or test_feature != "after_bn" or feature_clip or bn_bias != "frozen"):
-            raise ValueError("ptl_head=paper has no BNNeck: model.bnneck, test_feature, feature_clip and bn_bias "
-                             "do not apply to it (leave them at their defaults)")
+              bn_bias: str = "frozen", cell_ratio: int = 4, ptl_head: str = "bnneck",
+              classifier: str = "linear") -> PTLNetwork:
+        if ptl_head == "paper" and (not bnneck or test_feature != "after_bn" or feature_clip or bn_bias != "frozen"
+                                    or classifier != "linear"):
+            raise ValueError("ptl_head=paper has no BNNeck: model.bnneck, test_feature, feature_clip, bn_bias and "
+                             "classifier do not apply to it (leave them at their defaults)")
         return PTLNetwork(backbone_class(name, last_stride, pretrained), num_classes, pooling, bnneck, test_feature,
-                          cell=cell, cell_ratio=cell_ratio, ptl_head=ptl_head, clip=feature_clip, bn_bias=bn_bias)
+                          cell=cell, cell_ratio=cell_ratio, ptl_head=ptl_head, clip=feature_clip, bn_bias=bn_bias,
+                          classifier=classifier)
     build.__doc__ = f"{name} with {cell.__name__}s beside its blocks (PTL network, Yu et al.)."
     return build
 

@@ -90,10 +90,11 @@ class RegionalOptions(BaseModel):
 def _regional_builder(depth: str):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto", pooling: str = "avg",
               bnneck: bool = True, test_feature: str = "after_bn", feature_clip: tuple[float, float] | None = None,
-              bn_bias: str = "frozen", regions: int = 2, region_dim: int | None = None,
+              bn_bias: str = "frozen", regions: int = 2, region_dim: int | None = None, classifier: str = "linear",
               reduction: str = "light") -> RegionalReIDModel:
         return RegionalReIDModel(ResNetBackbone(depth, last_stride, pretrained), num_classes, regions, region_dim,
-                                 pooling, bnneck, test_feature, reduction, clip=feature_clip, bn_bias=bn_bias)
+                                 pooling, bnneck, test_feature, reduction, clip=feature_clip, bn_bias=bn_bias,
+                                 classifier=classifier)
     build.__doc__ = f"{depth} with a global and stripe branches (Ni et al. 2020, adaptive L2's baseline)."
     return build
 

@@ -30,9 +30,10 @@ class ReIDModel(nn.Module):
 def _bnneck_builder(name: str, backbone_class: type[ResNetBackbone] | type[DenseNetBackbone]):
     def build(num_classes: int, last_stride: int = 1, pretrained: str | None = "auto",
               pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn",
-              feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen") -> ReIDModel:
+              feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen",
+              classifier: str = "linear") -> ReIDModel:
         return ReIDModel(backbone_class(name, last_stride, pretrained), num_classes, pooling,
-                         bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
+                         bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias, classifier=classifier)
     build.__doc__ = f"{name} with BNNeck (Luo et al. 2019); ``last_stride=1`` by default."
     return build
 

@@ -199,7 +199,7 @@ class _Reduced(nn.Module):
 @register_model_family("timm", options=TimmOptions)
 def build_timm(num_classes: int, architecture: str, last_stride: int = 1, pretrained: str | None = "auto",
                pooling: str = "avg", bnneck: bool = True, test_feature: str = "after_bn",
-               feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen",
+               feature_clip: tuple[float, float] | None = None, bn_bias: str = "frozen", classifier: str = "linear",
                img_size: tuple[int, int] | None = None, drop_path_rate: float = 0.0,
                embedding_dim: int | None = None) -> ReIDModel:
     """Any timm network under the BNNeck head (pip install 'reidkit[timm]'): timm/resnet50, timm/vit_small_patch16_224.
@@ -209,12 +209,14 @@ def build_timm(num_classes: int, architecture: str, last_stride: int = 1, pretra
     if backbone.tokens and pooling != "avg":
         raise ValueError(f"timm/{architecture} gives one embedding per image (a transformer's own pooling): "
                          f"model.pooling={pooling!r} has no map to pool; leave it at avg")
-    model = ReIDModel(backbone, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
+    model = ReIDModel(backbone, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias,
+                      classifier=classifier)
     if backbone.tokens:
         model.pool = _Flat()
     if embedding_dim is not None:
         reduced = _Reduced(backbone, model.pool, embedding_dim)
-        model = ReIDModel(reduced, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias)
+        model = ReIDModel(reduced, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias,
+                      classifier=classifier)
         model.pool = _Flat()
     return model
 
