@@ -9,7 +9,7 @@ import torch.nn as nn
 from .densenet import DENSENETS, DenseNetBackbone
 from .heads import BNNeckHead, build_pooling
 from .registry import register_model
-from .resnet import RESNETS, ResNetBackbone
+from .resnet import IBN_A_URLS, RESNETS, ResNetBackbone
 
 
 class ReIDModel(nn.Module):
@@ -38,7 +38,7 @@ def _bnneck_builder(name: str, backbone_class: type[ResNetBackbone] | type[Dense
     return build
 
 
-for _name in RESNETS:
+for _name in (*RESNETS, *IBN_A_URLS):
     register_model(f"{_name}_bnneck")(_bnneck_builder(_name, ResNetBackbone))
 for _name in DENSENETS:
     register_model(f"{_name}_bnneck")(_bnneck_builder(_name, DenseNetBackbone))

@@ -3,6 +3,11 @@
 ``last_stride=1`` (Luo et al. 2019, "Bag of Tricks", trick 4) keeps the final
 stage at 1/16 resolution: a 16x8 feature map at 256x128.  The torchvision
 module layout is kept, so ImageNet checkpoints load as they are.
+
+IBN-Net-a (Pan et al., ECCV 2018): the same networks with the first normalisation of every block in the first
+three stages an :class:`IBN` layer (half of its channels instance-normalised, half batch-normalised); the
+layout, key for key, is the authors' (``layer1.0.bn1.IN.weight``, ``layer1.0.bn1.BN.running_mean``), so their
+published ImageNet files load as they are.
 """
 from __future__ import annotations
 
@@ -11,6 +16,15 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from .pretrained import load_backbone_weights, torchvision_network
+
+#: the authors' ImageNet files of IBN-Net-a (github.com/XingangPan/IBN-Net, release v1.0; the hash prefix in the
+#: name is checked on download)
+IBN_A_URLS = {
+    "resnet18_ibn_a": "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet18_ibn_a-2f571257.pth",
+    "resnet34_ibn_a": "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet34_ibn_a-94bc1577.pth",
+    "resnet50_ibn_a": "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth",
+    "resnet101_ibn_a": "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet101_ibn_a-59ea0ac6.pth",
+}
 
 RESNETS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
@@ -21,12 +35,39 @@ RESNETS = {
 }
 
 
+class IBN(nn.Module):
+    """Instance-batch normalisation (IBN-a): the first ``int(planes * ratio)`` channels through an affine
+    InstanceNorm, the others through a BatchNorm, concatenated back in order."""
+
+    def __init__(self, planes: int, ratio: float = 0.5):
+        super().__init__()
+        self.half = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.IN(x[:, :self.half].contiguous()), self.BN(x[:, self.half:].contiguous())], dim=1)
+
+
+def to_ibn_a(net: tvm.ResNet) -> tvm.ResNet:
+    """IBN-Net-a from a torchvision ResNet: every block's ``bn1`` in layer1-3 becomes an :class:`IBN`."""
+    for layer in (net.layer1, net.layer2, net.layer3):
+        for block in layer:
+            block.bn1 = IBN(block.bn1.num_features)
+    return net
+
+
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet without its pooling and classifier; returns the feature map."""
+    """A torchvision ResNet (or its IBN-Net-a, ``resnet50_ibn_a``) without its pooling and classifier; returns the
+    feature map."""
 
     def __init__(self, depth_name: str, last_stride: int = 1, pretrained: str | None = "auto"):
         super().__init__()
-        net, url = torchvision_network("ResNet", RESNETS, depth_name, last_stride)
+        ibn = depth_name in IBN_A_URLS
+        net, url = torchvision_network("ResNet", RESNETS, depth_name.removesuffix("_ibn_a") if ibn else depth_name,
+                                       last_stride)
+        if ibn:
+            net, url = to_ibn_a(net), IBN_A_URLS[depth_name]
         self.pretrained = load_backbone_weights(net, pretrained, url, depth_name,
                                                 head_prefix=("fc.", "classifier."))   # torchvision's / torchreid's
         if last_stride == 1:
