@@ -41,12 +41,12 @@ class IBN(nn.Module):
 
     def __init__(self, planes: int, ratio: float = 0.5):
         super().__init__()
-        self.half = int(planes * ratio)
-        self.IN = nn.InstanceNorm2d(self.half, affine=True)
-        self.BN = nn.BatchNorm2d(planes - self.half)
+        self.instance_channels = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.instance_channels, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.instance_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.IN(x[:, :self.half].contiguous()), self.BN(x[:, self.half:].contiguous())], dim=1)
+        return torch.cat([self.IN(x[:, :self.instance_channels].contiguous()), self.BN(x[:, self.instance_channels:].contiguous())], dim=1)
 
 
 def to_ibn_a(net: tvm.ResNet) -> tvm.ResNet:

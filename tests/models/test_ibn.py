@@ -14,7 +14,7 @@ def test_ibn_normalises_the_first_half_per_instance_and_the_rest_per_batch():
     out = layer(x)
     assert torch.allclose(out[:, :3], F.instance_norm(x[:, :3], eps=1e-5), atol=1e-5)
     assert torch.allclose(out[:, 3:], F.batch_norm(x[:, 3:], None, None, training=True, eps=1e-5), atol=1e-5)
-    assert (layer.half, layer.IN.num_features, layer.BN.num_features) == (3, 3, 3)
+    assert (layer.instance_channels, layer.IN.num_features, layer.BN.num_features) == (3, 3, 3)
 
 
 def test_resnet50_ibn_a_has_resnet50s_parameters_and_the_authors_layout():
