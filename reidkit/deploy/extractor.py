@@ -38,6 +38,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embedding_model
 from ..logs import bar_disabled
 from ..models import build_model
+from ..models.heads import takes_cameras
 from .onnx_model import fixed_input, onnx_session, read_spec, run_session
 from .optimize import export_onnx, fuse_for_inference
 
@@ -96,6 +97,10 @@ class FeatureExtractor:
             raise ValueError("FeatureExtractor needs weights or a model name")
         else:
             self.model = build_model(model_name, num_classes or 1, pretrained=None, **(model_options or {})).eval()
+        if takes_cameras(self.model):
+            raise ValueError(f"{weights or model_name}: the model embeds each image's camera (TransReID's SIE, "
+                             "model.sie_cameras); extraction without cameras is not supported yet: evaluate it with "
+                             "`reidkit eval` (which passes them), or train with model.sie_cameras=0")
         if image_size is None:
             image_size = self.spec.image_size if self.spec is not None else (256, 128)
         spec = self.spec

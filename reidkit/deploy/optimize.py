@@ -19,6 +19,7 @@ from torch.fx.experimental.optimization import fuse
 
 from ..engine.checkpoint import EmbeddingSpec
 from ..files import write_atomic
+from ..models.heads import takes_cameras
 
 log = logging.getLogger("reidkit")
 
@@ -45,6 +46,9 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] 
     ``spec`` (architecture, input size, normalisation) goes into the file's metadata, so that
     ``reidkit extract --weights model.onnx`` and :class:`~reidkit.deploy.FeatureExtractor` need nothing else.
     """
+    if takes_cameras(model):
+        raise ValueError("the model embeds each image's camera (TransReID's SIE, model.sie_cameras): its export to "
+                         "ONNX is not supported yet (train with model.sie_cameras=0 to deploy it)")
     net = fuse_for_inference(model, channels_last=False)
     example = torch.zeros(2, 3, *image_size)
 

@@ -3,6 +3,7 @@ frozen, recalibrated first) and ``train.precise_bn`` (population statistics befo
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from ..config import Recipe
 from ..data.cache import ImageCache
 from ..data.loader import iter_test_batches, to_device
 from ..data.transforms import normalize
+from ..models.heads import takes_cameras
 from ..models.recalibrate import recalibrate_batchnorm
 from .checkpoint import CheckpointError, load_checkpoint
 from .distributed import DistEnv, all_mean
@@ -52,6 +54,24 @@ def recalibrate_on_training_images(model: nn.Module, recipe: Recipe, cache: Imag
     return count
 
 
+class _WithCameras(nn.Module):
+    """A model that takes cameras, called with images alone by ``update_bn``: :meth:`feed` sets each batch's
+    cameras just before the batch is handed over."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.cameras: torch.Tensor | None = None
+
+    def feed(self, batches: Iterator[torch.Tensor], cameras: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        for s, images in zip(range(0, len(cameras), batch_size), batches):
+            self.cameras = cameras[s:s + batch_size]
+            yield images
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images, self.cameras)
+
+
 def precise_batchnorm(model: nn.Module, cache: ImageCache, images: int, batch_size: int, mean, std,
                       device: torch.device, memory_format: torch.memory_format, env: DistEnv | None = None) -> int:
     """fast-reid's "precise BN": every BatchNorm's running mean and variance replaced by plain averages over
@@ -68,8 +88,12 @@ def precise_batchnorm(model: nn.Module, cache: ImageCache, images: int, batch_si
     share = count // env.world_size
     spread = torch.linspace(0, len(cache) - 1, count).round().long()[env.rank * share:(env.rank + 1) * share]
     stats = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-    batches = (normalize(to_device(cache.images[spread[s:s + batch_size]], device), **stats)
+    batches: Iterator[torch.Tensor] = (normalize(to_device(cache.images[spread[s:s + batch_size]], device), **stats)
                .contiguous(memory_format=memory_format) for s in range(0, len(spread), batch_size))
+    if takes_cameras(model):                 # TransReID's SIE: each batch with its cameras
+        cameras = torch.as_tensor(cache.camids(), dtype=torch.long, device=device)[spread]
+        model = _WithCameras(model)
+        batches = model.feed(batches, cameras, batch_size)
     update_bn(batches, model)
     if env.enabled:
         with torch.no_grad():

@@ -8,6 +8,7 @@ from tqdm import tqdm
 from ..data.cache import ImageCache
 from ..data.loader import iter_test_batches
 from ..logs import bar_disabled
+from ..models.heads import embed, takes_cameras
 from .device import autocast
 
 
@@ -29,14 +30,18 @@ def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128,
     was_training = model.training
     model.eval()
     out = []
+    cameras = torch.as_tensor(cache.camids(), dtype=torch.long, device=device) if takes_cameras(model) else None
+    done = 0
     with autocast(device, amp):
         batches = tqdm(iter_test_batches(cache, batch_size, device=device), desc=desc, unit="batch", leave=False,
                        total=-(-len(cache) // batch_size), disable=bar_disabled(progress))
         for images in batches:
             images = images.contiguous(memory_format=fmt)
-            f = model(images).float()
+            cams = cameras[done:done + len(images)] if cameras is not None else None
+            done += len(images)
+            f = embed(model, images, cams).float()
             if flip:
-                f = (f + model(images.flip(-1)).float()) / 2
+                f = (f + embed(model, images.flip(-1), cams).float()) / 2
             out.append(f)
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0, device=device)

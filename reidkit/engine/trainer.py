@@ -26,6 +26,7 @@ from ..evaluation import RankResult
 from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
 from ..losses.objective import ReIDObjective, build_miner
 from ..models import build_model, check_model
+from ..models.heads import embed
 from ..numerics import place_model
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, branch_outputs, build_pieces
 from .checkpoint import (
@@ -300,10 +301,11 @@ class Trainer:
         camids = batch.global_camids if batch.global_camids is not None else batch.camids
         counts = self.shard_counts if self.env.enabled else None
         with autocast(self.device, self.recipe.train.amp):
-            logits, features = branch_outputs(self.train_model(inputs))
+            logits, features = branch_outputs(embed(self.train_model, inputs, batch.camids))
             gathered = [gather_rows(f, counts) for f in features]
             id_scale = inputs.shape[0] * self.env.world_size / len(pids)
-            terms = self.objective(logits, gathered, pids, camids, logit_pids=batch.pids, id_scale=id_scale)
+            terms = self.objective(logits, gathered, pids, camids, logit_pids=batch.pids, id_scale=id_scale,
+                                   branch_weights=getattr(self.model, "branch_weights", None))
             out = StepOutputs(inputs, logits, features, gathered, pids, camids, self.step, epoch,
                               gather=lambda x: gather_rows(x, counts))
             for piece in self.pieces:

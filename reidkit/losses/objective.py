@@ -45,12 +45,13 @@ class ReIDObjective(nn.Module):
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], features: torch.Tensor | Sequence[torch.Tensor],
                 pids: torch.Tensor, camids: torch.Tensor, logit_pids: torch.Tensor | None = None,
-                id_scale: float = 1.0) -> dict[str, torch.Tensor]:
+                id_scale: float = 1.0, branch_weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
         """Weighted terms by name; their sum is the loss to minimise.
 
         A multi-branch model gives one ``logits`` and one ``features`` per branch
         (lists); each term is then summed over the branches, every branch
-        weighted 1 (Ni et al. 2020).  Under data parallelism ``features``,
+        weighted 1 (Ni et al. 2020) unless the model gives ``branch_weights``
+        (TransReID's JPM: 1/2 global, 1/(2K) each local).  Under data parallelism ``features``,
         ``pids`` and ``camids`` cover the global batch while ``logits`` are this
         process's share, labelled ``logit_pids`` and weighted ``id_scale`` (its
         share of the batch times the number of processes).
@@ -60,11 +61,14 @@ class ReIDObjective(nn.Module):
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature tensors from the model")
         logit_pids = pids if logit_pids is None else logit_pids
+        weights = [1.0] * len(logits) if branch_weights is None else list(branch_weights)
+        if len(weights) != len(logits):
+            raise ValueError(f"{len(weights)} branch weights for {len(logits)} branches")
         terms = {}
         if self.cfg.ce_weight > 0:
-            terms["id"] = self.cfg.ce_weight * id_scale * sum(self.id_loss(full_precision(x), logit_pids)
-                                                              for x in logits)
+            terms["id"] = self.cfg.ce_weight * id_scale * sum(w * self.id_loss(full_precision(x), logit_pids)
+                                                              for w, x in zip(weights, logits))
         if self.triplet is not None:
-            terms["triplet"] = self.cfg.triplet_weight * sum(self.triplet(full_precision(f), pids, camids)
-                                                             for f in features)
+            terms["triplet"] = self.cfg.triplet_weight * sum(w * self.triplet(full_precision(f), pids, camids)
+                                                             for w, f in zip(weights, features))
         return terms

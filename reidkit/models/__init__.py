@@ -1,5 +1,5 @@
 """Models: a registry of ReID networks built from torchvision backbones."""
-from . import osnet, ptl, regional, reid_model, timm_family  # noqa: F401  (registration)
+from . import osnet, ptl, regional, reid_model, timm_family, transreid  # noqa: F401  (registration)
 from .registry import build_model, check_model, describe_models, model_names, register_model
 from .reid_model import ReIDModel
 

@@ -82,6 +82,17 @@ class BNNeckHead(nn.Module):
         return f_i if self.test_feature == "after_bn" else f_t
 
 
+def takes_cameras(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model a DDP wrapper holds) embeds each image's camera (TransReID's SIE): it is
+    then called ``model(images, cameras)``."""
+    return bool(getattr(getattr(model, "module", model), "takes_cameras", False))
+
+
+def embed(model: nn.Module, images: torch.Tensor, cameras: torch.Tensor | None = None):
+    """``model(images)``, with the images' cameras for a model that takes them."""
+    return model(images, cameras) if takes_cameras(model) else model(images)
+
+
 class TestedFeature:
     """A model's training embedding as the model is tested: through its BNNeck's BatchNorm (the batch's
     statistics, as in the training forward pass, without a second update of the running ones) when the model

@@ -46,7 +46,8 @@ class IBN(nn.Module):
         self.BN = nn.BatchNorm2d(planes - self.instance_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.IN(x[:, :self.instance_channels].contiguous()), self.BN(x[:, self.instance_channels:].contiguous())], dim=1)
+        k = self.instance_channels
+        return torch.cat([self.IN(x[:, :k].contiguous()), self.BN(x[:, k:].contiguous())], dim=1)
 
 
 def to_ibn_a(net: tvm.ResNet) -> tvm.ResNet:

@@ -89,7 +89,8 @@ class TimmBackbone(nn.Module):
         self.name = name
         net: Any = self._create(timm, architecture, pretrained, kwargs)
         self.net = net
-        probe_size = tuple(img_size) if img_size is not None else (64, 32)
+        fixed = getattr(getattr(net, "patch_embed", None), "img_size", None)     # a transformer's built-in size
+        probe_size = tuple(img_size) if img_size is not None else tuple(fixed) if fixed else (64, 32)
         with torch.no_grad():
             was_training = net.training
             features = net.eval().forward_features(torch.zeros(1, 3, *probe_size))
