@@ -42,7 +42,7 @@ def test_the_bot_recipe_erases_as_bots_code():
 
 @pytest.mark.parametrize("name", ["bot_r50_market1501", "adaptive_l2_r50_market1501", "ptl_r50_msmt17",
                                   "ptl_densenet161_msmt17", "osnet_x1_0_finetune_cuhk03", "osnet_x1_0_appendix_cuhk03",
-                                  "bot_resnet50_ibn_market1501"])
+                                  "bot_resnet50_ibn_market1501", "transreid_vit_base_market1501"])
 def test_published_settings_start_from_published_weights(name):
     pretrained = load_recipe(name).model.pretrained
     assert pretrained == "imagenet" or pretrained.endswith(".pth"), (name, pretrained)
