@@ -135,3 +135,31 @@ def test_the_recipe_checks_timm_names_and_options():
         build_model("timm/resnet81", 3, pretrained=None)
     with pytest.raises(ValueError, match="families are timm/"):
         load_recipe(None, ["model.name=timmy/resnet18"])
+
+
+#: every training piece on a timm network (issue 37: "it works with every piece"), with the overrides that turn it on
+PIECES = {"center and triplet (BoT)": [],
+          "camera-aware mining": ["loss.miner=camera_aware", "data.sampler=camera_diverse"],
+          "adaptive L2": ["adaptive_l2.amplitude=0.005", "optim.weight_decay=0", "optim.weight_decay_bias=0",
+                          "center_loss.weight=0"],
+          "deep mutual learning": ["mutual.peers=[timm/resnet18]"],
+          "distillation": ["distillation.teacher={teacher}", "distillation.arch=resnet18_bnneck",
+                           "distillation.weight=0.5"],
+          "precise BN and a margin loss": ["train.precise_bn=32", "loss.id_loss=cosface", "model.classifier=cosine"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("piece", sorted(PIECES))
+def test_every_piece_trains_a_timm_network(piece, tiny_data, tiny_run, tmp_path):
+    import json
+    import math
+
+    from reidkit.engine import Trainer
+    out = tmp_path / "run"
+    extra = [o.format(teacher=tiny_run / "best.pth") for o in PIECES[piece]]
+    recipe = load_recipe(None, tiny_overrides(tiny_data, out, epochs=1) + ["model.name=timm/resnet18", *extra])
+    result = Trainer(recipe, progress=False).fit()
+    history = json.loads((out / "history.json").read_text())
+    assert math.isfinite(result.mAP) and all(math.isfinite(v) for v in history["loss/total"])
+    if piece == "deep mutual learning":
+        assert (out / "peer_1_timm-resnet18.pth").is_file()
