@@ -172,11 +172,12 @@ class TrainLoader:
 
 
 def iter_test_batches(cache: ImageCache, batch_size: int = 128, mean=None, std=None,
-                      device: torch.device | str = "cpu", limit: int | None = None) -> Iterator[torch.Tensor]:
-    """Normalised images in dataset order (the first ``limit`` when given), ``batch_size`` at a time, on
-    ``device``."""
+                      device: torch.device | str = "cpu", limit: int | None = None,
+                      start: int = 0) -> Iterator[torch.Tensor]:
+    """Normalised images in dataset order from row ``start`` (up to row ``limit`` when given), ``batch_size`` at a
+    time, on ``device``."""
     kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     device = torch.device(device)
     end = len(cache) if limit is None else min(limit, len(cache))
-    for s in range(0, end, batch_size):
+    for s in range(start, end, batch_size):
         yield normalize(to_device(cache.images[s:min(s + batch_size, end)], device), **kwargs)

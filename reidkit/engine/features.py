@@ -16,8 +16,9 @@ from .device import autocast
 def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128, flip: bool = False,
                      amp: str | bool = "off", channels_last: bool = False,
                      device: torch.device | str | None = None, progress: bool = False,
-                     desc: str = "features") -> torch.Tensor:
-    """Embeddings (float32) of every image in ``cache`` (eval mode), in order, on ``device``.
+                     desc: str = "features", rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Embeddings (float32) of every image in ``cache`` (or of its rows ``start:stop``) in eval mode, in order,
+    on ``device``.
 
     ``device``: where the model runs (default: where its parameters are); ``amp``: ``bf16`` / ``fp16``
     autocast (``True`` means bf16); ``channels_last`` feeds NHWC batches; ``progress``: a bar (on a terminal).
@@ -30,11 +31,13 @@ def extract_features(model: nn.Module, cache: ImageCache, batch_size: int = 128,
     was_training = model.training
     model.eval()
     out = []
+    start, stop = rows if rows is not None else (0, len(cache))
     cameras = torch.as_tensor(cache.camids(), dtype=torch.long, device=device) if takes_cameras(model) else None
-    done = 0
+    done = start
     with autocast(device, amp):
-        batches = tqdm(iter_test_batches(cache, batch_size, device=device), desc=desc, unit="batch", leave=False,
-                       total=-(-len(cache) // batch_size), disable=bar_disabled(progress))
+        batches = tqdm(iter_test_batches(cache, batch_size, device=device, limit=stop, start=start), desc=desc,
+                       unit="batch", leave=False, total=-(-(stop - start) // batch_size),
+                       disable=bar_disabled(progress))
         for images in batches:
             images = images.contiguous(memory_format=fmt)
             cams = cameras[done:done + len(images)] if cameras is not None else None

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from ..config import Recipe, Strict
 from ..data.cache import ImageCache
+from ..engine.distributed import DistEnv, gather_rows
 from ..engine.features import extract_features
 from ..evaluation.clustering import cluster_features, cluster_statistics, size_histogram
 from ..losses.cluster_memory import CameraProxyMemory, ClusterMemory
@@ -66,8 +67,11 @@ class ClusterMemoryPiece(TrainingPiece):
     relabels = True
 
     def __init__(self, cfg: ClusterMemoryConfig, recipe: Recipe, images: ImageCache, feature_dim: int,
-                 tested: TestedFeature, device: torch.device, hidden_labels: np.ndarray | None, speaks: bool):
-        self.cfg, self.recipe, self.images, self.device, self.speaks = cfg, recipe, images, device, speaks
+                 tested: TestedFeature, device: torch.device, hidden_labels: np.ndarray | None,
+                 env: DistEnv | None = None):
+        self.cfg, self.recipe, self.images, self.device = cfg, recipe, images, device
+        self.env = env or DistEnv()
+        self.speaks = self.env.is_main
         self.tested, self.hidden_labels = tested, hidden_labels
         self.camids = images.camids()
         self.memory: ClusterMemory | CameraProxyMemory
@@ -86,10 +90,9 @@ class ClusterMemoryPiece(TrainingPiece):
     def relabel(self, models: Sequence[nn.Module], epoch: int) -> np.ndarray | None:
         if self.labels is not None and epoch % self.cfg.every:
             return self.labels                   # kept (as restored by a resume, or from the last clustering)
-        r, cfg = self.recipe, self.cfg
+        cfg = self.cfg
         t0 = time.perf_counter()
-        features = extract_features(models[0], self.images, r.data.test_batch_size, flip=cfg.flip,
-                                    amp=r.train.amp, channels_last=r.train.channels_last, device=self.device)
+        features = self._embed(models[0])
         t1 = time.perf_counter()
         assert cfg.eps is not None
         found = cluster_features(features, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights)
@@ -111,6 +114,17 @@ class ClusterMemoryPiece(TrainingPiece):
                      "(features %.1f s)", epoch + 1, found.clusters, 100 * self.stats["outliers"],
                      100 * self.stats.get("single_camera", 0.0), truth, time.perf_counter() - t0, t1 - t0)
         return found.labels
+
+    def _embed(self, model: nn.Module) -> torch.Tensor:
+        """The training images' features as evaluation sees them; under data parallelism each process embeds an
+        equal share of the images and the shares are gathered, so that every process holds all the features."""
+        r, n, world = self.recipe, len(self.images), self.env.world_size
+        counts = tuple(n // world + (rank < n % world) for rank in range(world))
+        start = sum(counts[:self.env.rank])
+        mine = extract_features(model, self.images, r.data.test_batch_size, flip=self.cfg.flip, amp=r.train.amp,
+                                channels_last=r.train.channels_last, device=self.device,
+                                rows=(start, start + counts[self.env.rank]))
+        return gather_rows(mine, counts)
 
     def extra_loss(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         if len(out.features) > 1:
@@ -165,4 +179,4 @@ def _cluster_memory(ctx: PieceContext[ClusterMemoryConfig]) -> ClusterMemoryPiec
     if ctx.recipe.data.sampler == "random":
         raise ValueError("cluster_memory draws P clusters x K images: set data.sampler=identity (or camera_diverse)")
     return ClusterMemoryPiece(cfg, ctx.recipe, ctx.train_images, ctx.feature_dim, TestedFeature(ctx.model),
-                              ctx.device, ctx.hidden_labels, ctx.env.is_main)
+                              ctx.device, ctx.hidden_labels, ctx.env)

@@ -35,6 +35,18 @@ def test_the_extractor_needs_only_the_weights_and_matches_evaluation(tiny_run, t
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
+def test_a_share_of_the_rows_embeds_as_the_whole_does(tiny_run, tiny_data):
+    """What each process embeds of the training set when a cluster memory relabels it under data parallelism:
+    rows start:stop of the whole, in order, the batches cut elsewhere."""
+    from reidkit.data.datasets import build_dataset
+    query = build_dataset("synthetic", str(tiny_data), num_cameras=3).query
+    cache = ImageCache(query, (32, 16), progress=False)
+    model = model_from_checkpoint(None, tiny_run / "best.pth")
+    whole = extract_features(model, cache, 8, flip=True)
+    parts = [extract_features(model, cache, 8, flip=True, rows=(a, b)) for a, b in ((0, 5), (5, 19), (19, len(cache)))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_a_request_that_contradicts_the_checkpoint_is_an_error(tiny_run, tiny_data, capsys):
     best = tiny_run / "best.pth"
     with pytest.raises(CheckpointError, match=r"trained as resnet18_bnneck at 32x16.*input 256x128 \(trained: 32x16\)"):
