@@ -332,8 +332,19 @@ def deploy_advice(speedup: float, fp32_path: Path, int8_path: Path) -> str:
             "beat int8 for this network; docs/BENCHMARKS.md, int8 deployment)")
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .service import serve
+    except ImportError:                                  # pragma: no cover - the optional extra is missing
+        raise ImportError("reidkit serve needs FastAPI and uvicorn: pip install 'reidkit[serve]'") from None
+    serve(args.gallery, host=args.host, port=args.port, token=args.token, weights=args.weights,
+          metadata=args.metadata, metadata_csv=args.metadata_csv, uploads=args.uploads, device=_device(args.device),
+          max_upload_bytes=args.max_upload_mb << 20, max_pixels=args.max_pixels)
+    return 0
+
+
 def add_deploy_commands(sub) -> None:
-    """Register extract, search, import-onnx and export on the ``reidkit`` parser's subcommands."""
+    """Register extract, search, serve, import-onnx and export on the ``reidkit`` parser's subcommands."""
     p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively); KEY=VALUE words "
                    "among them are recipe overrides (with --recipe), as in every command, e.g. model.last_stride=2")
@@ -384,6 +395,21 @@ def add_deploy_commands(sub) -> None:
     p.add_argument("--qe", type=int, default=0, metavar="K",
                    help="alpha-query expansion over the K nearest gallery images (default off)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="a search service and its web page over a gallery file (docs/DEPLOY.md)")
+    p.add_argument("gallery", help="gallery file written by `reidkit extract`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="every API call must carry it (Authorization: Bearer TOKEN)")
+    p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
+    p.add_argument("--metadata", metavar="PATTERN", help="camera and time from the file names: market1501, "
+                   "dukemtmc, msmt17, or a regular expression with groups camera (and time)")
+    p.add_argument("--metadata-csv", metavar="FILE", help="camera and time from a CSV (header path,camera,time)")
+    p.add_argument("--uploads", metavar="DIR", help="where added crops are kept (default GALLERY_added/ beside it)")
+    p.add_argument("--device", default="cpu", help="where crops are embedded (cpu, cuda, cuda:N)")
+    p.add_argument("--max-upload-mb", type=int, default=8, help="largest upload accepted (default 8 MiB)")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image accepted, in pixels")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("import-onnx", help="map a BN-folded OSNet ONNX export onto reidkit's model")
     p.add_argument("file")

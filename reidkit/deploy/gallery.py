@@ -247,11 +247,13 @@ class GalleryIndex:
         self._index, self._pending = index, []
         self._apply_search_settings()
 
-    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest gallery images of each query: ``(distances, indices)``, each Q x k, nearest first.
 
-        With an approximate index, a query whose probed lists hold fewer than ``k`` images gets index -1
-        (distance inf) in the remaining places.
+        ``allowed``: a boolean mask over the gallery (a camera or a time window, say): only those images are
+        searched, inside the index (faiss's ID selectors; the exact search masks its distances), never by
+        fetching more and dropping some.  With an approximate index, or fewer allowed images than ``k``, the
+        remaining places hold index -1 (distance inf).
         """
         if len(self) == 0:
             raise ValueError("the gallery is empty")
@@ -260,8 +262,14 @@ class GalleryIndex:
         q = self._prepare(queries, "query features")
         self._ensure_built()
         k = min(k, len(self))
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (len(self),):
+                raise ValueError(f"allowed must be a mask of the {len(self)} gallery images, got {allowed.shape}")
         if self.description == "Flat":
-            distances, indices = self._exact_search(q, k)
+            distances, indices = self._exact_search(q, k, allowed)
+        elif allowed is not None:
+            distances, indices = self._index.search(q, k, params=self._selecting(allowed))
         else:
             distances, indices = self._index.search(q, k)
         if self.metric == "cosine":
@@ -270,7 +278,29 @@ class GalleryIndex:
         distances[indices < 0] = np.inf
         return distances, indices
 
-    def _exact_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _selecting(self, allowed: np.ndarray) -> Any:
+        """faiss search parameters that restrict this index's search to the ``allowed`` images."""
+        faiss = _import_faiss()
+        ids = np.flatnonzero(allowed).astype(np.int64)
+        selector = faiss.IDSelectorBatch(ids)
+        base = self._index.base_index if isinstance(self._index, faiss.IndexRefine) else self._index
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.nprobe, ivf.nlist))
+        elif _find(base, "hnsw") is not None:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        params._keep = (selector, ids)                  # the selector must outlive the search (SWIG)
+        if isinstance(self._index, faiss.IndexRefine):
+            refined = faiss.IndexRefineSearchParameters(k_factor=float(self.refine), base_index_params=params)
+            refined.sel = selector
+            refined._keep = (params, selector, ids)
+            return refined
+        return params
+
+    def _exact_search(self, q: np.ndarray, k: int,
+                      allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact squared distances by torch's matrix product over the flat index's own storage (no copy): faiss
         computes the same, but with the generic kernels of its bundled OpenBLAS on CPUs newer than it knows
         (3x slower for one query, 10x for batches, on this project's CPU: docs/BENCHMARKS.md)."""
@@ -281,11 +311,16 @@ class GalleryIndex:
             self._norms = (gallery * gallery).sum(1)
         queries = torch.from_numpy(q)
         rows = max(1, 2 ** 26 // n)                  # query rows per step: a distance block of <= 256 MB
+        excluded = torch.from_numpy(~allowed) if allowed is not None else None
         distances, indices = [], []
         for s in range(0, len(queries), rows):
             part = queries[s:s + rows]
             block = ((part * part).sum(1, keepdim=True) + self._norms - 2 * part @ gallery.T).clamp_(min=0)
+            if excluded is not None:
+                block[:, excluded] = float("inf")
             d, i = torch.topk(block, k, dim=1, largest=False, sorted=True)
+            if excluded is not None:
+                i[torch.isinf(d)] = -1
             distances.append(d)
             indices.append(i)
         return torch.cat(distances).numpy(), torch.cat(indices).numpy()

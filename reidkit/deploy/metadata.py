@@ -1,0 +1,111 @@
+"""Where each gallery image was seen: its camera and time, for a search service's filters.
+
+Read from the file names with a regular expression (named groups ``camera`` and, optionally, ``time``; presets for
+the public datasets' names), from a CSV (``path,camera,time``; paths as the gallery stores them, or their file
+names), or absent.  A name the pattern does not match, or a row the CSV lacks, has neither.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: the public datasets' file names: Market-1501 ``0002_c1s1_000451_03.jpg`` (camera 1; time = the frame in its
+#: camera's sequence), DukeMTMC-reID ``0005_c2_f0046985.jpg`` (frame of the synchronised 60 fps videos), MSMT17
+#: ``0514_012_05_0303afternoon_0585_1.jpg`` (camera 05; time = the frame within its time slot)
+PRESETS = {
+    "market1501": r"_c(?P<camera>\d+)s\d+_(?P<time>\d+)",
+    "dukemtmc": r"_c(?P<camera>\d+)_f(?P<time>\d+)",
+    "msmt17": r"^\d+_\d+_(?P<camera>\d+)_\d+[a-z]+_(?P<time>\d+)_",
+}
+
+
+@dataclass
+class Metadata:
+    """Per gallery image: its camera (``""``: unknown) and time (NaN: unknown)."""
+
+    cameras: list[str]
+    times: np.ndarray                      # float64
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def extend(self, cameras: Sequence[str], times: Sequence[float]) -> None:
+        self.cameras += list(cameras)
+        self.times = np.concatenate([self.times, np.asarray(times, dtype=np.float64)])
+
+    def mask(self, cameras: Sequence[str] | None = None, start: float | None = None,
+             end: float | None = None) -> np.ndarray | None:
+        """The images seen by one of ``cameras`` within ``[start, end]`` (None: every image passes)."""
+        if not cameras and start is None and end is None:
+            return None
+        keep = np.ones(len(self), dtype=bool)
+        if cameras:
+            wanted = set(cameras)
+            keep &= np.fromiter((c in wanted for c in self.cameras), dtype=bool, count=len(self))
+        if start is not None:
+            keep &= self.times >= start             # NaN (unknown) compares false: left out by a time filter
+        if end is not None:
+            keep &= self.times <= end
+        return keep
+
+    def of(self, i: int) -> dict:
+        t = float(self.times[i])
+        return {"camera": self.cameras[i] or None, "time": None if math.isnan(t) else t}
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """A preset's name or a regular expression with a named group ``camera`` (and optionally ``time``)."""
+    text = PRESETS.get(pattern, pattern)
+    try:
+        regex = re.compile(text)
+    except re.error as e:
+        raise ValueError(f"metadata pattern {pattern!r} is not a regular expression ({e}); presets: "
+                         f"{', '.join(PRESETS)}") from None
+    if "camera" not in regex.groupindex:
+        raise ValueError(f"metadata pattern {pattern!r} needs a group named camera, e.g. '_c(?P<camera>\\d+)' "
+                         f"(presets: {', '.join(PRESETS)})")
+    return regex
+
+
+def from_names(paths: Sequence[str], pattern: str | re.Pattern | None) -> Metadata:
+    """Cameras and times from the file names (nothing when ``pattern`` is None)."""
+    if pattern is None:
+        return Metadata([""] * len(paths), np.full(len(paths), np.nan))
+    regex = compile_pattern(pattern) if isinstance(pattern, str) else pattern
+    cameras, times = [], np.full(len(paths), np.nan)
+    for i, path in enumerate(paths):
+        found = regex.search(Path(path).name)
+        cameras.append(found.group("camera") if found else "")
+        if found and "time" in regex.groupindex and found.group("time") is not None:
+            times[i] = float(found.group("time"))
+    return Metadata(cameras, times)
+
+
+def from_csv(paths: Sequence[str], table: str | Path) -> Metadata:
+    """Cameras and times from ``table`` (header ``path,camera,time``; ``time`` a number or empty), matched by the
+    gallery's path or, failing that, the file name; a ``ValueError`` naming the row for a bad value."""
+    rows: dict[str, tuple[str, float]] = {}
+    try:
+        with open(table, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames or "camera" not in reader.fieldnames:
+                raise ValueError(f"{table}: the header must name path and camera (and optionally time), "
+                                 f"got {reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                raw = (row.get("time") or "").strip()
+                try:
+                    t = float(raw) if raw else math.nan
+                except ValueError:
+                    raise ValueError(f"{table}, line {line}: time {raw!r} is not a number") from None
+                rows[row["path"]] = (row["camera"] or "", t)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"metadata table not found: {table}") from None
+    by_name = {Path(p).name: v for p, v in rows.items()}
+    found = [rows.get(p) or by_name.get(Path(p).name) or ("", math.nan) for p in paths]
+    return Metadata([c for c, _ in found], np.array([t for _, t in found], dtype=np.float64))
