@@ -295,3 +295,28 @@ def test_extract_takes_recipe_overrides_as_key_value_words_like_every_command(tm
     assert "--set is the older spelling" in caplog.text
     assert main(["extract", "data.height=64", "--arch", "osnet_x0_25", "--weights", str(weights),
                  "--out", str(tmp_path / "x.npz")]) == 2
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "hnswpq", "ivfpq"])
+def test_a_filtered_search_searches_only_the_allowed_images_inside_the_index(kind):
+    """The search service's camera / time filters: ``allowed`` restricts faiss's search (ID selectors) or the exact
+    search's distances; an exhaustive setting of each index finds exactly the exact filtered neighbours."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((800, 32)).astype(np.float32)
+    q = rng.standard_normal((4, 32)).astype(np.float32)
+    allowed = rng.random(800) < 0.25
+    index = GalleryIndex(x, [f"{i}.jpg" for i in range(800)], index=kind, ivf_lists=8 if "ivf" in kind else None,
+                         pq_bytes=8 if "pq" in kind else None, ef_search=800, nprobe=8, refine=100)
+    d, ids = index.search(q, 10, allowed=allowed)
+    assert all(allowed[i] for i in ids.ravel() if i >= 0)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    exact = [[int(j) for j in np.argsort(-(xn @ row)) if allowed[j]][:10] for row in qn]
+    if kind in ("flat", "ivf", "hnsw"):                    # exhaustive settings: exactly the filtered neighbours
+        assert ids.tolist() == exact
+    else:                                                  # compressed codes: near, and only allowed ones
+        assert np.mean([len(set(a) & set(b)) for a, b in zip(ids.tolist(), exact)]) >= 7
+    none = index.search(q, 5, allowed=np.zeros(800, dtype=bool))[1]
+    assert (none == -1).all()
+    with pytest.raises(ValueError, match="mask of the 800"):
+        index.search(q, 5, allowed=allowed[:10])
