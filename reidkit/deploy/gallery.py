@@ -281,8 +281,8 @@ class GalleryIndex:
     def _selecting(self, allowed: np.ndarray) -> Any:
         """faiss search parameters that restrict this index's search to the ``allowed`` images."""
         faiss = _import_faiss()
-        ids = np.flatnonzero(allowed).astype(np.int64)
-        selector = faiss.IDSelectorBatch(ids)
+        ids = np.packbits(allowed, bitorder="little")      # faiss's bitmap: bit i & 7 of byte i >> 3
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(ids))
         base = self._index.base_index if isinstance(self._index, faiss.IndexRefine) else self._index
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None:

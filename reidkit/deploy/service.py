@@ -108,14 +108,17 @@ class SearchService:
             raise ServiceError(422, f"the time window starts after it ends ({start} > {end})")
         with self.lock:
             allowed = self.metadata.mask(cameras, start, end)
-            if exclude is not None:
-                allowed = np.ones(len(self.index), dtype=bool) if allowed is None else allowed.copy()
+            if allowed is not None and exclude is not None:
                 allowed[exclude] = False
             if allowed is not None and not allowed.any():
                 return []
-            distances, indices = self.index.search(features, k, allowed=allowed)
+            # without a filter, the item a search starts from is dropped from one more result (no selector of
+            # every other id); with one, it is left out of the mask
+            extra = 1 if exclude is not None and allowed is None else 0
+            distances, indices = self.index.search(features, k + extra, allowed=allowed)
+        found = [(int(i), float(d)) for i, d in zip(indices[0], distances[0]) if i >= 0 and i != exclude][:k]
         out = []
-        for rank, (i, d) in enumerate(((int(i), float(d)) for i, d in zip(indices[0], distances[0]) if i >= 0), 1):
+        for rank, (i, d) in enumerate(found, 1):
             out.append({"id": i, "rank": rank, "distance": round(d, 6), "name": Path(self.index.paths[i]).name,
                         **self.metadata.of(i)})
         return out
