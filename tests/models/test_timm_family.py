@@ -163,3 +163,27 @@ def test_every_piece_trains_a_timm_network(piece, tiny_data, tiny_run, tmp_path)
     assert math.isfinite(result.mAP) and all(math.isfinite(v) for v in history["loss/total"])
     if piece == "deep mutual learning":
         assert (out / "peer_1_timm-resnet18.pth").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["resnet18", "vit_tiny_patch16_224"])
+def test_a_timm_network_deploys_through_export_int8_extract_and_search(architecture, tiny_data, tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.deploy import GalleryIndex
+    from reidkit.engine import Trainer
+    out = tmp_path / "run"
+    (h, w), extra = ARCHITECTURES[architecture]
+    Trainer(load_recipe(None, tiny_overrides(tiny_data, out, epochs=1) + [f"model.name=timm/{architecture}",
+                                                                            *extra]), progress=False).fit()
+    assert main(["export", str(out / "recipe.json"), f"data.root={tiny_data}", "--weights", str(out / "best.pth"),
+                 "--out", str(tmp_path / "m.onnx"), "--int8", "--calibration-images", "32", "--max-map-drop", "100",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "m.int8.onnx").is_file()
+    assert main(["extract", str(tiny_data / "bounding_box_test"), "--weights", str(tmp_path / "m.int8.onnx"),
+                 "--out", str(tmp_path / "g.npz"), "--no-progress"]) == 0
+    gallery = GalleryIndex.load(tmp_path / "g.npz")
+    assert gallery.meta["arch"] == f"timm/{architecture}" and len(gallery) > 0
+    query = sorted((tiny_data / "query").glob("*.jpg"))[0]
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "g.npz"), str(query), "--top-k", "3"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]) == 3
