@@ -28,6 +28,7 @@ from ..files import (
 from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
+from .gallery import check_gallery_weights
 
 log = logging.getLogger("reidkit")
 
@@ -131,28 +132,6 @@ def _new_paths(gallery, paths: list[str], name: str | None) -> list[str]:
     if name is not None and len(kept) < len(paths):
         print(f"{counted(len(paths) - len(kept), 'image')} already in {name}: left out")
     return kept
-
-
-def check_gallery_weights(gallery: str, meta: dict, weights: str | None) -> str:
-    """The weights a gallery's model is to be loaded from (``weights`` if given, else the recorded path), checked
-    against the fingerprint the gallery recorded: another file would mix two models' embeddings in one index."""
-    path = weights or meta.get("weights")
-    if not path:
-        raise ValueError(f"{gallery}: no record of the model's weights; pass --weights")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{gallery}: the model's weights {path} are not there any more; pass --weights with "
-                                "the file the gallery was built with")
-    recorded = meta.get("weights_sha256")
-    if recorded is None:
-        print(f"note: {gallery} records no fingerprint of its model (written by an older reidkit): {path} is "
-              "assumed to be the model that embedded it")
-        return path
-    actual = file_sha256(path)
-    if actual != recorded:
-        raise ValueError(f"{gallery} was embedded with weights of SHA-256 {recorded[:12]}..., but {path} now has "
-                         f"{actual[:12]}...: another model. Pass the original file with --weights, or build the "
-                         "gallery again with `reidkit extract --out`")
-    return path
 
 
 def _device(name: str) -> str:

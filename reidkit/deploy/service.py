@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import numpy as np
 
 from ..files import exclusive_lock
-from .gallery import GalleryIndex
+from .gallery import GalleryIndex, check_gallery_weights
 from .metadata import Metadata, compile_pattern, from_csv, from_names
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -50,7 +50,6 @@ class SearchService:
     def __init__(self, gallery: str | Path, weights: str | None = None, metadata: str | None = None,
                  metadata_csv: str | Path | None = None, uploads: str | Path | None = None, device: str = "cpu",
                  max_upload_bytes: int = 8 << 20, max_pixels: int = 16_000_000, extractor: Any = None):
-        from .commands import check_gallery_weights
         from .extractor import check_image_size
         self.path = Path(gallery)
         self.index = GalleryIndex.load(self.path)
