@@ -59,6 +59,9 @@ class ClusterMemoryConfig(Strict):
     hard_negatives: int = Field(50, ge=1)         # camera_proxy: negative proxies in the inter-camera term
     every: int = Field(1, ge=1)                   # re-cluster every this many epochs
     flip: bool = True                             # the clustered features average each image and its mirror
+    # cluster on features with each camera's mean removed (what the cameras share is left, what one camera adds to
+    # every crop it sees is not); the memory is still built from the features themselves
+    camera_centred: bool = False
 
 
 class ClusterMemoryPiece(TrainingPiece):
@@ -95,7 +98,8 @@ class ClusterMemoryPiece(TrainingPiece):
         features = self._embed(models[0])
         t1 = time.perf_counter()
         assert cfg.eps is not None
-        found = cluster_features(features, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights)
+        clustered = camera_centred(features, self.camids) if cfg.camera_centred else features
+        found = cluster_features(clustered, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights)
         labels = torch.from_numpy(found.labels).to(features.device)
         if isinstance(self.memory, ClusterMemory):
             self.memory.reset(features, labels)
@@ -165,6 +169,17 @@ class ClusterMemoryPiece(TrainingPiece):
             setattr(self.memory, name, value.to(self.device))
         if "labels" in state:
             self.labels = state["labels"].numpy().astype(np.int64)
+
+
+def camera_centred(features: torch.Tensor, camids: np.ndarray) -> torch.Tensor:
+    """The L2-normalised ``features`` with each camera's mean subtracted from its crops."""
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    cams = torch.as_tensor(camids, device=f.device)
+    out = f.clone()
+    for camera in cams.unique():
+        rows = cams == camera
+        out[rows] -= f[rows].mean(dim=0)
+    return out
 
 
 @register_piece("cluster_memory", config=ClusterMemoryConfig)

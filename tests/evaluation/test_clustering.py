@@ -100,3 +100,24 @@ def test_statistics_by_hand():
     assert s["ari"] == pytest.approx((4 - 40 / 36) / (7 - 40 / 36)) and 0 < s["nmi"] < 1
     assert cluster_statistics(labels, camids, np.arange(10) * 0 + labels + 1)["purity"] == 1.0
     assert size_histogram(labels) == {"1": 0, "2-3": 2, "4-7": 1, "8-15": 0, "16-31": 0, "32-63": 0, "64+": 0}
+
+
+def test_camera_centring_removes_what_one_camera_adds_to_every_crop():
+    """Two identities seen by two cameras whose crops each carry a strong camera offset: clustered as they are, the
+    crops group by camera; with each camera's mean removed (cluster_memory.camera_centred), by identity."""
+    import torch
+
+    from reidkit.methods.cluster_memory import camera_centred
+    rng = np.random.default_rng(0)
+    identity = rng.standard_normal((2, 16)) * 0.6
+    camera = rng.standard_normal((2, 16)) * 3.0
+    pids = np.repeat([0, 1, 0, 1], 6)
+    cams = np.repeat([0, 0, 1, 1], 6)
+    x = identity[pids] + camera[cams] + 0.05 * rng.standard_normal((24, 16))
+    features = torch.from_numpy(x).float()
+    plain = cluster_features(features, eps=0.5, min_samples=3, k1=8, k2=3).labels
+    centred = cluster_features(camera_centred(features, cams), eps=0.5, min_samples=3, k1=8, k2=3).labels
+    assert len(set(plain[cams == 0]) & set(plain[cams == 1])) == 0          # as they are: no cluster spans cameras
+    assert all(len(set(centred[pids == p])) == 1 for p in (0, 1)) and centred[0] != centred[6]   # by identity
+    centred_means = [camera_centred(features, cams)[torch.from_numpy(cams == c)].mean(0) for c in (0, 1)]
+    assert all(torch.allclose(m, torch.zeros(16), atol=1e-6) for m in centred_means)
