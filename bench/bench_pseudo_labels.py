@@ -103,6 +103,24 @@ def cuhk03_features(cache: Path) -> np.ndarray:
     return x
 
 
+def camera_centring_table(x: np.ndarray, eps_values=(0.4, 0.5, 0.55, 0.6)) -> None:
+    """Clusters of the CUHK03 features as they are and with each camera's mean removed
+    (``cluster_memory.camera_centred``): count, outliers, single-camera share (label-free) and, for information,
+    purity and ARI against the identities."""
+    from reidkit.data import build_dataset
+    from reidkit.evaluation.clustering import cluster_statistics
+    from reidkit.methods.cluster_memory import camera_centred
+    train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
+    cams, pids = np.array([r.camid for r in train]), np.array([r.pid for r in train])
+    features = torch.from_numpy(x).float()
+    print("| features | eps | clusters | outliers | single-camera | purity | ARI |\n|---|---|---|---|---|---|---|")
+    for name, f in (("as they are", features), ("camera-centred", camera_centred(features, cams))):
+        for eps in eps_values:
+            s = cluster_statistics(cluster_features(f, eps).labels, cams, pids)
+            print(f"| {name} | {eps} | {int(s['clusters'])} | {s['outliers']:.3f} | {s['single_camera']:.2f} | "
+                  f"{s['purity']:.3f} | {s['ari']:.3f} |")
+
+
 def large_child(n: int) -> None:
     """(In a child process.)  Cluster ``n x 512`` synthetic features with reidkit; print time and peak memory."""
     x = torch.from_numpy(synthetic(n))
@@ -116,6 +134,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--features", type=Path, help="an N x D .npy of features (default: --cuhk03 or synthetic)")
     p.add_argument("--cuhk03", action="store_true", help="the real CUHK03-labeled train features (cached in runs/)")
+    p.add_argument("--camera-centring", action="store_true",
+                   help="with --cuhk03: the clusters with and without each camera's mean removed, then stop")
     p.add_argument("--n", type=int, default=7239, help="synthetic features: how many (default: CUHK03's train)")
     p.add_argument("--eps", type=float, default=0.6)
     p.add_argument("--large", type=int, default=0, help="also cluster this many 512-d features, reidkit only")
@@ -134,6 +154,9 @@ def main() -> None:
     else:
         x, what = synthetic(args.n), f"synthetic {args.n} x 512"
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if args.camera_centring:
+        camera_centring_table(x)
+        return
     print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, k1 30, k2 6; "
           f"{args.threads} threads")
     t0 = time.perf_counter()
