@@ -28,7 +28,7 @@ from ..files import (
 from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
-from .gallery import check_gallery_weights
+from .gallery_model import check_gallery_weights, gallery_extractor
 
 log = logging.getLogger("reidkit")
 
@@ -142,7 +142,7 @@ def _device(name: str) -> str:
 
 def cmd_search(args) -> int:
     from ..data.records import find_images
-    from . import FeatureExtractor, GalleryIndex
+    from . import GalleryIndex
     index = GalleryIndex.load(args.gallery)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
@@ -151,9 +151,6 @@ def cmd_search(args) -> int:
     if args.refine is not None:
         index.refine = args.refine
     meta = index.meta
-    if "arch" not in meta:
-        raise ValueError(f"{args.gallery}: no record of the model that embedded the gallery "
-                         "(write it with `reidkit extract`)")
     weights = check_gallery_weights(args.gallery, meta, args.weights)
     for out in (args.json, args.picture):
         if out:
@@ -165,10 +162,7 @@ def cmd_search(args) -> int:
     if args.json and args.picture and same_file(args.json, args.picture):
         raise OutputError(f"--json and --picture are both {args.json}: give each its own file")
     queries = [str(p.resolve()) for p in images]
-    from .extractor import check_image_size
-    size = check_image_size(meta.get("image_size", ()), f"{args.gallery}: the metadata's image_size")
-    extractor = FeatureExtractor(meta["arch"], weights, device=_device(args.device),
-                                 image_size=size, model_options=meta["model_options"])
+    extractor = gallery_extractor(args.gallery, meta, weights, _device(args.device))
     features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
     if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
         import torch.nn.functional as F

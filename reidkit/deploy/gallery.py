@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from ..evaluation.distance import check_metric
-from ..files import file_sha256, write_atomic
+from ..files import write_atomic
+from .kmeans import kmeans
 
 #: 3: paths as a JSON list (any file name round-trips: newlines, non-UTF-8 bytes); 2: newline-joined UTF-8
 FORMAT_VERSION = 3
@@ -387,52 +388,6 @@ class GalleryIndex:
         """reidkit 0.1 galleries: the raw features (and an inner-product IVF index, rebuilt here)."""
         return cls(z["features"], z["paths"].tolist(), header["metric"], header["ivf_lists"], header["nprobe"],
                    header["meta"])
-
-
-def check_gallery_weights(gallery: str, meta: dict, weights: str | None) -> str:
-    """The weights a gallery's model is to be loaded from (``weights`` if given, else the recorded path), checked
-    against the fingerprint the gallery recorded: another file would mix two models' embeddings in one index."""
-    path = weights or meta.get("weights")
-    if not path:
-        raise ValueError(f"{gallery}: no record of the model's weights; pass --weights")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{gallery}: the model's weights {path} are not there any more; pass --weights with "
-                                "the file the gallery was built with")
-    recorded = meta.get("weights_sha256")
-    if recorded is None:
-        print(f"note: {gallery} records no fingerprint of its model (written by an older reidkit): {path} is "
-              "assumed to be the model that embedded it")
-        return path
-    actual = file_sha256(path)
-    if actual != recorded:
-        raise ValueError(f"{gallery} was embedded with weights of SHA-256 {recorded[:12]}..., but {path} now has "
-                         f"{actual[:12]}...: another model. Pass the original file with --weights, or build the "
-                         "gallery again with `reidkit extract --out`")
-    return path
-
-
-def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, chunk: int = 65536) -> np.ndarray:
-    """``k`` centres of the rows of ``x`` (Lloyd's k-means from ``k`` seeded rows; an emptied cluster restarts
-    at the point farthest from its centre), float32 ``k x dim``."""
-    data = torch.from_numpy(x)
-    generator = torch.Generator().manual_seed(seed)
-    centres = data[torch.randperm(len(data), generator=generator)[:k]].clone()
-    for _ in range(iterations):
-        sums, counts = torch.zeros_like(centres), torch.zeros(k)
-        farthest, far_distance = 0, -1.0
-        for s in range(0, len(data), chunk):
-            part = data[s:s + chunk]
-            distance = (part * part).sum(1, keepdim=True) - 2 * part @ centres.T + (centres * centres).sum(1)
-            nearest, assign = distance.min(1)
-            sums.index_add_(0, assign, part)
-            counts += torch.bincount(assign, minlength=k).float()
-            top = int(nearest.argmax())
-            if float(nearest[top]) > far_distance:
-                farthest, far_distance = s + top, float(nearest[top])
-        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
-        for empty in torch.nonzero(counts == 0).flatten().tolist():
-            centres[empty] = data[farthest]
-    return centres.numpy()
 
 
 class _FormatError(Exception):

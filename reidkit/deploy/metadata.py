@@ -50,6 +50,10 @@ class Metadata:
             self._codes, self._names = codes.astype(np.int32), names.tolist()
         return self._codes, self._names
 
+    def camera_names(self) -> list[str]:
+        """The distinct cameras, sorted (``""``, unknown, among them when some image has none)."""
+        return self._camera_codes()[1]
+
     def mask(self, cameras: Sequence[str] | None = None, start: float | None = None,
              end: float | None = None) -> np.ndarray | None:
         """The images seen by one of ``cameras`` within ``[start, end]`` (None: every image passes)."""

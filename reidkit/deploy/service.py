@@ -29,7 +29,8 @@ from typing import Annotated, Any
 import numpy as np
 
 from ..files import exclusive_lock
-from .gallery import GalleryIndex, check_gallery_weights
+from .gallery import GalleryIndex
+from .gallery_model import check_gallery_weights, gallery_extractor
 from .metadata import Metadata, compile_pattern, from_csv, from_names
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -50,19 +51,11 @@ class SearchService:
     def __init__(self, gallery: str | Path, weights: str | None = None, metadata: str | None = None,
                  metadata_csv: str | Path | None = None, uploads: str | Path | None = None, device: str = "cpu",
                  max_upload_bytes: int = 8 << 20, max_pixels: int = 16_000_000, extractor: Any = None):
-        from .extractor import check_image_size
         self.path = Path(gallery)
         self.index = GalleryIndex.load(self.path)
         meta = self.index.meta
         if extractor is None:
-            if "arch" not in meta:
-                raise ValueError(f"{gallery}: no record of the model that embedded the gallery (write it with "
-                                 "`reidkit extract`)")
-            from . import FeatureExtractor
-            weights = check_gallery_weights(str(gallery), meta, weights)
-            size = check_image_size(meta.get("image_size", ()), f"{gallery}: the metadata's image_size")
-            extractor = FeatureExtractor(meta["arch"], weights, device=device, image_size=size,
-                                         model_options=meta.get("model_options") or {})
+            extractor = gallery_extractor(gallery, meta, check_gallery_weights(str(gallery), meta, weights), device)
         self.extractor = extractor
         self.pattern = compile_pattern(metadata) if metadata else None
         self.metadata_csv = metadata_csv
@@ -85,7 +78,7 @@ class SearchService:
         return found
 
     def describe(self) -> dict:
-        known = sorted({c for c in self.metadata.cameras if c}, key=lambda c: (len(c), c))
+        known = sorted((c for c in self.metadata.camera_names() if c), key=lambda c: (len(c), c))
         times = self.metadata.times[~np.isnan(self.metadata.times)]
         return {"status": "ok", "images": len(self.index), "model": self.index.meta.get("arch"),
                 "metric": self.index.metric, "index": self.index.kind, "cameras": known,
@@ -159,12 +152,17 @@ class SearchService:
     def decode(self, data: bytes):
         """An uploaded crop as an RGB image; a :class:`ServiceError` for an empty, oversized, over-large-in-pixels
         or undecodable upload (the pixel count is read from the header, before decoding)."""
+        try:
+            return self._decode(data)
+        except ServiceError:
+            self.counters["refused"] += 1
+            raise
+
+    def _decode(self, data: bytes):
         from PIL import Image, UnidentifiedImageError
         if not data:
-            self.counters["refused"] += 1
             raise ServiceError(400, "the upload is empty: send an image file")
         if len(data) > self.max_upload_bytes:
-            self.counters["refused"] += 1
             raise ServiceError(413, f"the upload has {len(data)} bytes; the limit is {self.max_upload_bytes}")
         try:
             with Image.open(io.BytesIO(data)) as probe:
@@ -174,11 +172,7 @@ class SearchService:
                                             f"{self.max_pixels} pixels")
                 probe.load()
                 return probe.convert("RGB")
-        except ServiceError:
-            self.counters["refused"] += 1
-            raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            self.counters["refused"] += 1
             raise ServiceError(400, f"the upload is not an image reidkit can read ({type(e).__name__}: "
                                     f"{str(e)[:160]})") from None
 
@@ -205,15 +199,11 @@ class SearchService:
                 given = self.index.meta.setdefault("added_metadata", {})
                 for path in stored:
                     given[path] = [camera or "", t]
-            self.metadata.extend(*self._new_metadata(stored, camera, t))
+            # the stored names are content hashes: only what the upload said gives a camera or a time
+            self.metadata.extend([camera or ""] * len(stored), [float("nan") if t is None else t] * len(stored))
             self.index.save(self.path)
             self.counters["images_added"] += len(stored)
         return list(range(first, first + len(stored)))
-
-    def _new_metadata(self, paths: list[str], camera: str | None, t: float | None) -> tuple[list[str], list[float]]:
-        named = from_names(paths, self.pattern)
-        return ([camera or c for c in named.cameras],
-                [float(t) if t is not None else float(x) for x in named.times])
 
 
 def create_app(service: SearchService, token: str | None = None):

@@ -31,6 +31,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..names import did_you_mean
+from .heads import build_pooling
 from .pretrained import read_weights
 from .registry import register_model_family
 from .reid_model import ReIDModel
@@ -210,15 +211,11 @@ def build_timm(num_classes: int, architecture: str, last_stride: int = 1, pretra
     if backbone.tokens and pooling != "avg":
         raise ValueError(f"timm/{architecture} gives one embedding per image (a transformer's own pooling): "
                          f"model.pooling={pooling!r} has no map to pool; leave it at avg")
-    model = ReIDModel(backbone, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias,
+    pool = _Flat() if backbone.tokens else build_pooling(pooling)
+    body: nn.Module = backbone if embedding_dim is None else _Reduced(backbone, pool, embedding_dim)
+    model = ReIDModel(body, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias,
                       classifier=classifier)
-    if backbone.tokens:
-        model.pool = _Flat()
-    if embedding_dim is not None:
-        reduced = _Reduced(backbone, model.pool, embedding_dim)
-        model = ReIDModel(reduced, num_classes, pooling, bnneck, test_feature, clip=feature_clip, bn_bias=bn_bias,
-                      classifier=classifier)
-        model.pool = _Flat()
+    model.pool = pool if embedding_dim is None else _Flat()     # the reduction pooled already
     return model
 
 
