@@ -36,11 +36,12 @@ class Strict(BaseModel):
 
 
 #: Batch samplers: ``random`` (every image once per epoch, shuffled; torchreid's RandomSampler), ``identity``
-#: (P identities x K images; the BoT / torchreid RandomIdentitySampler) and ``camera_diverse`` (P x K with each
-#: identity's K images spread over its cameras).  ``auto`` resolves to ``identity`` when the recipe has a
-#: triplet loss or hides its training labels (an unsupervised method draws P clusters x K images), else
-#: ``random``; the resolved name is what the run records.
-SAMPLERS = ("random", "identity", "camera_diverse")
+#: (P identities x K images; the BoT / torchreid RandomIdentitySampler), ``camera_diverse`` (P x K with each
+#: identity's K images spread over its cameras) and ``identity_camera`` (P groups of one identity seen by one
+#: camera x K images: the camera-aware proxies authors' sampler, one group per proxy).  ``auto`` resolves to
+#: ``identity`` when the recipe has a triplet loss or hides its training labels (an unsupervised method draws
+#: P clusters x K images), else ``random``; the resolved name is what the run records.
+SAMPLERS = ("random", "identity", "camera_diverse", "identity_camera")
 
 _RENAMED = {"data.num_identities": "data.batch_size (the global batch, = P x K with data.num_instances = K)",
             "data.camera_diverse": "data.sampler=camera_diverse"}
@@ -54,7 +55,7 @@ class DataConfig(Strict):
     options: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)   # extra dataset arguments
     height: int = Field(256, ge=MIN_SIDE, le=MAX_SIDE)
     width: int = Field(128, ge=MIN_SIDE, le=MAX_SIDE)
-    sampler: Literal["auto", "random", "identity", "camera_diverse"] = "auto"
+    sampler: Literal["auto", "random", "identity", "camera_diverse", "identity_camera"] = "auto"
     batch_size: int = Field(64, ge=2)         # the global batch: all processes together (BatchNorm needs 2)
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)

@@ -1,4 +1,5 @@
-"""Batch samplers: plain shuffled batches, and P identities x K images (optionally spread over cameras).
+"""Batch samplers: plain shuffled batches, P identities x K images (optionally spread over cameras), and P
+(identity, camera) groups x K images.
 
 Every sampler yields *global* batches (lists of dataset indices), deterministic for
 ``(seed, epoch)``; call :meth:`set_epoch` each epoch.  Under data parallelism every
@@ -148,7 +149,23 @@ def build_sampler(name: str, pids: Sequence[int] | np.ndarray, camids: Sequence[
             raise ValueError(f"batch size {batch_size} is not a multiple of K={num_instances}")
         return RandomIdentityBatchSampler(pids, batch_size // num_instances, num_instances, seed, camids,
                                           camera_diverse=name == "camera_diverse")
-    raise ValueError(f"unknown sampler {name!r}; known: random, identity, camera_diverse")
+    if name == "identity_camera":
+        if batch_size % num_instances:
+            raise ValueError(f"batch size {batch_size} is not a multiple of K={num_instances}")
+        return RandomIdentityBatchSampler(identity_camera_groups(pids, camids), batch_size // num_instances,
+                                          num_instances, seed)
+    raise ValueError(f"unknown sampler {name!r}; known: random, identity, camera_diverse, identity_camera")
+
+
+def identity_camera_groups(pids: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """One label per (identity, camera) pair with images, 0..pairs-1 in order of (identity, camera): the classes
+    of the ``identity_camera`` sampler (with pseudo-labels, the camera-aware proxies: Wang et al., AAAI 2021,
+    whose code draws K images of each proxy, ``ClassUniformlySampler`` over the proxy label)."""
+    pids, camids = np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64)
+    if pids.shape != camids.shape:
+        raise ValueError(f"{len(pids)} identity labels but {len(camids)} camera ids")
+    pairs = np.stack([pids, camids], axis=1)
+    return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def shard_bounds(batch_size: int, group_size: int, rank: int, world_size: int) -> tuple[int, int]:

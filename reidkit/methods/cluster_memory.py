@@ -192,6 +192,7 @@ def _cluster_memory(ctx: PieceContext[ClusterMemoryConfig]) -> ClusterMemoryPiec
     if ctx.train_images is None:
         raise ValueError("cluster_memory needs the training images (PieceContext.train_images)")
     if ctx.recipe.data.sampler == "random":
-        raise ValueError("cluster_memory draws P clusters x K images: set data.sampler=identity (or camera_diverse)")
+        raise ValueError("cluster_memory draws P clusters x K images: set data.sampler=identity (or camera_diverse, "
+                         "identity_camera)")
     return ClusterMemoryPiece(cfg, ctx.recipe, ctx.train_images, ctx.feature_dim, TestedFeature(ctx.model),
                               ctx.device, ctx.hidden_labels, ctx.env)

@@ -8,7 +8,13 @@ from PIL import Image
 from reidkit.data import ImageRecord
 from reidkit.data.cache import ImageCache
 from reidkit.data.loader import iter_test_batches
-from reidkit.data.samplers import RandomBatchSampler, RandomIdentityBatchSampler, build_sampler, shard_bounds
+from reidkit.data.samplers import (
+    RandomBatchSampler,
+    RandomIdentityBatchSampler,
+    build_sampler,
+    identity_camera_groups,
+    shard_bounds,
+)
 from reidkit.data.transforms import (
     AugmentConfig,
     BatchAugment,
@@ -173,6 +179,44 @@ def test_build_sampler_names_the_recipe_samplers():
         build_sampler("identity", pids, camids, 18, 4)
     with pytest.raises(ValueError, match="unknown sampler 'pk'"):
         build_sampler("pk", pids, camids, 16, 4)
+    with pytest.raises(ValueError, match="not a multiple of K=4"):
+        build_sampler("identity_camera", pids, camids, 18, 4)
+
+
+def test_identity_camera_groups_number_each_identity_and_camera_pair():
+    pids = np.array([5, 5, 5, 2, 2, 9, 5])
+    cams = np.array([1, 0, 1, 3, 3, 0, 0])
+    # pairs in (identity, camera) order: (2, 3) -> 0, (5, 0) -> 1, (5, 1) -> 2, (9, 0) -> 3
+    assert identity_camera_groups(pids, cams).tolist() == [2, 1, 2, 0, 0, 3, 1]
+    with pytest.raises(ValueError, match="7 identity labels but 6 camera ids"):
+        identity_camera_groups(pids, cams[:6])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identity_camera_batches_hold_k_images_of_one_identity_and_one_camera(seed):
+    """The camera-aware proxies' sampler: every group of K is one (identity, camera) pair and a batch holds P
+    distinct pairs.  40 identities of 3 crops each, 20 seen by one camera and 20 by three: the identity sampler
+    draws each identity once an epoch; this one draws each pair once (fewer than K crops: with replacement), so
+    an identity seen by three cameras three times as often."""
+    rng = np.random.default_rng(seed)
+    pids = rng.permutation(np.repeat(np.arange(40), 3))
+    camids = np.zeros_like(pids)
+    for p in range(20, 40):
+        camids[pids == p] = rng.permutation(3)
+    sampler = build_sampler("identity_camera", pids, camids, 16, 4, seed=seed)
+    assert (sampler.p, sampler.k, sampler.batch_size) == (4, 4, 16)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 20                 # 80 pairs, 4 a batch
+    drawn = []
+    for batch in batches:
+        keys = [{(int(pids[i]), int(camids[i])) for i in batch[g:g + 4]} for g in range(0, 16, 4)]
+        assert all(len(k) == 1 for k in keys)                 # one identity, one camera per group
+        drawn += [next(iter(k)) for k in keys]
+    assert len(set(drawn)) == len(drawn) == 80                # every pair once, P distinct in each batch
+    per_identity = collections.Counter(p for p, _ in drawn)
+    assert {per_identity[p] for p in range(20)} == {1} and {per_identity[p] for p in range(20, 40)} == {3}
+    plain = build_sampler("identity", pids, camids, 16, 4, seed=seed)
+    assert collections.Counter(int(pids[b[g]]) for b in plain for g in range(0, 16, 4)) == dict.fromkeys(range(40), 1)
 
 
 def test_relabelled_batches_draw_only_the_kept_images_under_their_new_labels():

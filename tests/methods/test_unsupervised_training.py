@@ -72,10 +72,12 @@ def test_resume_restores_the_memory_and_the_labels_exactly(tiny_data, tmp_path):
                        straight.piece("cluster_memory").memory.centroids)
 
 
-def test_camera_proxies_train_with_both_terms_and_every_n_epochs(tiny_data, tmp_path):
+@pytest.mark.parametrize("sampler", ["identity", "identity_camera"])
+def test_camera_proxies_train_with_both_terms_and_every_n_epochs(tiny_data, tmp_path, sampler):
     trainer = Trainer(unsupervised(tiny_data, tmp_path / "cap", epochs=3,
                                    extra=["cluster_memory.memory=camera_proxy", "cluster_memory.temperature=0.07",
-                                          "cluster_memory.momentum=0.2", "cluster_memory.every=2"]),
+                                          "cluster_memory.momentum=0.2", "cluster_memory.every=2",
+                                          f"data.sampler={sampler}"]),
                       progress=False)
     before = weights(trainer)
     trainer.fit()
@@ -88,6 +90,11 @@ def test_camera_proxies_train_with_both_terms_and_every_n_epochs(tiny_data, tmp_
     memory = trainer.piece("cluster_memory").memory
     assert len(memory.proxies) >= h["cluster_memory/clusters"][-1]       # one proxy per cluster and camera
     assert (trainer.out / "curves.png").is_file() and "cluster_memory" in h["panels"]
+    labels, camids, k = trainer.piece("cluster_memory").labels, trainer.train_cache.camids(), 2
+    groups = [b[g:g + k] for b in trainer.loader.sampler for g in range(0, len(b), k)]
+    assert groups and all(len(set(labels[g])) == 1 and labels[g[0]] >= 0 for g in groups)   # K of one cluster
+    one_camera = [len(set(camids[g])) == 1 for g in groups]
+    assert all(one_camera) if sampler == "identity_camera" else not all(one_camera)          # ... and one camera
 
 
 def test_recipes_that_cannot_work_are_refused(tiny_data, tmp_path):
