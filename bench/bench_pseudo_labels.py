@@ -103,22 +103,32 @@ def cuhk03_features(cache: Path) -> np.ndarray:
     return x
 
 
-def camera_centring_table(x: np.ndarray, eps_values=(0.4, 0.5, 0.55, 0.6)) -> None:
-    """Clusters of the CUHK03 features as they are and with each camera's mean removed
-    (``cluster_memory.camera_centred``): count, outliers, single-camera share (label-free) and, for information,
-    purity and ARI against the identities."""
+def camera_table(x: np.ndarray, variants: tuple[str, ...], eps_values: tuple[float, ...],
+                 truth: bool = True) -> None:
+    """Clusters of the CUHK03 features for each of ``variants``: ``plain`` (the features as they are, Jaccard),
+    ``centred`` (each camera's mean removed: ``cluster_memory.camera_centred``), ``camera_jaccard`` (CA-Jaccard
+    with the authors' k1 5 / 20, k2 2 / 4: ``cluster_memory.distance``).  Count, outliers, single-camera share
+    and seconds are label-free; with ``truth``, purity and ARI against the identities, for information."""
     from reidkit.data import build_dataset
     from reidkit.evaluation.clustering import cluster_statistics
     from reidkit.methods.cluster_memory import camera_centred
     train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
     cams, pids = np.array([r.camid for r in train]), np.array([r.pid for r in train])
     features = torch.from_numpy(x).float()
-    print("| features | eps | clusters | outliers | single-camera | purity | ARI |\n|---|---|---|---|---|---|---|")
-    for name, f in (("as they are", features), ("camera-centred", camera_centred(features, cams))):
+    head = "| features | eps | clusters | outliers | single-camera | seconds |" + (" purity | ARI |" if truth else "")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for name in variants:
+        f = camera_centred(features, cams) if name == "centred" else features
+        aware = (cams, 5, 20, 2, 4) if name == "camera_jaccard" else None
         for eps in eps_values:
-            s = cluster_statistics(cluster_features(f, eps).labels, cams, pids)
-            print(f"| {name} | {eps} | {int(s['clusters'])} | {s['outliers']:.3f} | {s['single_camera']:.2f} | "
-                  f"{s['purity']:.3f} | {s['ari']:.3f} |")
+            t0 = time.perf_counter()
+            found = cluster_features(f, eps, camera_neighbours=aware)
+            seconds = time.perf_counter() - t0
+            s = cluster_statistics(found.labels, cams, pids if truth else None)
+            row = (f"| {name} | {eps} | {int(s['clusters'])} | {s['outliers']:.3f} | {s['single_camera']:.2f} | "
+                   f"{seconds:.1f} |")
+            print(row + (f" {s['purity']:.3f} | {s['ari']:.3f} |" if truth else ""))
 
 
 def large_child(n: int) -> None:
@@ -136,6 +146,9 @@ def main() -> None:
     p.add_argument("--cuhk03", action="store_true", help="the real CUHK03-labeled train features (cached in runs/)")
     p.add_argument("--camera-centring", action="store_true",
                    help="with --cuhk03: the clusters with and without each camera's mean removed, then stop")
+    p.add_argument("--camera-jaccard", action="store_true",
+                   help="with --cuhk03: the clusters on the Jaccard and the camera-aware Jaccard distance over a "
+                        "range of eps, label-free columns only (choosing eps without labels), then stop")
     p.add_argument("--n", type=int, default=7239, help="synthetic features: how many (default: CUHK03's train)")
     p.add_argument("--eps", type=float, default=0.6)
     p.add_argument("--large", type=int, default=0, help="also cluster this many 512-d features, reidkit only")
@@ -155,7 +168,10 @@ def main() -> None:
         x, what = synthetic(args.n), f"synthetic {args.n} x 512"
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     if args.camera_centring:
-        camera_centring_table(x)
+        camera_table(x, ("plain", "centred"), (0.4, 0.5, 0.55, 0.6))
+        return
+    if args.camera_jaccard:
+        camera_table(x, ("plain", "camera_jaccard"), (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), truth=False)
         return
     print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, k1 30, k2 6; "
           f"{args.threads} threads")

@@ -17,7 +17,7 @@ import torch
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from .rerank import jaccard_graph
+from .rerank import camera_aware_jaccard_graph, jaccard_graph
 
 
 @dataclass
@@ -32,13 +32,16 @@ class PseudoLabels:
 
 
 def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6,
-                     outliers: str = "drop", weights: str = "cluster_contrast") -> PseudoLabels:
+                     outliers: str = "drop", weights: str = "cluster_contrast",
+                     camera_neighbours: tuple[np.ndarray, int, int, int, int] | None = None) -> PseudoLabels:
     """DBSCAN (``eps``, ``min_samples``) on the k-reciprocal Jaccard distances of ``features`` (L2-normalised
     here, the Euclidean metric, as Cluster Contrast clusters).
 
     ``outliers``: ``drop`` labels them -1; ``instances`` makes each its own cluster (numbered after the real
     ones).  ``weights``: ``cluster_contrast`` weighs the k-reciprocal encoding as Cluster Contrast's code does,
-    ``reranking`` as Zhong et al.'s re-ranking (reidkit's ``eval.rerank``).
+    ``reranking`` as Zhong et al.'s re-ranking (reidkit's ``eval.rerank``).  ``camera_neighbours``
+    ``(camids, k1_intra, k1_inter, k2_intra, k2_inter)``: the camera-aware Jaccard distance instead
+    (:func:`reidkit.evaluation.rerank.camera_aware_jaccard_graph`; ``k1``, ``k2`` and ``weights`` unused).
     """
     if outliers not in ("drop", "instances"):
         raise ValueError(f"outliers must be drop or instances, got {outliers!r}")
@@ -49,8 +52,12 @@ def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int 
         raise ValueError(f"clustering needs at least 2 images, got {n}")
     t0 = time.perf_counter()
     feats = torch.nn.functional.normalize(features.float(), dim=1)
-    graph = jaccard_graph(feats, min(k1, n - 1), min(k2, n), max_distance=eps,
-                          normalised=weights == "reranking")
+    if camera_neighbours is not None:
+        camids, k1_intra, k1_inter, k2_intra, k2_inter = camera_neighbours
+        graph = camera_aware_jaccard_graph(feats, camids, k1_intra, k1_inter, k2_intra, k2_inter, max_distance=eps)
+    else:
+        graph = jaccard_graph(feats, min(k1, n - 1), min(k2, n), max_distance=eps,
+                              normalised=weights == "reranking")
     t1 = time.perf_counter()
     labels = dbscan_precomputed(graph, eps, min_samples)
     t2 = time.perf_counter()

@@ -50,6 +50,13 @@ class ClusterMemoryConfig(Strict):
     k2: int = Field(6, ge=1)                      # query expansion of the encoding
     outliers: Literal["drop", "instances"] = "drop"     # unclustered images: left out, or each its own cluster
     weights: Literal["cluster_contrast", "reranking"] = "cluster_contrast"    # how the encoding is weighed
+    # jaccard: k-reciprocal neighbours on the whole ranking (k1, k2); camera_jaccard: on each camera's ranking and
+    # on the other cameras' (CA-Jaccard, Chen et al., CVPR 2024: k1_intra, k1_inter, then the expansion k2_*)
+    distance: Literal["jaccard", "camera_jaccard"] = "jaccard"
+    k1_intra: int = Field(5, ge=0)
+    k1_inter: int = Field(20, ge=0)
+    k2_intra: int = Field(2, ge=0)
+    k2_inter: int = Field(4, ge=0)
     memory: Literal["cluster", "camera_proxy"] = "cluster"
     update: Literal["mean", "hard"] = "mean"      # cluster memory: towards the batch's mean, or its hardest image
     temperature: float = Field(0.05, gt=0)
@@ -99,7 +106,10 @@ class ClusterMemoryPiece(TrainingPiece):
         t1 = time.perf_counter()
         assert cfg.eps is not None
         clustered = camera_centred(features, self.camids) if cfg.camera_centred else features
-        found = cluster_features(clustered, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights)
+        cameras = ((self.camids, cfg.k1_intra, cfg.k1_inter, cfg.k2_intra, cfg.k2_inter)
+                   if cfg.distance == "camera_jaccard" else None)
+        found = cluster_features(clustered, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights,
+                                 camera_neighbours=cameras)
         labels = torch.from_numpy(found.labels).to(features.device)
         if isinstance(self.memory, ClusterMemory):
             self.memory.reset(features, labels)

@@ -241,3 +241,9 @@ def test_relabelled_batches_draw_only_the_kept_images_under_their_new_labels():
     assert list(again) == batches                                     # seeded: a resumed epoch draws the same
     with pytest.raises(ValueError, match="fewer than one batch"):
         relabelled_sampler(recipe, np.array([0, 0, -1, -1, -1]), np.zeros(5, dtype=int))
+    merged = np.array([0, 0, 0, 0, -1, 0])                          # one cluster: no batch of P = 2 clusters
+    with pytest.raises(ValueError, match="hold 1 clusters, fewer than the 2 a batch draws"):
+        relabelled_sampler(recipe, merged, camids[:6])
+    by_camera = load_recipe(None, ["data.batch_size=4", "data.num_instances=2", "data.sampler=identity_camera"])
+    two_cameras = np.array([0, 1, 0, 1, 0, 1])                      # one cluster seen by two cameras: 2 pairs
+    assert len(relabelled_sampler(by_camera, merged, two_cameras)) > 0

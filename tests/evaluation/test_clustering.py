@@ -121,3 +121,71 @@ def test_camera_centring_removes_what_one_camera_adds_to_every_crop():
     assert all(len(set(centred[pids == p])) == 1 for p in (0, 1)) and centred[0] != centred[6]   # by identity
     centred_means = [camera_centred(features, cams)[torch.from_numpy(cams == c)].mean(0) for c in (0, 1)]
     assert all(torch.allclose(m, torch.zeros(16), atol=1e-6) for m in centred_means)
+
+
+def dense_camera_jaccard_reference(x: np.ndarray, cams: np.ndarray, k1_intra: int, k1_inter: int, k2_intra: int,
+                                   k2_inter: int) -> np.ndarray:
+    """CA-Jaccard as its paper describes it, densely and one item at a time: each item ranks its own camera's
+    items (itself first) and the other cameras' items apart; its set is the union of its k-reciprocal neighbours
+    on the two rankings (first k+1 of each), weighed by softmax(-squared distance); the expansion averages the
+    rows of its k2_intra own-camera and k2_inter other-camera nearest; 1 - m / (2 - m)."""
+    n = len(x)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, -1.0)
+
+    def ranking(i: int, own: bool) -> list[int]:
+        others = [j for j in range(n) if (cams[j] == cams[i]) == own and (own or j != i)]
+        return sorted(others, key=lambda j: (d[i, j], j))
+
+    intra, inter = [ranking(i, True) for i in range(n)], [ranking(i, False) for i in range(n)]
+
+    def reciprocal(lists: list[list[int]], i: int, k: int) -> set[int]:
+        return {j for j in lists[i][:k + 1] if i in lists[j][:k + 1]}
+
+    np.fill_diagonal(d, 0.0)
+    v = np.zeros((n, n))
+    for i in range(n):
+        members = sorted(reciprocal(intra, i, k1_intra) | reciprocal(inter, i, k1_inter))
+        w = np.exp(-d[i, members])
+        v[i, members] = w / w.sum()
+    v = np.stack([v[intra[i][:k2_intra] + inter[i][:k2_inter]].mean(0) for i in range(n)])
+    m = np.minimum(v[:, None, :], v[None, :, :]).sum(-1)
+    return np.maximum(1 - m / (2 - m), 0.0)
+
+
+@pytest.mark.parametrize("k", [(5, 20, 2, 4), (3, 6, 1, 1), (0, 8, 1, 3)])
+def test_the_camera_aware_graph_equals_a_dense_reference(k):
+    x, _ = blobs(6, 12, 16, spread=0.6, seed=sum(k))
+    x = F.normalize(x, dim=1)
+    cams = np.random.default_rng(sum(k)).integers(0, 3, len(x))
+    reference = dense_camera_jaccard_reference(x.double().numpy(), cams, *k)
+    graph = rerank.camera_aware_jaccard_graph(x, cams, *k, max_distance=1.0)
+    dense = np.ones_like(reference)
+    c = graph.tocoo()
+    dense[c.row, c.col] = c.data
+    np.testing.assert_allclose(dense, reference, atol=2e-6)
+    assert (graph.diagonal() == 0).all()
+    with pytest.raises(ValueError, match="72 features but 71 camera ids"):
+        rerank.camera_aware_jaccard_graph(x, cams[:-1])
+
+
+def test_camera_aware_neighbours_join_what_a_camera_gap_splits():
+    """Ten people, each seen by two cameras; each camera adds its own component to every crop, so every
+    cross-camera pair is farther apart than any two people within a camera.  On the whole ranking an image's
+    neighbours are its own camera's (other people) and the clusters hold one camera each; on each camera's
+    ranking apart, the same person's crops from the other camera are reciprocal neighbours, and every cluster
+    is one person seen by both cameras."""
+    g = torch.Generator().manual_seed(0)
+    people = F.normalize(torch.randn(10, 32, generator=g), dim=1)
+    cams = np.tile(np.repeat([0, 1], 4), 10)
+    truth = np.repeat(np.arange(10), 8)
+    camera_part = 1.5 * torch.eye(2)[cams]                          # a distance of 4.5 between the cameras
+    x = torch.cat([people[truth] + 0.05 * torch.randn(80, 32, generator=g), camera_part], dim=1)
+    plain = cluster_features(x, eps=0.6, min_samples=4, k1=7, k2=1)
+    one_camera = [len(set(cams[plain.labels == c])) == 1 for c in range(plain.clusters)]
+    assert plain.clusters and all(one_camera)
+    aware = cluster_features(x, eps=0.6, min_samples=4, camera_neighbours=(cams, 3, 3, 1, 1))
+    assert aware.clusters == 10 and aware.outliers == 0
+    for c in range(10):
+        members = aware.labels == c
+        assert len(set(truth[members])) == 1 and set(cams[members]) == {0, 1}

@@ -72,12 +72,15 @@ def test_resume_restores_the_memory_and_the_labels_exactly(tiny_data, tmp_path):
                        straight.piece("cluster_memory").memory.centroids)
 
 
-@pytest.mark.parametrize("sampler", ["identity", "identity_camera"])
-def test_camera_proxies_train_with_both_terms_and_every_n_epochs(tiny_data, tmp_path, sampler):
+@pytest.mark.parametrize("sampler,distance", [("identity", "jaccard"), ("identity_camera", "jaccard"),
+                                              ("identity", "camera_jaccard")])
+def test_camera_proxies_train_with_both_terms_and_every_n_epochs(tiny_data, tmp_path, sampler, distance):
     trainer = Trainer(unsupervised(tiny_data, tmp_path / "cap", epochs=3,
                                    extra=["cluster_memory.memory=camera_proxy", "cluster_memory.temperature=0.07",
                                           "cluster_memory.momentum=0.2", "cluster_memory.every=2",
-                                          f"data.sampler={sampler}"]),
+                                          f"data.sampler={sampler}", f"cluster_memory.distance={distance}",
+                                          "cluster_memory.k1_intra=2", "cluster_memory.k1_inter=4",
+                                          "cluster_memory.k2_intra=1", "cluster_memory.k2_inter=1"]),
                       progress=False)
     before = weights(trainer)
     trainer.fit()
