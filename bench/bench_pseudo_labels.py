@@ -60,6 +60,39 @@ def reference_jaccard(x: np.ndarray, k1: int = 30, k2: int = 6) -> np.ndarray:
     del dist
     if k2 != 1:
         v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)]).astype(np.float32)
+    return dense_jaccard(v)
+
+
+def reference_camera_jaccard(x: np.ndarray, cams: np.ndarray, k1_intra: int = 5, k1_inter: int = 20,
+                             k2_intra: int = 2, k2_inter: int = 4) -> np.ndarray:
+    """Dense N x N camera-aware Jaccard distances the way the CA-Jaccard authors' ``compute_jaccard_distance``
+    computes them (ckrnns and clqe on): rankings with the other (intra) or the same (inter) camera pushed back by
+    a constant, k-reciprocal sets on each, their union weighed by softmax(-d), the camera-aware expansion."""
+    n = len(x)
+    x = x.astype(np.float32)
+    dist = np.maximum(2 - 2 * x @ x.T, 0).astype(np.float32)
+    same = cams[:, None] == cams[None, :]
+    intra = np.argsort(dist + 999.0 * ~same, axis=1).astype(np.int32)
+    inter = np.argsort(dist + 999.0 * same, axis=1).astype(np.int32)
+
+    def reciprocal(rank: np.ndarray, i: int, k: int) -> np.ndarray:
+        forward = rank[i, :k + 1]
+        return forward[np.where(rank[forward, :k + 1] == i)[0]]
+
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        members = np.union1d(reciprocal(intra, i, k1_intra), reciprocal(inter, i, k1_inter))
+        w = np.exp(-dist[i, members])
+        v[i, members] = w / w.sum()
+    del dist
+    v = np.stack([v[np.append(intra[i, :k2_intra], inter[i, :k2_inter])].mean(0) for i in range(n)])
+    return dense_jaccard(v.astype(np.float32))
+
+
+def dense_jaccard(v: np.ndarray) -> np.ndarray:
+    """``1 - m / (2 - m)``, ``m[i, j] = sum_k min(v[i, k], v[j, k])``, row by row over an inverted index (both
+    reference codes' loop)."""
+    n = len(v)
     inverted = [np.where(v[:, i] != 0)[0] for i in range(n)]
     jaccard = np.zeros((n, n), dtype=np.float32)
     for i in range(n):
@@ -103,17 +136,23 @@ def cuhk03_features(cache: Path) -> np.ndarray:
     return x
 
 
+def camera_ids(identities: bool = False) -> np.ndarray:
+    """The CUHK03-labeled training crops' camera ids (or, for information only, their identities), in the order
+    of ``--cuhk03``'s features."""
+    from reidkit.data import build_dataset
+    train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
+    return np.array([r.pid if identities else r.camid for r in train])
+
+
 def camera_table(x: np.ndarray, variants: tuple[str, ...], eps_values: tuple[float, ...],
                  truth: bool = True) -> None:
     """Clusters of the CUHK03 features for each of ``variants``: ``plain`` (the features as they are, Jaccard),
     ``centred`` (each camera's mean removed: ``cluster_memory.camera_centred``), ``camera_jaccard`` (CA-Jaccard
     with the authors' k1 5 / 20, k2 2 / 4: ``cluster_memory.distance``).  Count, outliers, single-camera share
     and seconds are label-free; with ``truth``, purity and ARI against the identities, for information."""
-    from reidkit.data import build_dataset
     from reidkit.evaluation.clustering import cluster_statistics
     from reidkit.methods.cluster_memory import camera_centred
-    train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
-    cams, pids = np.array([r.camid for r in train]), np.array([r.pid for r in train])
+    cams, pids = camera_ids(), camera_ids(identities=True)
     features = torch.from_numpy(x).float()
     head = "| features | eps | clusters | outliers | single-camera | seconds |" + (" purity | ARI |" if truth else "")
     print(head)
@@ -149,6 +188,8 @@ def main() -> None:
     p.add_argument("--camera-jaccard", action="store_true",
                    help="with --cuhk03: the clusters on the Jaccard and the camera-aware Jaccard distance over a "
                         "range of eps, label-free columns only (choosing eps without labels), then stop")
+    p.add_argument("--distance", choices=("jaccard", "camera_jaccard"), default="jaccard",
+                   help="the distance compared (camera_jaccard: the authors' defaults k1 5 / 20, k2 2 / 4)")
     p.add_argument("--n", type=int, default=7239, help="synthetic features: how many (default: CUHK03's train)")
     p.add_argument("--eps", type=float, default=0.6)
     p.add_argument("--large", type=int, default=0, help="also cluster this many 512-d features, reidkit only")
@@ -173,13 +214,17 @@ def main() -> None:
     if args.camera_jaccard:
         camera_table(x, ("plain", "camera_jaccard"), (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), truth=False)
         return
-    print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, k1 30, k2 6; "
+    cams = (camera_ids() if args.cuhk03 else np.random.default_rng(0).integers(0, 6, len(x))) \
+        if args.distance == "camera_jaccard" else None
+    setting = "k1 30, k2 6" if cams is None else "camera-aware: k1 5 / 20, k2 2 / 4"
+    print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, {setting}; "
           f"{args.threads} threads")
     t0 = time.perf_counter()
-    ours = cluster_features(torch.from_numpy(x), eps=args.eps)
+    ours = cluster_features(torch.from_numpy(x), eps=args.eps,
+                            camera_neighbours=None if cams is None else (cams, 5, 20, 2, 4))
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jaccard = reference_jaccard(x)
+    jaccard = reference_jaccard(x) if cams is None else reference_camera_jaccard(x, cams)
     t_dist = time.perf_counter() - t0
     theirs = DBSCAN(eps=args.eps, min_samples=4, metric="precomputed").fit_predict(jaccard)
     t_ref = time.perf_counter() - t0
