@@ -201,6 +201,9 @@ def _cluster_memory(ctx: PieceContext[ClusterMemoryConfig]) -> ClusterMemoryPiec
         return None
     if ctx.train_images is None:
         raise ValueError("cluster_memory needs the training images (PieceContext.train_images)")
+    if cfg.distance == "camera_jaccard" and len(np.unique(ctx.train_images.camids())) < 2:
+        raise ValueError("cluster_memory.distance=camera_jaccard needs crops from two or more cameras; every training "
+                         "crop has the same camera id (unknown cameras?): use distance=jaccard")
     if ctx.recipe.data.sampler == "random":
         raise ValueError("cluster_memory draws P clusters x K images: set data.sampler=identity (or camera_diverse, "
                          "identity_camera)")

@@ -114,3 +114,16 @@ def test_recipes_that_cannot_work_are_refused(tiny_data, tmp_path):
         Trainer(load_recipe(None, [*base, *UNSUPERVISED, "data.sampler=random"]), progress=False)
     with pytest.raises(RecipeError, match="cluster_memory.eps"):
         load_recipe(None, [*base, *UNSUPERVISED, "cluster_memory.eps=2"])
+
+
+def test_the_camera_aware_distance_refuses_crops_of_one_camera(tiny_data, tmp_path, monkeypatch):
+    build = trainer_module.build_recipe_dataset
+
+    def one_camera(cfg):
+        dataset = build(cfg)
+        return dataclasses.replace(dataset, train=[ImageRecord(r.path, r.pid, 0) for r in dataset.train])
+
+    monkeypatch.setattr(trainer_module, "build_recipe_dataset", one_camera)
+    recipe = unsupervised(tiny_data, tmp_path / "one", extra=["cluster_memory.distance=camera_jaccard"])
+    with pytest.raises(ValueError, match="camera_jaccard needs crops from two or more cameras"):
+        Trainer(recipe, progress=False)
