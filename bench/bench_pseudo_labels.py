@@ -136,12 +136,12 @@ def cuhk03_features(cache: Path) -> np.ndarray:
     return x
 
 
-def camera_ids(identities: bool = False) -> np.ndarray:
-    """The CUHK03-labeled training crops' camera ids (or, for information only, their identities), in the order
-    of ``--cuhk03``'s features."""
+def cameras_and_identities() -> tuple[np.ndarray, np.ndarray]:
+    """The CUHK03-labeled training crops' camera ids and (for information only) identities, in the order of
+    ``--cuhk03``'s features."""
     from reidkit.data import build_dataset
     train = build_dataset("cuhk03_labeled", "../shared/data/cuhk03/labeled").train
-    return np.array([r.pid if identities else r.camid for r in train])
+    return np.array([r.camid for r in train]), np.array([r.pid for r in train])
 
 
 def camera_table(x: np.ndarray, variants: tuple[str, ...], eps_values: tuple[float, ...],
@@ -152,7 +152,7 @@ def camera_table(x: np.ndarray, variants: tuple[str, ...], eps_values: tuple[flo
     and seconds are label-free; with ``truth``, purity and ARI against the identities, for information."""
     from reidkit.evaluation.clustering import cluster_statistics
     from reidkit.methods.cluster_memory import camera_centred
-    cams, pids = camera_ids(), camera_ids(identities=True)
+    cams, pids = cameras_and_identities()
     features = torch.from_numpy(x).float()
     head = "| features | eps | clusters | outliers | single-camera | seconds |" + (" purity | ARI |" if truth else "")
     print(head)
@@ -214,7 +214,7 @@ def main() -> None:
     if args.camera_jaccard:
         camera_table(x, ("plain", "camera_jaccard"), (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), truth=False)
         return
-    cams = (camera_ids() if args.cuhk03 else np.random.default_rng(0).integers(0, 6, len(x))) \
+    cams = (cameras_and_identities()[0] if args.cuhk03 else np.random.default_rng(0).integers(0, 6, len(x))) \
         if args.distance == "camera_jaccard" else None
     setting = "k1 30, k2 6" if cams is None else "camera-aware: k1 5 / 20, k2 2 / 4"
     print(f"features: {what}, {x.shape[0]} x {x.shape[1]}; eps {args.eps}, min_samples 4, {setting}; "

@@ -27,6 +27,14 @@ class BatchSampler(Protocol):
     def __len__(self) -> int: ...
 
 
+class TooFewClasses(ValueError):
+    """A P x K sampler given fewer classes (identities, clusters, pairs) than the P a batch draws."""
+
+    def __init__(self, found: int, needed: int):
+        super().__init__(f"only {found} identities, fewer than P={needed} per batch")
+        self.found, self.needed = found, needed
+
+
 class RandomBatchSampler:
     """Every image once per epoch in shuffled order, ``batch_size`` at a time; the last partial batch is
     dropped (torchreid's ``RandomSampler`` with ``drop_last=True``)."""
@@ -83,7 +91,7 @@ class RandomIdentityBatchSampler:
             raise ValueError("camera_diverse sampling needs the camera ids")
         self.camids = np.asarray(camids) if camera_diverse else None
         if len(self.index) < self.p:
-            raise ValueError(f"only {len(self.index)} identities, fewer than P={self.p} per batch")
+            raise TooFewClasses(len(self.index), self.p)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

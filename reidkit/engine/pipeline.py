@@ -13,7 +13,7 @@ import torch
 from ..config import Recipe
 from ..data.cache import ImageCache
 from ..data.loader import TrainLoader
-from ..data.samplers import BatchSampler, SubsetBatchSampler, build_sampler, identity_camera_groups
+from ..data.samplers import BatchSampler, SubsetBatchSampler, TooFewClasses, build_sampler
 from ..data.transforms import BatchAugment
 from .distributed import ONE_PROCESS, DistEnv
 
@@ -61,16 +61,16 @@ def relabelled_sampler(recipe: Recipe, pids: np.ndarray, camids: np.ndarray, see
         raise ValueError(f"the new training labels keep {len(kept)} images, fewer than one batch of {d.batch_size} "
                          "(data.batch_size): the clustering found (almost) nothing; see its eps / min_samples")
     check_positive_pairs(recipe, np.asarray(pids)[kept])
-    labels, cameras = np.asarray(pids)[kept], np.asarray(camids)[kept]
-    classes = len(np.unique(identity_camera_groups(labels, cameras) if d.sampler == "identity_camera" else labels))
-    if d.sampler != "random" and classes < d.num_identities:
+    labels = np.asarray(pids)[kept]
+    try:
+        sampler = build_sampler(d.sampler, labels, np.asarray(camids)[kept], d.batch_size, d.num_instances,
+                                seed=recipe.train.seed if seed is None else seed)
+    except TooFewClasses as e:
         what = "cluster-camera pairs" if d.sampler == "identity_camera" else "clusters"
-        raise ValueError(f"the new training labels hold {classes} {what}, fewer than the {d.num_identities} a batch "
-                         "draws (data.batch_size / data.num_instances): the clustering merged (almost) everything "
-                         "or left it out; see its eps / min_samples, or lower data.batch_size")
-    sampler = build_sampler(d.sampler, labels, cameras, d.batch_size, d.num_instances,
-                            seed=recipe.train.seed if seed is None else seed)
+        raise ValueError(f"the new training labels hold {e.found} {what}, fewer than the {e.needed} a batch draws "
+                         "(data.batch_size / data.num_instances): the clustering merged (almost) everything or "
+                         "left it out; see its eps / min_samples, or lower data.batch_size") from None
     if len(sampler) == 0:
         raise ValueError(f"the new training labels give no batch of {d.num_identities} identities x "
-                         f"{d.num_instances} images: {classes} clusters")
+                         f"{d.num_instances} images: {len(np.unique(labels))} clusters")
     return SubsetBatchSampler(sampler, kept)

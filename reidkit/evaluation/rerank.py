@@ -216,23 +216,27 @@ def _expanded(v: sp.csr_matrix, neighbours: np.ndarray | list[np.ndarray]) -> sp
     return out
 
 
-def _camera_neighbours(source, cameras: torch.Tensor, k: int, same: bool) -> list[np.ndarray]:
-    """Each item's ``k`` nearest items seen by its own camera (``same``: itself first) or by the other cameras
-    (``not same``), ascending (ties by index); fewer where the cameras hold fewer items."""
-    n, lists = source.num, []
+def _camera_neighbours(source, cameras: torch.Tensor, k_intra: int,
+                       k_inter: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each item's ``k_intra`` nearest items seen by its own camera (itself first) and ``k_inter`` nearest seen by
+    the other cameras, ascending (ties by index); fewer where the cameras hold fewer items.  One distance block
+    per chunk of rows serves both."""
+    n = source.num
+    intra: list[np.ndarray] = []
+    inter: list[np.ndarray] = []
     with torch.no_grad():
         for s in range(0, n, ROW_CHUNK):
             e = min(s + ROW_CHUNK, n)
             d = source.block(s, e)
             d[torch.arange(e - s), torch.arange(s, e)] = -1.0               # itself nearest (rounding)
-            mask = cameras[s:e, None] == cameras[None, :]
-            d.masked_fill_(~mask if same else mask, float("inf"))
-            top = torch.topk(d, min(k, n), dim=1, largest=False, sorted=True)
-            vals, idx = top.values.cpu().numpy(), top.indices.cpu().numpy()
-            order = np.lexsort((idx, vals), axis=1)
-            idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
-            lists += [row[np.isfinite(v)] for row, v in zip(idx, vals)]
-    return lists
+            same = cameras[s:e, None] == cameras[None, :]
+            for lists, k, hidden in ((intra, k_intra, ~same), (inter, k_inter, same)):
+                top = torch.topk(d.masked_fill(hidden, float("inf")), min(k, n), dim=1, largest=False, sorted=True)
+                vals, idx = top.values.cpu().numpy(), top.indices.cpu().numpy()
+                order = np.lexsort((idx, vals), axis=1)
+                idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+                lists += [row[np.isfinite(v)] for row, v in zip(idx, vals)]
+    return intra, inter
 
 
 def _reciprocal_lists(lists: list[np.ndarray], width: int, n: int) -> sp.csr_matrix:
@@ -346,8 +350,7 @@ def camera_aware_jaccard_graph(features: torch.Tensor, cameras: ArrayLike, k1_in
     if len(cams) != n:
         raise ValueError(f"{n} features but {len(cams)} camera ids")
     source = _FeatureSource(feats[:0], feats, "euclidean")
-    intra = _camera_neighbours(source, cams, max(k1_intra + 1, k2_intra), same=True)
-    inter = _camera_neighbours(source, cams, max(k1_inter + 1, k2_inter), same=False)
+    intra, inter = _camera_neighbours(source, cams, max(k1_intra + 1, k2_intra), max(k1_inter + 1, k2_inter))
     members = _reciprocal_lists(intra, k1_intra + 1, n) + _reciprocal_lists(inter, k1_inter + 1, n)
     v = _weighted(source, members, None, normalised=False)
     if k2_intra + k2_inter > 1:
