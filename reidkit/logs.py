@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 def setup_logging(output_dir: str | Path | None = None, main_process: bool = True) -> None:
@@ -84,3 +87,33 @@ def progress_line(epoch: int, epochs: int, step: int, steps: int, images: int, s
     loss = f", loss {terms['total']:.3f}" if "total" in terms else ""
     return (f"epoch {epoch + 1}/{epochs}: batch {step}/{steps} ({100 * step / max(steps, 1):.0f}%), {images} images, "
             f"{speed:.1f} img/s, ETA {eta:.0f} s{loss}")
+
+
+class EpochProgress:
+    """One epoch's progress on screen: a tqdm bar where one shows (``progress`` on, a terminal), otherwise (a log
+    file, a pipe, ``--no-progress``) a :func:`progress_line` every ``every`` seconds (0: none); only ``main`` (the
+    first data-parallel process) shows anything."""
+
+    def __init__(self, epoch: int, epochs: int, total: int, progress: bool, main: bool, every: float):
+        self.epoch, self.epochs, self.total, self.main, self.every = epoch, epochs, total, main, every
+        self.t0 = self.last_line = time.perf_counter()
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=bar_disabled(progress and main),
+                        leave=False, bar_format=TRAINING_BAR)
+
+    def seconds(self) -> float:
+        """Since the epoch began."""
+        return time.perf_counter() - self.t0
+
+    def update(self, done: int, images: int, terms: dict[str, float], lr: float) -> None:
+        """After ``done`` batches (``images`` images) with the latest loss ``terms`` read."""
+        seconds = self.seconds()
+        self.bar.update(1)
+        self.bar.set_postfix_str(training_postfix(terms, lr, images / seconds if seconds > 0 else 0.0),
+                                 refresh=False)
+        if self.bar.disable and self.main and self.every and self.t0 + seconds - self.last_line >= self.every:
+            self.last_line = self.t0 + seconds
+            logging.getLogger("reidkit").info("%s", progress_line(self.epoch, self.epochs, done, self.total, images,
+                                                                  seconds, terms))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import Recipe
 from ..data.cache import ImageCache
 from ..data.loader import Batch
 from ..data.samplers import shard_bounds
 from ..evaluation import RankResult
-from ..logs import TRAINING_BAR, bar_disabled, progress_line, training_postfix
+from ..logs import EpochProgress
 from ..losses.objective import ReIDObjective, build_miner
 from ..models import build_model, check_model
 from ..models.heads import embed
@@ -42,18 +40,17 @@ from .distributed import (
     data_parallel,
     gather_rows,
     is_collective_failure,
-    unwrap,
 )
-from .evaluate import evaluate_model, evaluate_other_datasets, load_other_datasets
+from .epoch_evaluation import RunEvaluation, log_evaluation, select_checkpoint
 from .guards import DivergenceGuard, StopRequests, TrainingInterrupted
 from .meter import NonFiniteLossError, StepMeter
 from .optim import build_optimizer
 from .pipeline import build_train_loader, relabelled_sampler
-from .run_data import decode_run_images, prepare_dataset, validation_dataset
+from .run_data import decode_run_images, prepare_dataset
 from .run_folder import release_run_folder
-from .run_outputs import open_run_outputs, write_run_outputs
+from .run_outputs import open_run_outputs
 from .run_record import DiagnosticSums, RunRecord
-from .run_report import RunFacts, log_run_plan, write_training_report
+from .run_report import RunFacts, log_run_plan
 from .run_state import (
     RunPosition,
     TrainingParts,
@@ -123,12 +120,11 @@ class Trainer:
         # what checkpoints save and a resume restores (the same objects, by reference)
         self.parts = TrainingParts(recipe, self.model, self.num_classes, self.optimizer, self.scheduler, self.pieces,
                                    self.augment.gen, self.device, self.scaler, self.env.world_size)
-        self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.other_datasets = load_other_datasets(recipe)  # eval.datasets: their layout checked now
-        self.cross_dataset: dict[str, RankResult] = {}     # and their results after the last epoch
+        # the test and validation splits; eval.datasets' layout is checked now
+        self.evaluation = RunEvaluation(recipe, self.dataset, self.validation, images.test, images.validation,
+                                        self.device, self.env, progress)
         self.record = RunRecord()                          # history.json and TensorBoard
         self.on_check: Callable[[int, dict[str, float]], None] | None = None    # (step, terms) at every read
-        self._test_caches, self.val_caches = images.test, images.validation
         self.guard = DivergenceGuard()
         self.stop = StopRequests(enabled=False)             # Ctrl-C: finish the step, then stop (during fit)
 
@@ -171,19 +167,23 @@ class Trainer:
         return next((p for p in self.pieces if p.name == name), None)
 
     @property
-    def test_caches(self) -> tuple[ImageCache, ImageCache]:
-        """Query and gallery images, decoded with the train images (this process's share under DDP)."""
-        if self._test_caches is None:
-            raise ValueError(f"{self.dataset.name} has no query / gallery to evaluate on")
-        return self._test_caches
-
-    @property
     def query_cache(self) -> ImageCache:
-        return self.test_caches[0]
+        """Query images, decoded with the train images (this process's share under DDP)."""
+        return self.evaluation.test_caches[0]
 
     @property
     def gallery_cache(self) -> ImageCache:
-        return self.test_caches[1]
+        return self.evaluation.test_caches[1]
+
+    @property
+    def last_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Query and gallery features of the latest test evaluation."""
+        return self.evaluation.last_features
+
+    @property
+    def cross_dataset(self) -> dict[str, RankResult]:
+        """``eval.datasets``' figures, after the last epoch."""
+        return self.evaluation.cross_dataset
 
     @property
     def history(self) -> dict:
@@ -231,12 +231,11 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         meter = StepMeter(self.device, self.recipe.train.log_every)
         diagnostics: DiagnosticSums = {}
-        images, t0 = 0, time.perf_counter()
+        images = 0
         total = len(self.loader) if max_batches is None else min(max_batches, len(self.loader))
-        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}",
-                   disable=bar_disabled(self.progress and self.is_main), leave=False, bar_format=TRAINING_BAR)
+        screen = EpochProgress(epoch, self.recipe.train.epochs, total, self.progress, self.is_main,
+                               self.recipe.train.progress_seconds)
         first_step = self.step + 1
-        every, last_line = self.recipe.train.progress_seconds, t0        # progress lines when no bar shows
 
         def where(step: int) -> str:
             return f"epoch {epoch + 1}, iteration {step - first_step + 1} (lr {lr:.2e})"
@@ -257,16 +256,11 @@ class Trainer:
                     self.on_check(self.step, shown)
                 if self.step % self.recipe.train.log_every == 0:
                     self.record.add_step(self.step, shown, lr)
-            bar.update(1)
-            bar.set_postfix_str(training_postfix(shown, lr, images / (time.perf_counter() - t0)), refresh=False)
-            if bar.disable and self.is_main and every and time.perf_counter() - last_line >= every:
-                last_line = time.perf_counter()
-                log.info("%s", progress_line(epoch, self.recipe.train.epochs, i + 1, total, images,
-                                             last_line - t0, shown))
+            screen.update(i + 1, images, shown, lr)
             if self.stop.requested:
-                bar.close()
+                screen.close()
                 raise TrainingInterrupted(self.guard.interrupted(epoch, i + 1, total))
-        bar.close()
+        screen.close()
         if meter.count:
             meter.read(where)                            # every step is checked before the epoch counts
         means = meter.means()
@@ -277,7 +271,7 @@ class Trainer:
                 self.record.add_panel(piece)
             for k, v in values.items():
                 means[f"{piece.name}/{k}"] = v
-        means["images_per_s"] = images / (time.perf_counter() - t0)
+        means["images_per_s"] = images / screen.seconds()
         means["lr"] = lr
         return means
 
@@ -342,23 +336,11 @@ class Trainer:
 
     def evaluate(self) -> RankResult:
         """mAP / CMC of the current model on the test set; its features stay in ``last_features``."""
-        t = self.recipe.train
-        query, gallery = self.test_caches
-        result, qf, gf = evaluate_model(self.model, query, gallery, self.recipe.eval, self.recipe.data.test_batch_size,
-                                        t.amp, return_features=True, channels_last=t.channels_last,
-                                        device=self.device, env=self.env, dataset=self.dataset,
-                                        progress=self.progress)
-        self.last_features = (qf, gf)
-        return result
+        return self.evaluation.test(self.model)
 
     def evaluate_validation(self) -> RankResult:
         """mAP / CMC of the current model on the held-out validation identities."""
-        assert self.val_caches is not None and self.validation is not None
-        t = self.recipe.train
-        return evaluate_model(self.model, *self.val_caches, self.recipe.eval, self.recipe.data.test_batch_size, t.amp,
-                              channels_last=t.channels_last, device=self.device, env=self.env,
-                              dataset=validation_dataset(self.dataset, self.validation),
-                              progress=self.progress)
+        return self.evaluation.on_validation(self.model)
 
     def _save(self, epoch: int, name: str) -> None:
         if self.is_main:
@@ -417,24 +399,8 @@ class Trainer:
                     self.before_evaluation(epoch)
                     self._save(epoch + 1, "best.pth")
             self._save(epoch + 1, "last.pth")
-        self._finish(result)
+        self.evaluation.finish(self.model, result, self.out, self.facts, self.record, self.pieces, self.is_main)
         return result
-
-    def _finish(self, result: RankResult | None) -> None:
-        """After the last epoch: ``eval.datasets`` (cross-dataset; every process), then (the first process) the
-        summaries, ``history.json``, the pieces' files, the curves and the report."""
-        self.cross_dataset = evaluate_other_datasets(self.model, self.recipe, self.device, self.env, self.progress,
-                                                     self.other_datasets)
-        self.history["cross_dataset"] = {name: r.as_dict() for name, r in self.cross_dataset.items()}
-        if not self.is_main:
-            return
-        write_run_outputs(self.out, self.facts, self.record, self.pieces, self.cross_dataset)
-        if result is not None and self.last_features is not None:
-            # the features were gathered from every process: the whole splits' records, not this process's share
-            query, gallery = ((self.dataset.query, self.dataset.gallery) if self.env.enabled
-                              else (self.query_cache.records, self.gallery_cache.records))
-            write_training_report(self.out, self.facts, unwrap(self.model), result, self.last_features, query,
-                                  gallery, self.history, self.cross_dataset)
 
     def _evaluate_epoch(self, epoch: int) -> RankResult:
         """After an epoch due for evaluation: precise BN, validation and test, the record, the lr plateau's
@@ -445,21 +411,13 @@ class Trainer:
         for piece in self.pieces:
             piece.after_evaluation(epoch, result, val)
         self.record.add_evaluation(epoch, result, val, self.select_on)
-        selected = val if self.select_on == "val" and val is not None else result
-        if self.select_on != "last":                    # a plateau schedule needs val or an explicit test
-            self.scheduler.observe(selected.mAP)
         if self.is_main:
-            if val is not None:
-                log.info("epoch %d  validation mAP %.2f%%  rank-1 %.2f%%", epoch + 1, 100 * val.mAP,
-                         100 * val.rank(1))
-            log.info("epoch %d  test%s mAP %.2f%%  rank-1 %.2f%%  mINP %.2f%%", epoch + 1,
-                     " (monitoring, not used for selection)" if self.select_on == "val" else "",
-                     100 * result.mAP, 100 * result.rank(1), 100 * result.mINP)
-        if self.select_on == "last":
-            self.best_map = result.mAP                   # recorded, not compared
-            self._save(epoch + 1, "best.pth")
-        elif selected.mAP > self.best_map:
-            self.best_map = selected.mAP
+            log_evaluation(epoch, result, val, self.select_on)
+        chosen = select_checkpoint(self.select_on, result, val, self.best_map)
+        if chosen.reading is not None:                  # a plateau schedule needs val or an explicit test
+            self.scheduler.observe(chosen.reading)
+        self.best_map = chosen.best_map
+        if chosen.keep:
             self._save(epoch + 1, "best.pth")
         return result
 
