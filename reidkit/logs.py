@@ -106,12 +106,13 @@ class EpochProgress:
 
     def update(self, done: int, images: int, terms: dict[str, float], lr: float) -> None:
         """After ``done`` batches (``images`` images) with the latest loss ``terms`` read."""
-        seconds = self.seconds()
+        now = time.perf_counter()
+        seconds = now - self.t0
         self.bar.update(1)
         self.bar.set_postfix_str(training_postfix(terms, lr, images / seconds if seconds > 0 else 0.0),
                                  refresh=False)
-        if self.bar.disable and self.main and self.every and self.t0 + seconds - self.last_line >= self.every:
-            self.last_line = self.t0 + seconds
+        if self.bar.disable and self.main and self.every and now - self.last_line >= self.every:
+            self.last_line = now
             logging.getLogger("reidkit").info("%s", progress_line(self.epoch, self.epochs, done, self.total, images,
                                                                   seconds, terms))
 
