@@ -90,9 +90,10 @@ def cmd_extract(args) -> int:
             return 0
     extractor = FeatureExtractor(arch, weights, device=_device(args.device), image_size=size,
                                  batch_size=args.batch_size, model_options=options)
+    cameras = _sie_cameras(extractor, paths, args.sie_cameras)
     t0 = time.perf_counter()
     features, paths = extractor.embed_files(paths, progress=not args.no_progress,
-                                            skip_bad_images=args.skip_bad_images)
+                                            skip_bad_images=args.skip_bad_images, cameras=cameras)
     if args.dba > 1:
         from ..evaluation.expansion import database_augment
         features = database_augment(features, args.dba)
@@ -134,6 +135,23 @@ def _new_paths(gallery, paths: list[str], name: str | None) -> list[str]:
     return kept
 
 
+def _sie_cameras(extractor, paths: list[str], source: str | None) -> list[int] | None:
+    """Each image's camera index for a model that embeds cameras (``--sie-cameras``), None for one that does not;
+    the option is refused where it would change nothing, and required where the model needs it."""
+    from .metadata import sie_camera_indices
+    if not extractor.takes_cameras:
+        if source:
+            raise ValueError(f"--sie-cameras {source}: {extractor.model_name} does not embed cameras (only a model "
+                             "trained with model.sie_cameras does); leave the option out")
+        return None
+    if not source:
+        raise ValueError(f"{extractor.model_name} embeds each image's camera (TransReID's SIE, model.sie_cameras "
+                         f"= {extractor.num_cameras}): say where they come from with --sie-cameras DATASET (the "
+                         "file names of market1501, dukemtmc, msmt17 or cuhk03) or --sie-cameras FILE.csv (header "
+                         "path,camera_index; 0-based, as the training data's reader numbered the cameras)")
+    return sie_camera_indices(paths, source)
+
+
 def _device(name: str) -> str:
     """``auto`` -> the first GPU when there is one, else the CPU (ONNX Runtime)."""
     from ..engine.device import resolve_device
@@ -163,7 +181,8 @@ def cmd_search(args) -> int:
         raise OutputError(f"--json and --picture are both {args.json}: give each its own file")
     queries = [str(p.resolve()) for p in images]
     extractor = gallery_extractor(args.gallery, meta, weights, _device(args.device))
-    features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images)
+    features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images,
+                                              cameras=_sie_cameras(extractor, queries, args.sie_cameras))
     if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
         import torch.nn.functional as F
 
@@ -213,6 +232,7 @@ def cmd_export(args) -> int:
     import onnxruntime as ort
 
     from ..engine.checkpoint import load_recipe_model
+    from ..models.heads import embed, takes_cameras
     from .optimize import export_onnx
     recipe = load_recipe(args.recipe, args.overrides)
     int8_path = Path(args.out).with_suffix(".int8.onnx") if args.int8 else None
@@ -227,11 +247,19 @@ def cmd_export(args) -> int:
         raise ValueError(f"{args.weights}: {describe_tensors(bad)} hold NaN or infinite values (a diverged run?); "
                          "an export would give NaN embeddings. Export an earlier checkpoint")
     size = (recipe.data.height, recipe.data.width)
+    x, feed = torch.randn(2, 3, *size), {}
+    cameras = None
+    if takes_cameras(model):                       # TransReID's SIE: a second input, each image's camera index
+        if int8_path is not None:
+            raise ValueError(f"{args.weights}: the model embeds each image's camera (TransReID's SIE); its int8 "
+                             "export is not supported (the fp32 export is: leave out --int8)")
+        cameras = torch.tensor([0, int(spec.options["sie_cameras"]) - 1])     # the first and the last camera
+        feed = {"cameras": cameras.numpy()}
     path = export_onnx(model, args.out, size, spec=spec)
-    x = torch.randn(2, 3, *size)
     with torch.inference_mode():
-        expected = model(x).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+        expected = embed(model, x, cameras).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy(), **feed})[0]
     diff = float(np.abs(got - expected).max())
     print(f"{args.weights} -> {path} ({recipe.model.name}, input N x 3 x {size[0]} x {size[1]}, "
           f"output N x {got.shape[1]}); ONNX Runtime vs torch max |diff| {diff:.2e}")
@@ -316,6 +344,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _add_sie_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--sie-cameras", metavar="SOURCE",
+                   help=f"for a model that embeds each {what}'s camera (TransReID's SIE): the camera indices from the "
+                        "file names of a dataset (market1501, dukemtmc, msmt17, cuhk03: numbered as reidkit's reader "
+                        "numbers them) or from a CSV (header path,camera_index, 0-based)")
+
+
 def add_deploy_commands(sub) -> None:
     """Register extract, search, serve, import-onnx and export on the ``reidkit`` parser's subcommands."""
     p = sub.add_parser("extract", help="embed gallery images with a trained model -> a searchable gallery file")
@@ -346,6 +381,7 @@ def add_deploy_commands(sub) -> None:
                    "to it (written to --out, default GALLERY itself; images already in it are left out)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable images out of the gallery (default: list them all and stop)")
+    _add_sie_option(p, "image")
     p.add_argument("--dba", type=int, default=0, metavar="K",
                    help="database-side augmentation: each embedding averaged with its K nearest (default off)")
     p.add_argument("--no-progress", action="store_true")
@@ -365,6 +401,7 @@ def add_deploy_commands(sub) -> None:
     p.add_argument("--picture", help="also draw the ranked lists into this PNG")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable query images out (default: list them all and stop)")
+    _add_sie_option(p, "query")
     p.add_argument("--qe", type=int, default=0, metavar="K",
                    help="alpha-query expansion over the K nearest gallery images (default off)")
     p.set_defaults(func=cmd_search)

@@ -18,6 +18,11 @@ Preprocessing is the recipes': RGB, resized to ``image_size`` (bilinear),
 
 ``weights`` may also be an exported ``.onnx`` file, fp32 or int8 (``reidkit export [--int8]``): it runs
 as it is, with the architecture, input size and normalisation its metadata records.
+
+A model that embeds each image's camera (TransReID's SIE, ``model.sie_cameras``) is given them with the
+images, as the camera indices its training data's reader assigned (0-based; :func:`sie_camera_indices`)::
+
+    extractor(["0002_c1s1_000451_03.jpg"], cameras=[0])
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from ..engine.checkpoint import EmbeddingSpec, check_against_spec, load_embeddin
 from ..logs import bar_disabled
 from ..models import build_model
 from ..models.heads import takes_cameras
-from .onnx_model import fixed_input, onnx_session, read_spec, run_session
+from .onnx_model import camera_input, fixed_input, onnx_session, read_spec, run_session
 from .optimize import export_onnx, fuse_for_inference
 
 log = logging.getLogger(__name__)
@@ -97,10 +102,9 @@ class FeatureExtractor:
             raise ValueError("FeatureExtractor needs weights or a model name")
         else:
             self.model = build_model(model_name, num_classes or 1, pretrained=None, **(model_options or {})).eval()
-        if takes_cameras(self.model):
-            raise ValueError(f"{weights or model_name}: the model embeds each image's camera (TransReID's SIE, "
-                             "model.sie_cameras); extraction without cameras is not supported yet: evaluate it with "
-                             "`reidkit eval` (which passes them), or train with model.sie_cameras=0")
+        sie = getattr(self.model, "sie", None)
+        self.takes_cameras = takes_cameras(self.model)
+        self.num_cameras = len(sie) if self.takes_cameras and sie is not None else None
         if image_size is None:
             image_size = self.spec.image_size if self.spec is not None else (256, 128)
         spec = self.spec
@@ -139,6 +143,9 @@ class FeatureExtractor:
         self.mean, self.std = (spec.mean, spec.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
         session = onnx_session(path)
         _, _, fixed_size = fixed_input(session)
+        self.takes_cameras = camera_input(session) is not None
+        self.num_cameras = (spec.options.get("sie_cameras") if spec is not None else None) \
+            if self.takes_cameras else None
         if fixed_size is not None and image_size is not None and tuple(image_size) != fixed_size:
             raise ValueError(f"{path} takes images of exactly {fixed_size[0]}x{fixed_size[1]}, not "
                              f"{image_size[0]}x{image_size[1]}: leave out the size (or give that one)")
@@ -154,12 +161,42 @@ class FeatureExtractor:
         export_onnx(self.model, onnx_path, self.image_size, spec=self.spec)
         return onnx_session(onnx_path)
 
+    def camera_tensor(self, cameras: int | Sequence[int] | torch.Tensor | np.ndarray | None,
+                      count: int) -> torch.Tensor | None:
+        """``cameras`` checked for ``count`` images, as the model takes them (None for a model without SIE, which
+        ignores cameras); a model that embeds cameras and gets none, a count that differs, or an index outside
+        ``0 .. num_cameras - 1`` is a ``ValueError`` naming it."""
+        if not self.takes_cameras:
+            return None
+        if cameras is None:
+            raise ValueError(f"{self.model_name}: the model embeds each image's camera (TransReID's SIE, "
+                             "model.sie_cameras): give the cameras (extractor(images, cameras=[...]), "
+                             "`reidkit extract --sie-cameras ...`), 0-based as its training data's reader numbered "
+                             "them")
+        try:
+            tensor = torch.as_tensor(np.asarray(cameras), dtype=torch.long).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cameras: expected integer camera indices, got {cameras!r:.80} ({e})") from None
+        if len(tensor) != count:
+            raise ValueError(f"cameras: {len(tensor)} given for {count} image(s)")
+        limit = self.num_cameras
+        outside = [int(c) for c in tensor if c < 0 or (limit is not None and c >= limit)]
+        if outside:
+            raise ValueError(f"camera index {outside[0]} is outside 0..{'' if limit is None else limit - 1}: the "
+                             f"model's side-information embedding knows {limit} cameras (model.sie_cameras)")
+        return tensor
+
     @torch.inference_mode()
-    def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Embeddings of an already normalised N x 3 x H x W float batch."""
+    def embed_batch(self, batch: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of an already normalised N x 3 x H x W float batch (and its ``N`` camera indices for a
+        model that embeds them)."""
+        cameras = self.camera_tensor(cameras, len(batch))
         if self.session is not None:
-            return torch.from_numpy(run_session(self.session, batch.numpy()))
+            return torch.from_numpy(run_session(self.session, batch.numpy(),
+                                                None if cameras is None else cameras.numpy()))
         batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+        if cameras is not None:
+            return self.model(batch, cameras.to(self.device)).float().cpu()
         return self.model(batch).float().cpu()
 
     def _to_uint8(self, image: ImageInput) -> torch.Tensor:
@@ -176,13 +213,15 @@ class FeatureExtractor:
             raise TypeError(f"expected a path, PIL image or uint8 array, got {type(image).__name__}")
         return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
-    def embed_files(self, paths: Sequence[str | Path], progress: bool = False,
-                    skip_bad_images: bool = False) -> tuple[torch.Tensor, list[str]]:
-        """Embeddings of image files and the paths they belong to.
+    def embed_files(self, paths: Sequence[str | Path], progress: bool = False, skip_bad_images: bool = False,
+                    cameras: Sequence[int] | None = None) -> tuple[torch.Tensor, list[str]]:
+        """Embeddings of image files and the paths they belong to (``cameras``: one index per path, for a model
+        that embeds them).
 
         Every file is tried: the undecodable ones are all listed in one :class:`BadImageError` after the pass,
         or with ``skip_bad_images`` left out (logged) and absent from the returned paths.
         """
+        camera_of = self.camera_tensor(cameras, len(paths))
         bad: list[tuple[str, str]] = []
 
         def decode(path):
@@ -198,10 +237,12 @@ class FeatureExtractor:
             for s in tqdm(starts, desc="embedding", unit="batch", disable=bar_disabled(progress)):
                 chunk = list(paths[s:s + self.batch_size])
                 images = list(decoders.map(decode, chunk))
-                good = [(p, x) for p, x in zip(chunk, images) if x is not None]
+                good = [(p, x, s + i) for i, (p, x) in enumerate(zip(chunk, images)) if x is not None]
                 if good and not (bad and not skip_bad_images):     # stop embedding once the run must fail
-                    out.append(self.embed_batch(normalize(torch.stack([x for _, x in good]), self.mean, self.std)))
-                    kept += [str(p) for p, _ in good]
+                    batch = normalize(torch.stack([x for _, x, _ in good]), self.mean, self.std)
+                    batch_cameras = None if camera_of is None else camera_of[[i for _, _, i in good]]
+                    out.append(self.embed_batch(batch, batch_cameras))
+                    kept += [str(p) for p, _, _ in good]
         if bad and not skip_bad_images:
             raise BadImageError(bad, hint="pass --skip-bad-images to leave them out")
         if bad:
@@ -210,14 +251,18 @@ class FeatureExtractor:
             raise ValueError(f"none of the {len(paths)} image(s) could be decoded")
         return torch.cat(out), kept
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], progress: bool = False) -> torch.Tensor:
-        """Embeddings of one image or a list, ``batch_size`` at a time (``progress``: a bar over the batches)."""
+    def __call__(self, images: ImageInput | Sequence[ImageInput], progress: bool = False,
+                 cameras: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Embeddings of one image or a list, ``batch_size`` at a time (``progress``: a bar over the batches;
+        ``cameras``: one index per image for a model that embeds them, ignored by one that does not)."""
         if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
+        camera_of = self.camera_tensor(cameras, len(images))
         out = []
         starts = range(0, len(images), self.batch_size)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as decoders:    # PIL releases the GIL
             for s in tqdm(starts, desc="embedding", unit="batch", disable=bar_disabled(progress)):
                 batch = torch.stack(list(decoders.map(self._to_uint8, images[s:s + self.batch_size])))
-                out.append(self.embed_batch(normalize(batch, self.mean, self.std)))   # under inference_mode
+                batch_cameras = None if camera_of is None else camera_of[s:s + self.batch_size]
+                out.append(self.embed_batch(normalize(batch, self.mean, self.std), batch_cameras))
         return torch.cat(out)

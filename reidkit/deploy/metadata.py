@@ -3,13 +3,16 @@
 Read from the file names with a regular expression (named groups ``camera`` and, optionally, ``time``; presets for
 the public datasets' names), from a CSV (``path,camera,time``; paths as the gallery stores them, or their file
 names), or absent.  A name the pattern does not match, or a row the CSV lacks, has neither.
+
+:func:`sie_camera_indices` is the other reading of a camera: the 0-based index a model with a side-information
+embedding (TransReID's SIE) takes, as the dataset's reader numbered it in training.
 """
 from __future__ import annotations
 
 import csv
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +128,52 @@ def from_csv(paths: Sequence[str], table: str | Path) -> Metadata:
     by_name = {Path(p).name: v for p, v in rows.items()}
     found = [rows.get(p) or by_name.get(Path(p).name) or ("", math.nan) for p in paths]
     return Metadata([c for c, _ in found], np.array([t for _, t in found], dtype=np.float64))
+
+
+def _reader_cameras() -> dict[str, Callable[[str], int]]:
+    """The 0-based camera index of a file name, as reidkit's reader of each public dataset numbers it (what a model
+    with a side-information embedding was trained on)."""
+    from ..data.datasets.cuhk import parse_cuhk03_name
+    from ..data.datasets.market_style import parse_market_name
+    from ..data.datasets.msmt17 import parse_msmt17_name
+    return {"market1501": lambda name: parse_market_name(name, 6)[1],
+            "dukemtmc": lambda name: parse_market_name(name, 8)[1],
+            "msmt17": parse_msmt17_name,
+            "cuhk03": lambda name: parse_cuhk03_name(name)[1]}
+
+
+def sie_camera_indices(paths: Sequence[str], source: str | Path) -> list[int]:
+    """Each image's camera index for a model that embeds cameras (TransReID's SIE): ``source`` is a public
+    dataset's name (``market1501``, ``dukemtmc``, ``msmt17``, ``cuhk03``: the index that dataset's reader gives the
+    file name, 0-based) or a CSV with the header ``path,camera_index`` (matched by path, else by file name).
+    A name the dataset's pattern does not fit, or an image the table does not list, is a ``ValueError`` naming it."""
+    readers = _reader_cameras()
+    if str(source) in readers:
+        read = readers[str(source)]
+        indices = []
+        for path in paths:
+            try:
+                indices.append(read(Path(path).name))
+            except ValueError as e:              # the readers' DatasetLayoutError names the file and the pattern
+                raise ValueError(f"--sie-cameras {source}: {e}") from None
+        return indices
+    table = Path(source)
+    if not table.is_file():
+        raise FileNotFoundError(f"--sie-cameras {source}: neither a dataset ({', '.join(readers)}) nor a CSV file "
+                                "(header path,camera_index)")
+    rows: dict[str, int] = {}
+    with open(table, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "camera_index"} <= set(reader.fieldnames):
+            raise ValueError(f"{table}: the header must name path and camera_index, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            raw = (row.get("camera_index") or "").strip()
+            if not raw.isdigit():
+                raise ValueError(f"{table}, line {line}: camera_index {raw!r} is not a 0-based integer")
+            rows[row["path"]] = int(raw)
+    by_name = {Path(p).name: v for p, v in rows.items()}
+    found = [rows.get(str(p), by_name.get(Path(p).name)) for p in paths]
+    missing = [str(p) for p, v in zip(paths, found) if v is None]
+    if missing:
+        raise ValueError(f"{table} gives no camera_index for {len(missing)} image(s), e.g. {missing[0]}")
+    return [int(v) for v in found if v is not None]

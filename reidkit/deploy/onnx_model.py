@@ -102,20 +102,40 @@ def fixed_input(session) -> tuple[str, int | None, tuple[int, int] | None]:
     return first.name, batch, size
 
 
-def run_session(session, images: np.ndarray) -> np.ndarray:
-    """``N x D`` embeddings of a batch from any ONNX embedding model: its own input name, a fixed batch size run
-    in pieces (the last one padded), outputs flattened per image."""
+def camera_input(session) -> str | None:
+    """The name of an ONNX Runtime session's camera input (a reidkit export of a model that embeds each image's
+    camera, TransReID's SIE: int64 ``N``), or None for a model that takes images alone."""
+    inputs = session.get_inputs()
+    return inputs[1].name if len(inputs) > 1 else None
+
+
+def run_session(session, images: np.ndarray, cameras: np.ndarray | None = None) -> np.ndarray:
+    """``N x D`` embeddings of a batch from any ONNX embedding model: its own input names, a fixed batch size run
+    in pieces (the last one padded), outputs flattened per image.  ``cameras`` (``N`` camera indices) go to a
+    model with a camera input, which needs them; a model without one ignores them."""
     name, fixed, _ = fixed_input(session)
+    camera_name = camera_input(session)
+    if camera_name is not None and cameras is None:
+        raise ValueError("this ONNX model embeds each image's camera (its second input, "
+                         f"{camera_name!r}): give the cameras")
+
+    def feed(part: np.ndarray, part_cameras: np.ndarray | None) -> dict[str, np.ndarray]:
+        if camera_name is None:
+            return {name: part}
+        return {name: part, camera_name: np.asarray(part_cameras, dtype=np.int64)}
     if fixed is None or fixed == len(images):
-        out = session.run(None, {name: images})[0]
+        out = session.run(None, feed(images, cameras))[0]
     else:
         parts = []
         for s in range(0, len(images), fixed):
             part = images[s:s + fixed]
+            part_cameras = None if cameras is None else np.asarray(cameras[s:s + fixed])
             n = len(part)
             if n < fixed:
                 part = np.concatenate([part, np.zeros((fixed - n, *part.shape[1:]), part.dtype)])
-            parts.append(session.run(None, {name: part})[0][:n])
+                if part_cameras is not None:
+                    part_cameras = np.concatenate([part_cameras, np.zeros(fixed - n, part_cameras.dtype)])
+            parts.append(session.run(None, feed(part, part_cameras))[0][:n])
         out = np.concatenate(parts)
     return np.asarray(out, dtype=np.float32).reshape(len(images), -1)
 
@@ -130,10 +150,12 @@ class OnnxEmbedding(nn.Module):
         self.spec = read_spec(path)
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.takes_cameras = camera_input(self.session) is not None      # reidkit's evaluation then passes them
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
         x = images.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(run_session(self.session, x))
+        c = None if cameras is None else cameras.detach().cpu().long().numpy()
+        return torch.from_numpy(run_session(self.session, x, c))
 
 
 def measure_speed(models: dict[str, str | Path], images: np.ndarray, threads: int | None = None,
@@ -219,6 +241,9 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
     source = Path(source)
     model = _load_onnx(source)
     spec, input_name = _spec_of(model), model.graph.input[0].name
+    if len(model.graph.input) > 1:
+        raise ValueError(f"{source}: the model embeds each image's camera (input {model.graph.input[1].name!r}, "
+                         "TransReID's SIE); its int8 export is not supported (the fp32 export is: leave out --int8)")
     with tempfile.TemporaryDirectory(prefix="reidkit_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared))      # shape inference + graph optimisation first

@@ -41,23 +41,24 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int] = (256, 128),
                 opset: int = 17, spec: EmbeddingSpec | None = None) -> Path:
-    """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised).
+    """Write the eval-mode embedding network to ``path`` (input ``images``: N x 3 x H x W, normalised; a model
+    that embeds each image's camera, TransReID's SIE, has a second input ``cameras``: N int64 indices).
 
     ``spec`` (architecture, input size, normalisation) goes into the file's metadata, so that
     ``reidkit extract --weights model.onnx`` and :class:`~reidkit.deploy.FeatureExtractor` need nothing else.
     """
-    if takes_cameras(model):
-        raise ValueError("the model embeds each image's camera (TransReID's SIE, model.sie_cameras): its export to "
-                         "ONNX is not supported yet (train with model.sie_cameras=0 to deploy it)")
     net = fuse_for_inference(model, channels_last=False)
-    example = torch.zeros(2, 3, *image_size)
+    example: tuple[torch.Tensor, ...] = (torch.zeros(2, 3, *image_size),)
+    names = ["images"]
+    if takes_cameras(model):
+        example, names = (*example, torch.zeros(2, dtype=torch.long)), [*names, "cameras"]
+    dynamic = {name: {0: "batch"} for name in [*names, "features"]}
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (example,), tmp, input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            torch.onnx.export(net, example, tmp, input_names=names, output_names=["features"],
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
         if spec is not None:
             from .onnx_model import write_spec
             write_spec(tmp, spec)

@@ -56,6 +56,10 @@ class SearchService:
         meta = self.index.meta
         if extractor is None:
             extractor = gallery_extractor(gallery, meta, check_gallery_weights(str(gallery), meta, weights), device)
+        if getattr(extractor, "takes_cameras", False):
+            raise ValueError(f"{gallery}: its model embeds each image's camera (TransReID's SIE); the service takes "
+                             "uploads without camera indices, so it cannot embed them: serve a model trained with "
+                             "model.sie_cameras=0 (`reidkit search --sie-cameras` searches this gallery)")
         self.extractor = extractor
         self.pattern = compile_pattern(metadata) if metadata else None
         self.metadata_csv = metadata_csv

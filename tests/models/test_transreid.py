@@ -109,6 +109,11 @@ def test_a_transreid_run_with_sie_and_jpm_trains_and_evaluates(tiny_data, tmp_pa
     result = Trainer(recipe, progress=False).fit()
     history = json.loads((out / "history.json").read_text())
     assert math.isfinite(result.mAP) and result.mAP > 0 and all(math.isfinite(v) for v in history["loss/total"])
-    from reidkit.deploy import FeatureExtractor
+    from reidkit.deploy import FeatureExtractor  # the trained run deploys with its cameras
+    extractor = FeatureExtractor(weights=out / "best.pth", backend="torch")
+    images = sorted(tiny_data.rglob("*.png"))[:4] or sorted(tiny_data.rglob("*.jpg"))[:4]
     with pytest.raises(ValueError, match="embeds each image's camera"):
-        FeatureExtractor(weights=out / "best.pth")
+        extractor(images)
+    features = extractor(images, cameras=[0, 1, 2, 0])
+    assert features.shape[0] == 4 and torch.isfinite(features).all()
+    assert not torch.allclose(features[:1], extractor(images[:1], cameras=[2]), atol=1e-3)
