@@ -129,12 +129,35 @@ def _evaluated_model(recipe, weights: str, ensemble: bool):
     """The model of ``weights`` and its input size.  Alone, it must be the recipe's model; in an ensemble a
     self-describing checkpoint brings its own architecture and size (a bare state_dict takes the recipe's)."""
     from .engine.checkpoint import embedding_spec, load_checkpoint, load_embedding_model
+    if str(weights).endswith(".onnx"):
+        return _evaluated_onnx(recipe, weights, ensemble)
     spec = embedding_spec(load_checkpoint(weights)) if ensemble else None
     if spec is None:
         return load_trained_model(recipe, weights), (recipe.data.height, recipe.data.width)
     model, spec = load_embedding_model(weights)
     assert spec is not None
     return model, tuple(spec.image_size)
+
+
+def _evaluated_onnx(recipe, path: str, ensemble: bool):
+    """An exported ONNX model (fp32 or int8, ``reidkit export``; or another tool's) evaluated as it will be deployed,
+    by ONNX Runtime on the CPU.  A reidkit export's recorded model, input size and normalisation are checked against
+    the recipe's (in an ensemble, its own architecture and size are used); another tool's file takes the recipe's
+    input size, or the one its graph fixes."""
+    from .deploy.onnx_model import OnnxEmbedding, fixed_input
+    from .engine.checkpoint import CheckpointError, check_against_spec
+    net = OnnxEmbedding(path, recipe.train.threads or None)
+    spec, size = net.spec, (recipe.data.height, recipe.data.width)
+    if spec is not None:
+        if not ensemble:
+            check_against_spec(spec, path, recipe.model.name, recipe.model.options(), size)
+        if (tuple(spec.mean), tuple(spec.std)) != (tuple(recipe.augment.mean), tuple(recipe.augment.std)):
+            raise CheckpointError(f"{path} was exported for images normalised with mean {list(spec.mean)}, std "
+                                  f"{list(spec.std)}; the recipe normalises with {list(recipe.augment.mean)}, "
+                                  f"{list(recipe.augment.std)}: set augment.mean / augment.std to the export's")
+        return net, tuple(spec.image_size)
+    _, _, fixed = fixed_input(net.session)
+    return net, fixed or size
 
 
 def cmd_synth(args) -> int:
@@ -231,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--weights", required=True, action="append",
-                   help="checkpoint (best.pth, last.pth or a state_dict); given several times, each model is "
-                        "evaluated and so is their ensemble (embeddings concatenated)")
+                   help="checkpoint (best.pth, last.pth or a state_dict) or an exported .onnx (fp32 or int8, run "
+                        "by ONNX Runtime as deployed); given several times, each model is evaluated and so is their "
+                        "ensemble (embeddings concatenated)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     p.add_argument("--report", help="report folder (default: report_eval/ beside the weights)")
     p.add_argument("--no-report", action="store_true", help="print the metrics only")

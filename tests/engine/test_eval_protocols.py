@@ -48,3 +48,30 @@ def test_eval_of_several_weights_reports_each_and_their_ensemble(tiny_run, tiny_
                  "--report", str(out), "--no-progress"]) == 0
     page = (out / "index.html").read_text()
     assert "ensemble of 2" in page and page.count("best.pth") >= 1
+
+
+def test_eval_of_an_exported_onnx_model_matches_its_checkpoint(tiny_run, tiny_data, tmp_path, capsys):
+    """`reidkit eval --weights model.onnx` evaluates the deployed file (ONNX Runtime) with the checkpoint's figures
+    (to float rounding); a recipe that contradicts the export's recorded model or normalisation is refused."""
+    import yaml
+
+    from conftest import tiny_overrides
+    from reidkit.cli import main
+    from reidkit.deploy.optimize import export_onnx
+    from reidkit.engine.checkpoint import load_embedding_model
+    from reidkit.recipe_files import load_recipe
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "unused") +
+                                                 ["eval.metric=cosine"]).model_dump(mode="json")))
+    model, spec = load_embedding_model(tiny_run / "best.pth")
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", (32, 16), spec=spec)
+    figures = []
+    for weights in (tiny_run / "best.pth", onnx_path):
+        assert main(["eval", str(recipe), "--weights", str(weights), "--no-report", "--no-progress"]) == 0
+        text = capsys.readouterr().out
+        figures.append([float(v) for v in re.findall(r"(?:mAP|Rank-1)\s*:\s*([\d.]+)%", text)])
+    assert len(figures[0]) == 2 and figures[1] == pytest.approx(figures[0], abs=0.02)
+    assert main(["eval", str(recipe), "model.name=resnet34_bnneck", "--weights", str(onnx_path), "--no-report"]) == 2
+    assert "architecture resnet34_bnneck" in capsys.readouterr().err
+    assert main(["eval", str(recipe), "augment.mean=[0.5,0.5,0.5]", "--weights", str(onnx_path), "--no-report"]) == 2
+    assert "normalised with mean" in capsys.readouterr().err
