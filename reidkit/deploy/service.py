@@ -13,6 +13,10 @@ Endpoints (JSON; ``docs/DEPLOY.md``):
 * ``POST /api/items`` (multipart ``images``, optional ``camera`` and ``time``): embed and add crops; the gallery
   file is written again atomically, under its lock, one writer at a time.
 
+A gallery whose model embeds each crop's camera (TransReID's SIE; ``/api/health`` says ``camera_index_needed``)
+takes ``camera_index`` (0-based, as the model's training data numbered its cameras) with every upload: a query
+parameter of ``POST /api/search``, a form field of ``POST /api/items``.
+
 Safe by default: the command binds 127.0.0.1; with a token every ``/api`` call needs it (``Authorization: Bearer``
 or ``?token=``, compared in constant time); an upload is refused past ``max_upload_bytes`` and ``max_pixels``
 (decompression bombs) before it is decoded; a bad upload is a 4xx with a message.
@@ -56,11 +60,10 @@ class SearchService:
         meta = self.index.meta
         if extractor is None:
             extractor = gallery_extractor(gallery, meta, check_gallery_weights(str(gallery), meta, weights), device)
-        if getattr(extractor, "takes_cameras", False):
-            raise ValueError(f"{gallery}: its model embeds each image's camera (TransReID's SIE); the service takes "
-                             "uploads without camera indices, so it cannot embed them: serve a model trained with "
-                             "model.sie_cameras=0 (`reidkit search --sie-cameras` searches this gallery)")
         self.extractor = extractor
+        # a model that embeds each crop's camera (TransReID's SIE) needs its index with every upload
+        self.takes_cameras = bool(getattr(extractor, "takes_cameras", False))
+        self.sie_cameras: int | None = getattr(extractor, "num_cameras", None) if self.takes_cameras else None
         self.pattern = compile_pattern(metadata) if metadata else None
         self.metadata_csv = metadata_csv
         self.metadata = self._metadata(self.index.paths)
@@ -87,7 +90,7 @@ class SearchService:
         return {"status": "ok", "images": len(self.index), "model": self.index.meta.get("arch"),
                 "metric": self.index.metric, "index": self.index.kind, "cameras": known,
                 "time_range": [float(times.min()), float(times.max())] if len(times) else None,
-                "token_required": False}
+                "camera_index_needed": self.takes_cameras, "sie_cameras": self.sie_cameras, "token_required": False}
 
     def stats(self) -> dict:
         return dict(self.counters, images=len(self.index), uptime_s=round(time.time() - self.started, 1))
@@ -119,11 +122,26 @@ class SearchService:
                         **self.metadata.of(i)})
         return out
 
+    def _embed(self, images: list, camera_index: int | None) -> np.ndarray:
+        """Embeddings of uploaded crops, each with ``camera_index`` for a model that embeds cameras (required
+        then, checked against the cameras it knows; ignored otherwise)."""
+        if not self.takes_cameras:
+            return self.extractor(images).numpy()
+        known = f"0..{self.sie_cameras - 1}" if self.sie_cameras else "0.."
+        if camera_index is None:
+            raise ServiceError(422, "this gallery's model embeds each crop's camera (TransReID's SIE): give "
+                                    f"camera_index ({known}, as the model's training data numbered its cameras)")
+        if camera_index < 0 or (self.sie_cameras is not None and camera_index >= self.sie_cameras):
+            raise ServiceError(422, f"camera_index {camera_index} is outside {known}: the model knows "
+                                    f"{self.sie_cameras} cameras")
+        return self.extractor(images, cameras=[camera_index] * len(images)).numpy()
+
     def search_image(self, data: bytes, k: int = 10, cameras: list[str] | None = None, start: float | None = None,
-                     end: float | None = None) -> list[dict]:
+                     end: float | None = None, camera_index: int | None = None) -> list[dict]:
+        """The gallery ranked for an uploaded crop (``camera_index``: its camera, for a model that embeds it)."""
         self._check_k(k)
         image = self.decode(data)
-        features = self.extractor([image]).numpy()
+        features = self._embed([image], camera_index)
         self.counters["searches"] += 1
         return self._results(features, k, cameras, start, end)
 
@@ -180,12 +198,14 @@ class SearchService:
             raise ServiceError(400, f"the upload is not an image reidkit can read ({type(e).__name__}: "
                                     f"{str(e)[:160]})") from None
 
-    def add(self, files: list[bytes], camera: str | None = None, t: float | None = None) -> list[int]:
-        """Embed and add uploaded crops; the gallery file is rewritten atomically under its lock."""
+    def add(self, files: list[bytes], camera: str | None = None, t: float | None = None,
+            camera_index: int | None = None) -> list[int]:
+        """Embed and add uploaded crops (``camera_index``: their camera, for a model that embeds it); the gallery
+        file is rewritten atomically under its lock."""
         if not files:
             raise ServiceError(400, "send one or more images (multipart field 'images')")
         images = [self.decode(data) for data in files]          # every upload checked before anything is kept
-        features = self.extractor(images).numpy()
+        features = self._embed(images, camera_index)
         self.uploads.mkdir(parents=True, exist_ok=True)
         stored = []
         for data, image in zip(files, images):
@@ -255,9 +275,9 @@ def create_app(service: SearchService, token: str | None = None):
     @app.post("/api/search")
     async def search(image: Annotated[UploadFile, File()], k: int = 10,
                      camera: Annotated[list[str] | None, Query()] = None, start: float | None = None,
-                     end: float | None = None) -> dict:
+                     end: float | None = None, camera_index: int | None = None) -> dict:
         t0 = time.perf_counter()
-        results = service.search_image(await read_capped(image), k, camera, start, end)
+        results = service.search_image(await read_capped(image), k, camera, start, end, camera_index)
         return {"results": results, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     @app.get("/api/items/{item}")
@@ -278,9 +298,10 @@ def create_app(service: SearchService, token: str | None = None):
 
     @app.post("/api/items")
     async def add(images: Annotated[list[UploadFile], File()], camera: Annotated[str | None, Form()] = None,
-                  time_seen: Annotated[float | None, Form(alias="time")] = None) -> dict:
+                  time_seen: Annotated[float | None, Form(alias="time")] = None,
+                  camera_index: Annotated[int | None, Form()] = None) -> dict:
         data = [await read_capped(f) for f in images]
-        ids = service.add(data, camera, time_seen)
+        ids = service.add(data, camera, time_seen, camera_index)
         return {"ids": ids, "images": len(service.index)}
 
     return app

@@ -1,6 +1,7 @@
 """The search page in a real browser (issue 38): Debian's chromium driven by Selenium against the service on
 localhost: upload a crop, see ranked thumbnails, search again from a result with the keyboard, filter by camera.
 Skips, saying why, where no browser can be had (.ci/run installs chromium and chromium-driver with apt)."""
+import contextlib
 import os
 import shutil
 import socket
@@ -34,16 +35,14 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.fixture(scope="module")
-def page(tiny_run, tiny_data, tmp_path_factory):
+@contextlib.contextmanager
+def served_page(gallery: Path, **service_options):
+    """Chromium on the search page of a service over ``gallery`` (on a free localhost port)."""
     browser, driver_path = chromium()
-    gallery = tmp_path_factory.mktemp("browser") / "gallery.npz"
-    assert main(["extract", str(tiny_data / "bounding_box_test"), "--weights", str(tiny_run / "best.pth"),
-                 "--out", str(gallery), "--no-progress", "--device", "cpu"]) == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(gallery, metadata="market1501")),
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(gallery, **service_options)),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -59,11 +58,23 @@ def page(tiny_run, tiny_data, tmp_path_factory):
     except Exception as e:  # noqa: BLE001 - a browser that cannot start here is a skip, said why
         server.should_exit = True
         pytest.skip(f"chromium did not start: {str(e).splitlines()[0][:200]}")
-    driver.get(f"http://127.0.0.1:{port}/")
-    yield driver
-    driver.quit()
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        yield driver
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(tiny_run, tiny_data, tmp_path_factory):
+    chromium()
+    gallery = tmp_path_factory.mktemp("browser") / "gallery.npz"
+    assert main(["extract", str(tiny_data / "bounding_box_test"), "--weights", str(tiny_run / "best.pth"),
+                 "--out", str(gallery), "--no-progress", "--device", "cpu"]) == 0
+    with served_page(gallery, metadata="market1501") as driver:
+        yield driver
 
 
 def results(driver) -> list:
@@ -98,3 +109,40 @@ def test_the_camera_filter_narrows_the_results(page):
     page.find_element(By.ID, "again").click()
     wait.until(lambda d: results(d) and all("camera 2" in r.text for r in results(d)))
     assert all("camera 2" in r.text for r in results(page))
+
+
+def test_the_page_asks_for_the_camera_index_a_sie_model_needs(tmp_path):
+    """A gallery whose model embeds each crop's camera (TransReID's SIE): the page shows the camera-index field,
+    says what is missing without it, and with it finds the crop itself first."""
+    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'reidkit[timm]'")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from reidkit.engine.checkpoint import EmbeddingSpec, save_checkpoint
+    from reidkit.models import build_model
+    torch.manual_seed(0)
+    arch = "transreid/vit_tiny_patch16_224"
+    model = build_model(arch, 5, pretrained=None, img_size=(64, 32), sie_cameras=3)
+    with torch.no_grad():
+        model.sie.normal_(0, 0.5)
+    spec = EmbeddingSpec(arch, {"img_size": [64, 32], "sie_cameras": 3}, (64, 32))
+    save_checkpoint({"state_dict": model.state_dict(), "embedding": spec.as_dict()}, tmp_path / "sie.pth")
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    names = ["0001_c1s1_000001_01.png", "0001_c3s1_000002_01.png", "0002_c2s1_000003_01.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(folder / name)
+    gallery = tmp_path / "g.npz"
+    assert main(["extract", str(folder), "--weights", str(tmp_path / "sie.pth"), "--out", str(gallery),
+                 "--device", "cpu", "--no-progress", "--sie-cameras", "market1501"]) == 0
+    with served_page(gallery, metadata="market1501") as driver:
+        wait = WebDriverWait(driver, 30)
+        wait.until(EC.visibility_of_element_located((By.ID, "cameraindex")))
+        driver.find_element(By.ID, "file").send_keys(str(folder / names[1]))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "camera_index"))
+        driver.find_element(By.ID, "cameraindex").send_keys("2")           # c3: index 2, as the gallery's
+        driver.find_element(By.ID, "again").click()
+        wait.until(lambda d: len(results(d)) == 3)
+        assert results(driver)[0].get_attribute("aria-label").startswith("rank 1, distance 0.000")
+        assert "camera 3" in results(driver)[0].text

@@ -1,7 +1,10 @@
-"""Deploying a model that embeds each image's camera (TransReID's SIE): the extractor (torch and ONNX Runtime), the
-ONNX export with its camera input, `reidkit extract / search --sie-cameras`, and the camera indices read from file
-names and tables.  Each embedding is checked against the model called by hand with the same cameras, and each check
-also shows that the cameras change the embedding (so a path that dropped them would fail)."""
+"""Deploying a model that embeds each image's camera (TransReID's SIE): the extractor (torch and ONNX Runtime),
+the ONNX export with its camera input, `reidkit extract / search --sie-cameras`, the search service's
+camera_index, and the camera indices read from file names and tables.  Each embedding is checked against the model
+called by hand with the same cameras, and each check also shows that the cameras change the embedding (so a path
+that dropped them would fail)."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +189,53 @@ def test_reidkit_export_writes_the_camera_input_and_checks_it(sie_model, tmp_pat
     images, cameras = random_images(2, seed=4), [1, 2]
     got = FeatureExtractor(weights=out)(list(images), cameras=cameras)
     torch.testing.assert_close(got, by_hand(model, images, cameras), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sie_gallery(sie_model, tmp_path_factory):
+    """A gallery of three Market-named crops embedded with their cameras (c1 -> 0, c3 -> 2, c2 -> 1)."""
+    path, _ = sie_model
+    folder = tmp_path_factory.mktemp("sie_gallery")
+    names = ["0001_c1s1_000001_01.png", "0001_c3s1_000002_01.png", "0002_c2s1_000003_01.png"]
+    for name, image in zip(names, random_images(3, seed=5)):
+        Image.fromarray(image).save(folder / name)
+    out = folder / "g.npz"
+    assert main(["extract", str(folder), "--weights", str(path), "--out", str(out), "--device", "cpu",
+                 "--no-progress", "--sie-cameras", "market1501"]) == 0
+    return out, folder, names
+
+
+def test_the_service_takes_each_uploads_camera_index(sie_model, sie_gallery, tmp_path):
+    pytest.importorskip("fastapi", reason="the service is an optional extra: pip install 'reidkit[serve]'")
+    pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
+    from fastapi.testclient import TestClient
+
+    from reidkit.deploy.service import SearchService, create_app
+    _, model = sie_model
+    source, folder, names = sie_gallery
+    gallery = tmp_path / "g.npz"
+    gallery.write_bytes(source.read_bytes())
+    api = TestClient(create_app(SearchService(gallery, metadata="market1501")))
+    health = api.get("/api/health").json()
+    assert health["camera_index_needed"] is True and health["sie_cameras"] == 3
+    crop = (folder / names[1]).read_bytes()                     # seen by camera c3: index 2
+
+    def search(**params):
+        return api.post("/api/search", params={"k": 3, **params}, files={"image": ("q.png", crop, "image/png")})
+    refused = search()
+    assert refused.status_code == 422 and "camera_index" in refused.json()["detail"]
+    assert search(camera_index=3).status_code == 422 and "outside 0..2" in search(camera_index=3).json()["detail"]
+    first = search(camera_index=2).json()["results"][0]
+    assert first["name"] == names[1] and first["distance"] < 1e-6          # itself, embedded as the gallery was
+    other = {r["name"]: r["distance"] for r in search(camera_index=0).json()["results"]}
+    assert other[names[1]] > 1e-5                                         # another camera, another embedding
+    image = random_images(1, seed=6)
+    buffer = io.BytesIO()
+    Image.fromarray(image[0]).save(buffer, format="PNG")
+    assert api.post("/api/items", files=[("images", ("a.png", buffer.getvalue(), "image/png"))]).status_code == 422
+    added = api.post("/api/items", data={"camera_index": "1"},
+                     files=[("images", ("a.png", buffer.getvalue(), "image/png"))]).json()
+    stored = GalleryIndex.load(gallery)
+    expected = by_hand(model, image, [1]).numpy()
+    np.testing.assert_allclose(stored.vectors(np.array(added["ids"])), expected / np.linalg.norm(expected),
+                               atol=1e-4)
