@@ -297,6 +297,8 @@ class EvalConfig(Strict):
     # gallery image per identity, CMC averaged over single_shot_trials seeded draws; mAP stays multi-shot)
     protocol: Literal["market", "single_shot"] = "market"
     single_shot_trials: int = Field(20, gt=0)
+    # verification: TAR at FAR 1e-4 / 1e-3 / 1e-2 over the query-gallery pairs, with each distance threshold
+    verification: bool = False
     # cross-dataset: these test sets too (after training, and in ``reidkit eval``), each reported on its own
     datasets: list[EvalDatasetConfig] = Field(default_factory=list)
 

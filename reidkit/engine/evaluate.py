@@ -88,10 +88,16 @@ def rank_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cams, g_
         if cfg.rerank:
             raise ValueError("eval.protocol=single_shot ranks plain distances: set eval.rerank=false")
         distmat = compute_distance(qf, gf, cfg.metric).cpu()
-        return evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=min(cfg.max_rank, gf.shape[0]),
-                                    num_repeats=cfg.single_shot_trials)
-    return evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
-                             max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
+        result = evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams,
+                                      max_rank=min(cfg.max_rank, gf.shape[0]), num_repeats=cfg.single_shot_trials)
+    else:
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
+                                   max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
+    if cfg.verification:                 # on plain distances, as a deployment thresholds them
+        from ..evaluation.verification import evaluate_verification
+        result.verification = evaluate_verification(compute_distance(qf, gf, cfg.metric).cpu(), q_pids, g_pids,
+                                                     q_cams, g_cams)
+    return result
 
 
 def load_other_datasets(recipe: Recipe) -> list:

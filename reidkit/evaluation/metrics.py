@@ -19,6 +19,7 @@ from ..names import counted
 from .checks import ArrayLike, as_feature_pair, as_float_matrix, as_id_vector, check_metric
 from .distance import iter_distance_blocks
 from .ranking import BlockStats, IdentityLookup, rank_block, rank_block_sorted
+from .verification import Verification
 
 DEFAULT_QUERY_CHUNK = 512
 DEVICE_QUERY_CHUNK = 256          # on a GPU: a block's sort indices and masks stay a few hundred MB at MSMT17 size
@@ -36,6 +37,7 @@ class RankResult:
     all_AP: np.ndarray = field(repr=False)
     all_INP: np.ndarray = field(repr=False)
     valid_queries: np.ndarray = field(repr=False)
+    verification: Verification | None = None      # TAR at FAR over the pairs (``eval.verification``)
 
     def rank(self, k: int) -> float:
         """CMC at rank ``k`` (1-based)."""
@@ -47,6 +49,8 @@ class RankResult:
         for k in ranks:
             if k <= len(self.cmc):
                 out[f"rank{k}"] = 100 * self.rank(k)
+        if self.verification is not None:
+            out.update(self.verification.as_dict())
         return out
 
     def summary(self) -> str:
@@ -57,6 +61,8 @@ class RankResult:
                 lines.append(f"Rank-{k:<3d}: {100 * self.rank(k):.2f}%")
         if self.num_invalid_queries:
             lines.append(f"({counted(self.num_invalid_queries, 'query', 'queries')} without a valid match skipped)")
+        if self.verification is not None:
+            lines.append(self.verification.summary())
         return "\n".join(lines)
 
 

@@ -96,3 +96,29 @@ def _plot_group(ax, history: dict, group: str, spec: dict) -> None:
         lines += right_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
     ax.set_title(f"{spec.get('title', group.replace('_', ' '))} (per {unit})")
+
+
+def plot_verification(verification, title: str, out: str | Path) -> Path:
+    """The genuine and impostor distance distributions of a :class:`~reidkit.evaluation.verification.Verification`
+    (each normalised to its own count), with the threshold of each FAR and the TAR it gives."""
+    out = Path(out)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    edges = verification.bins
+    for hist, label, colour in ((verification.genuine_hist, f"genuine pairs ({verification.num_genuine})", "tab:green"),
+                                (verification.impostor_hist, f"impostor pairs ({verification.num_impostor})",
+                                 "tab:red")):
+        total = max(int(hist.sum()), 1)
+        ax.stairs(hist / total, edges, fill=True, alpha=0.4, color=colour, label=label)
+    for far, threshold, tar in zip(verification.fars, verification.thresholds, verification.tars):
+        if threshold != float("inf"):
+            ax.axvline(threshold, color="k", linestyle=":", linewidth=1)
+            ax.annotate(f"FAR {far:.0e}: TAR {100 * tar:.1f}%", (threshold, ax.get_ylim()[1] * 0.9), rotation=90,
+                        fontsize=7, ha="right", va="top")
+    ax.set_xlabel("distance")
+    ax.set_ylabel("fraction of pairs")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(out, fig, dpi=110)
+    plt.close(fig)
+    return out

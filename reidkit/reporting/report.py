@@ -10,7 +10,7 @@ import numpy as np
 
 from ..evaluation import RankResult
 from ..files import write_text_atomic
-from .plots import plot_curves
+from .plots import plot_curves, plot_verification
 from .ranked_lists import ranked_lists_image
 
 
@@ -38,6 +38,15 @@ def write_report(out: str | Path, title: str, results: dict[str, RankResult], hi
     write_text_atomic(out / "metrics.json", json.dumps({k: v.as_dict() for k, v in results.items()}, indent=2))
     sections = [f"<h2>Metrics (%)</h2>{_table_html(results)}<ul>"
                 + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]
+    verified = {name: r.verification for name, r in results.items() if r.verification is not None}
+    if verified:
+        name, first = next(iter(verified.items()))
+        plot_verification(first, f"{name}: distances of query-gallery pairs", out / "verification.png")
+        sections.append("<h2>Verification</h2><p>Is a query-gallery pair the same person?  At each false accept "
+                        "rate (FAR: impostor pairs accepted), the distance threshold and the true accept rate "
+                        "(TAR: genuine pairs accepted, %); same-identity same-camera pairs left out.</p>"
+                        + _verification_html(verified)
+                        + '<img src="verification.png" alt="genuine and impostor distance distributions">')
     if camera_table is not None:
         sections.append("<h2>mAP (%) by query camera (rows) and gallery camera (columns)</h2>"
                         + _camera_html(*camera_table))
@@ -71,6 +80,15 @@ def _camera_html(cameras: list[int], table: np.ndarray) -> str:
     head = "<tr><th></th>" + "".join(f"<th>cam {c}</th>" for c in cameras) + "</tr>"
     body = "".join(f"<tr><th>cam {c}</th>" + "".join("<td>-</td>" if np.isnan(v) else f"<td>{100 * v:.1f}</td>"
                                                      for v in row) + "</tr>" for c, row in zip(cameras, table))
+    return f"<table>{head}{body}</table>"
+
+
+def _verification_html(verified: dict) -> str:
+    fars = next(iter(verified.values())).fars
+    head = "<tr><th>model</th>" + "".join(f"<th>TAR @ FAR {f:.0e}</th><th>threshold</th>" for f in fars) + "</tr>"
+    body = "".join(f"<tr><td style='text-align:left'>{html.escape(name)}</td>" + "".join(
+        f"<td>{100 * tar:.2f}</td><td>{threshold:.4g}</td>" for tar, threshold in zip(v.tars, v.thresholds))
+        + "</tr>" for name, v in verified.items())
     return f"<table>{head}{body}</table>"
 
 
