@@ -161,6 +161,8 @@ def _device(name: str) -> str:
 def cmd_search(args) -> int:
     from ..data.records import find_images
     from . import GalleryIndex
+    if args.max_distance is not None and not args.max_distance > 0:
+        raise ValueError(f"--max-distance {args.max_distance}: give a distance above 0")
     index = GalleryIndex.load(args.gallery)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
@@ -191,11 +193,14 @@ def cmd_search(args) -> int:
         neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
         features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
     distances, indices = index.search(features, args.top_k)
+    limit = float("inf") if args.max_distance is None else args.max_distance
     results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
-                                        for g, d in zip(gi, di) if g >= 0]}    # -1: IVF found fewer than k
+                                        for g, d in zip(gi, di) if g >= 0 and d < limit]}   # -1: IVF found < k
                for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
     for r in results:
         print(printable(r["query"]))
+        if not r["matches"] and args.max_distance is not None:
+            print(f"  no gallery image nearer than {args.max_distance}")
         for rank, m in enumerate(r["matches"], 1):
             print(f"  {rank:3d}  {m['distance']:.4f}  {printable(m['path'])}")
     if args.json:
@@ -402,6 +407,9 @@ def add_deploy_commands(sub) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable query images out (default: list them all and stop)")
     _add_sie_option(p, "query")
+    p.add_argument("--max-distance", type=float, default=None, metavar="D",
+                   help="only matches nearer than D (the gallery's metric; e.g. a threshold@FAR that "
+                        "`reidkit eval ... eval.verification=true` printed)")
     p.add_argument("--qe", type=int, default=0, metavar="K",
                    help="alpha-query expansion over the K nearest gallery images (default off)")
     p.set_defaults(func=cmd_search)

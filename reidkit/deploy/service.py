@@ -7,7 +7,8 @@ Endpoints (JSON; ``docs/DEPLOY.md``):
 
 * ``GET /`` the page; ``GET /api/health``; ``GET /api/stats`` (counters);
 * ``POST /api/search`` (multipart ``image``) and ``GET /api/items/{id}/similar``: the top ``k`` gallery images,
-  filtered by ``camera`` (repeatable) and a time window ``start`` / ``end``, inside the index;
+  filtered by ``camera`` (repeatable) and a time window ``start`` / ``end``, inside the index, and nearer than
+  ``max_distance`` when given (a threshold ``eval.verification`` chose);
 * ``GET /api/items/{id}`` (its camera and time), ``GET /api/items/{id}/image`` (the gallery image by id: no
   path from a request reaches the disk);
 * ``POST /api/items`` (multipart ``images``, optional ``camera`` and ``time``): embed and add crops; the gallery
@@ -27,6 +28,7 @@ import hmac
 import io
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +49,27 @@ class ServiceError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+@dataclass
+class Filters:
+    """What a search keeps: the top ``k``, seen by one of ``cameras`` within ``[start, end]``, nearer than
+    ``max_distance`` (the gallery's metric; e.g. a threshold ``eval.verification`` chose), each optional."""
+
+    k: int = 10
+    cameras: list[str] | None = None
+    start: float | None = None
+    end: float | None = None
+    max_distance: float | None = None
+
+    def check(self) -> "Filters":
+        if not 1 <= self.k <= MAX_K:
+            raise ServiceError(422, f"k must be between 1 and {MAX_K}, got {self.k}")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ServiceError(422, f"the time window starts after it ends ({self.start} > {self.end})")
+        if self.max_distance is not None and not self.max_distance > 0:
+            raise ServiceError(422, f"max_distance must be above 0, got {self.max_distance}")
+        return self
 
 
 class SearchService:
@@ -96,17 +119,10 @@ class SearchService:
         return dict(self.counters, images=len(self.index), uptime_s=round(time.time() - self.started, 1))
 
     # ---- searching ----------------------------------------------------------------------------------------
-    def _check_k(self, k: int) -> int:
-        if not 1 <= k <= MAX_K:
-            raise ServiceError(422, f"k must be between 1 and {MAX_K}, got {k}")
-        return k
-
-    def _results(self, features: np.ndarray, k: int, cameras: list[str] | None, start: float | None,
-                 end: float | None, exclude: int | None = None) -> list[dict]:
-        if start is not None and end is not None and start > end:
-            raise ServiceError(422, f"the time window starts after it ends ({start} > {end})")
+    def _results(self, features: np.ndarray, filters: Filters, exclude: int | None = None) -> list[dict]:
+        k = filters.k
         with self.lock:
-            allowed = self.metadata.mask(cameras, start, end)
+            allowed = self.metadata.mask(filters.cameras, filters.start, filters.end)
             if allowed is not None and exclude is not None:
                 allowed[exclude] = False
             if allowed is not None and not allowed.any():
@@ -115,7 +131,9 @@ class SearchService:
             # every other id); with one, it is left out of the mask
             extra = 1 if exclude is not None and allowed is None else 0
             distances, indices = self.index.search(features, k + extra, allowed=allowed)
-        found = [(int(i), float(d)) for i, d in zip(indices[0], distances[0]) if i >= 0 and i != exclude][:k]
+        limit = np.inf if filters.max_distance is None else filters.max_distance
+        found = [(int(i), float(d)) for i, d in zip(indices[0], distances[0])
+                 if i >= 0 and i != exclude and d < limit][:k]
         out = []
         for rank, (i, d) in enumerate(found, 1):
             out.append({"id": i, "rank": rank, "distance": round(d, 6), "name": Path(self.index.paths[i]).name,
@@ -136,23 +154,22 @@ class SearchService:
                                     f"{self.sie_cameras} cameras")
         return self.extractor(images, cameras=[camera_index] * len(images)).numpy()
 
-    def search_image(self, data: bytes, k: int = 10, cameras: list[str] | None = None, start: float | None = None,
-                     end: float | None = None, camera_index: int | None = None) -> list[dict]:
+    def search_image(self, data: bytes, filters: Filters | None = None, camera_index: int | None = None) -> list[dict]:
         """The gallery ranked for an uploaded crop (``camera_index``: its camera, for a model that embeds it)."""
-        self._check_k(k)
+        filters = (filters or Filters()).check()
         image = self.decode(data)
         features = self._embed([image], camera_index)
         self.counters["searches"] += 1
-        return self._results(features, k, cameras, start, end)
+        return self._results(features, filters)
 
-    def search_item(self, item: int, k: int = 10, cameras: list[str] | None = None, start: float | None = None,
-                    end: float | None = None) -> list[dict]:
-        self._check_k(k)
+    def search_item(self, item: int, filters: Filters | None = None) -> list[dict]:
+        """The gallery ranked for gallery item ``item`` (itself left out)."""
+        filters = (filters or Filters()).check()
         self._check_item(item)
         with self.lock:
             features = self.index.vectors(np.array([item]))
         self.counters["searches_by_item"] += 1
-        return self._results(features, k, cameras, start, end, exclude=item)
+        return self._results(features, filters, exclude=item)
 
     def _check_item(self, item: int) -> None:
         if not 0 <= item < len(self.index):
@@ -275,9 +292,11 @@ def create_app(service: SearchService, token: str | None = None):
     @app.post("/api/search")
     async def search(image: Annotated[UploadFile, File()], k: int = 10,
                      camera: Annotated[list[str] | None, Query()] = None, start: float | None = None,
-                     end: float | None = None, camera_index: int | None = None) -> dict:
+                     end: float | None = None, max_distance: float | None = None,
+                     camera_index: int | None = None) -> dict:
         t0 = time.perf_counter()
-        results = service.search_image(await read_capped(image), k, camera, start, end, camera_index)
+        results = service.search_image(await read_capped(image), Filters(k, camera, start, end, max_distance),
+                                       camera_index)
         return {"results": results, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     @app.get("/api/items/{item}")
@@ -286,9 +305,9 @@ def create_app(service: SearchService, token: str | None = None):
 
     @app.get("/api/items/{item}/similar")
     def similar(item: int, k: int = 10, camera: Annotated[list[str] | None, Query()] = None,
-                start: float | None = None, end: float | None = None) -> dict:
+                start: float | None = None, end: float | None = None, max_distance: float | None = None) -> dict:
         t0 = time.perf_counter()
-        results = service.search_item(item, k, camera, start, end)
+        results = service.search_item(item, Filters(k, camera, start, end, max_distance))
         return {"query": service.item(item), "results": results,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
@@ -318,4 +337,4 @@ def serve(gallery: str, host: str = "127.0.0.1", port: int = 8000, token: str | 
     uvicorn.run(create_app(service, token), host=host, port=port, log_level="warning")
 
 
-__all__ = ["SearchService", "ServiceError", "create_app", "serve"]
+__all__ = ["Filters", "SearchService", "ServiceError", "create_app", "serve"]

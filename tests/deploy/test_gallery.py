@@ -149,6 +149,12 @@ def test_extract_then_search_from_the_command_line(tmp_path, capsys):
     want_d, want_i = brute_force(query_expand(q, g, 2).numpy(), torch.nn.functional.normalize(g, dim=1).numpy(),
                                  "cosine", 4)
     assert [m["path"] for m in expanded] == [gallery_paths[i] for i in want_i[0]]
+    # --max-distance keeps the matches strictly nearer than D: the ranked list cut between its 2nd and 3rd match
+    cut = (matches[1]["distance"] + matches[2]["distance"]) / 2
+    assert main(["search", str(out), str(query), "--top-k", "4", "--max-distance", str(cut),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())[0]["matches"] == matches[:2]
+    assert main(["search", str(out), str(query), "--max-distance", "0"]) == 2
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:

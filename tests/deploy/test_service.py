@@ -67,6 +67,21 @@ def test_a_search_by_upload_ranks_as_the_gallery_search_does(gallery, tiny_data)
     assert all(r["camera"] in ("1", "2", "3") and r["time"] is not None for r in body["results"])
 
 
+def test_max_distance_keeps_the_matches_nearer_than_it(gallery, tiny_data):
+    api, _ = client(gallery)
+    q = query_file(tiny_data)
+    upload = {"image": (q.name, jpeg(q), "image/jpeg")}
+    ranked = api.post("/api/search?k=10", files=upload).json()["results"]
+    cut = (ranked[3]["distance"] + ranked[4]["distance"]) / 2
+    kept = api.post(f"/api/search?k=10&max_distance={cut}", files=upload).json()["results"]
+    assert kept == ranked[:4]
+    similar = api.get(f"/api/items/{ranked[0]['id']}/similar?k=10").json()["results"]
+    cut = (similar[1]["distance"] + similar[2]["distance"]) / 2
+    assert api.get(f"/api/items/{ranked[0]['id']}/similar?k=10&max_distance={cut}").json()["results"] == similar[:2]
+    refused = api.post("/api/search?max_distance=0", files=upload)
+    assert refused.status_code == 422 and "max_distance" in refused.json()["detail"]
+
+
 def test_filters_restrict_the_search_inside_the_index(gallery, tiny_data):
     api, service = client(gallery)
     q = query_file(tiny_data)
