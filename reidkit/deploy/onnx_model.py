@@ -106,7 +106,7 @@ def camera_input(session) -> str | None:
     """The name of an ONNX Runtime session's camera input (a reidkit export of a model that embeds each image's
     camera, TransReID's SIE: int64 ``N``), or None for a model that takes images alone."""
     inputs = session.get_inputs()
-    return inputs[1].name if len(inputs) > 1 else None
+    return inputs[1].name if len(inputs) > 1 and inputs[1].type == "tensor(int64)" else None
 
 
 def run_session(session, images: np.ndarray, cameras: np.ndarray | None = None) -> np.ndarray:
@@ -241,9 +241,11 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[np.
     source = Path(source)
     model = _load_onnx(source)
     spec, input_name = _spec_of(model), model.graph.input[0].name
-    if len(model.graph.input) > 1:
-        raise ValueError(f"{source}: the model embeds each image's camera (input {model.graph.input[1].name!r}, "
-                         "TransReID's SIE); its int8 export is not supported (the fp32 export is: leave out --int8)")
+    weights = {t.name for t in model.graph.initializer}       # (old ONNX files list their weights as inputs too)
+    other_inputs = [i.name for i in model.graph.input[1:] if i.name not in weights]
+    if other_inputs:
+        raise ValueError(f"{source}: the model embeds each image's camera (input {other_inputs[0]!r}, TransReID's "
+                         "SIE); its int8 export is not supported (the fp32 export is: leave out --int8)")
     with tempfile.TemporaryDirectory(prefix="reidkit_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared))      # shape inference + graph optimisation first
