@@ -105,7 +105,7 @@ def test_the_cpu_and_its_int8_features_are_read_from_cpuinfo():
 
 
 def test_deploy_advice_follows_the_measured_speed(tmp_path):
-    from reidkit.deploy.commands import deploy_advice
+    from reidkit.deploy.model_files import deploy_advice
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     assert deploy_advice(2.86, fp32, int8) == f"int8 is 2.86x the fp32 speed here: deploy {int8}"
     assert deploy_advice(1.02, fp32, int8).endswith(f"no gain: keep {fp32}")
