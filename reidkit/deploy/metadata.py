@@ -15,8 +15,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 #: the public datasets' file names: Market-1501 ``0002_c1s1_000451_03.jpg`` (camera 1; time = the frame in its
 #: camera's sequence), DukeMTMC-reID ``0005_c2_f0046985.jpg`` (frame of the synchronised 60 fps videos), MSMT17
@@ -125,9 +128,14 @@ def from_csv(paths: Sequence[str], table: str | Path) -> Metadata:
                 rows[row["path"]] = (row["camera"] or "", t)
     except FileNotFoundError:
         raise FileNotFoundError(f"metadata table not found: {table}") from None
-    by_name = {Path(p).name: v for p, v in rows.items()}
-    found = [rows.get(p) or by_name.get(Path(p).name) or ("", math.nan) for p in paths]
+    found = [v or ("", math.nan) for v in _by_path_or_name(rows, paths)]
     return Metadata([c for c, _ in found], np.array([t for _, t in found], dtype=np.float64))
+
+
+def _by_path_or_name(rows: dict[str, T], paths: Sequence[str]) -> list[T | None]:
+    """Each path's row of a table keyed by path: the row of that path, else of its file name, else None."""
+    by_name = {Path(p).name: v for p, v in rows.items()}
+    return [rows[str(p)] if str(p) in rows else by_name.get(Path(p).name) for p in paths]
 
 
 def _reader_cameras() -> dict[str, Callable[[str], int]]:
@@ -171,8 +179,7 @@ def sie_camera_indices(paths: Sequence[str], source: str | Path) -> list[int]:
             if not raw.isdigit():
                 raise ValueError(f"{table}, line {line}: camera_index {raw!r} is not a 0-based integer")
             rows[row["path"]] = int(raw)
-    by_name = {Path(p).name: v for p, v in rows.items()}
-    found = [rows.get(str(p), by_name.get(Path(p).name)) for p in paths]
+    found = _by_path_or_name(rows, paths)
     missing = [str(p) for p, v in zip(paths, found) if v is None]
     if missing:
         raise ValueError(f"{table} gives no camera_index for {len(missing)} image(s), e.g. {missing[0]}")

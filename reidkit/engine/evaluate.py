@@ -84,19 +84,19 @@ def rank_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cams, g_
     """mAP / CMC of query and gallery embeddings under the recipe's protocol (``eval.protocol``: the Market-1501
     rule, optionally re-ranked, or CUHK03's single-shot CMC), its metric and max rank: every row of one evaluation
     (each model, an ensemble) goes through here, so they share one protocol."""
+    if cfg.protocol == "single_shot" and cfg.rerank:
+        raise ValueError("eval.protocol=single_shot ranks plain distances: set eval.rerank=false")
+    # plain distances, for the single-shot protocol and for verification (a deployment thresholds them)
+    plain = compute_distance(qf, gf, cfg.metric).cpu() if cfg.protocol == "single_shot" or cfg.verification else None
     if cfg.protocol == "single_shot":
-        if cfg.rerank:
-            raise ValueError("eval.protocol=single_shot ranks plain distances: set eval.rerank=false")
-        distmat = compute_distance(qf, gf, cfg.metric).cpu()
-        result = evaluate_single_shot(distmat, q_pids, g_pids, q_cams, g_cams,
+        result = evaluate_single_shot(plain, q_pids, g_pids, q_cams, g_cams,
                                       max_rank=min(cfg.max_rank, gf.shape[0]), num_repeats=cfg.single_shot_trials)
     else:
         result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=cfg.metric,
                                    max_rank=min(cfg.max_rank, gf.shape[0]), rerank=cfg.rerank)
-    if cfg.verification:                 # on plain distances, as a deployment thresholds them
+    if cfg.verification:
         from ..evaluation.verification import evaluate_verification
-        result.verification = evaluate_verification(compute_distance(qf, gf, cfg.metric).cpu(), q_pids, g_pids,
-                                                     q_cams, g_cams)
+        result.verification = evaluate_verification(plain, q_pids, g_pids, q_cams, g_cams)
     return result
 
 
