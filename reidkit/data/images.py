@@ -1,6 +1,7 @@
 """Image decoding that names the bad file instead of crashing mid-epoch."""
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,24 +80,41 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
     try:
         if path.stat().st_size == 0:
             raise BadImageError([(str(path), "empty file (0 bytes)")])
+    except FileNotFoundError:
+        raise BadImageError([(str(path), "file not found")]) from None
+    return _decode(path, str(path), size, MAX_PIXELS)
+
+
+def decode_rgb(data: bytes, name: str = "the upload", size: tuple[int, int] | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file's bytes exactly as :func:`load_rgb` decodes the file (EXIF orientation, 16-bit and
+    float greyscale by their depth): a crop uploaded to the search service ranks as the same file given to
+    ``reidkit search``.  ``max_pixels`` is checked from the header, before decoding."""
+    if not data:
+        raise BadImageError([(name, "empty file (0 bytes)")])
+    return _decode(io.BytesIO(data), name, size, max_pixels)
+
+
+def _decode(source, name: str, size: tuple[int, int] | None, max_pixels: int) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError([(str(path), f"{img.width}x{img.height} pixels: "
-                                                     "refused as a decompression bomb")])
+            with Image.open(source) as img:
+                if img.width * img.height > max_pixels:
+                    raise BadImageError([(name, f"{img.width}x{img.height} pixels: refused as a decompression bomb "
+                                                f"(the limit is {max_pixels} pixels)")])
                 img.load()
                 rgb = to_rgb(ImageOps.exif_transpose(img))     # phone crops: upright, as their viewer shows them
     except BadImageError:
         raise
     except FileNotFoundError:
-        raise BadImageError([(str(path), "file not found")]) from None
+        raise BadImageError([(name, "file not found")]) from None
     except UnidentifiedImageError:
-        raise BadImageError([(str(path), "not an image (unidentified format)")]) from None
+        raise BadImageError([(name, "not an image (unidentified format)")]) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError([(str(path), f"decompression bomb: {e}")]) from None
+        raise BadImageError([(name, f"decompression bomb: {e}")]) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError([(str(path), f"corrupt or truncated: {e}")]) from None
+        raise BadImageError([(name, f"corrupt or truncated: {e}")]) from None
     if size is not None:
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return rgb

@@ -25,8 +25,10 @@ from ..files import (
 from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
+from .gallery_commands import add_gallery_commands
 from .gallery_model import check_gallery_weights, gallery_extractor
 from .model_files import add_model_file_commands
+from .store import GalleryStore, is_store
 
 log = logging.getLogger("reidkit")
 
@@ -55,7 +57,7 @@ def cmd_extract(args) -> int:
     args.overrides = [*args.overrides, *args.set_overrides, *words]
     if not args.images:
         raise ValueError("no images to embed: give image files or folders")
-    existing = GalleryIndex.load(args.add_to) if args.add_to else None
+    existing = _open_gallery(args.add_to) if args.add_to else None
     out = args.out or args.add_to
     if out is None:
         raise ValueError("say where the gallery goes: --out FILE (or --add-to an existing gallery)")
@@ -77,6 +79,9 @@ def cmd_extract(args) -> int:
         weights = args.weights
     if weights is None:
         raise ValueError("--weights is needed (the model to embed the images with)")
+    if (args.metadata or args.metadata_csv) and not is_store(out):
+        raise ValueError("--metadata / --metadata-csv record each image's camera and time in a gallery store "
+                         "(--out gallery.db); a gallery file takes them when served (reidkit serve --metadata)")
     check_output_file(out)                 # a read-only folder or a path that is a folder: now, not after minutes
     images = find_images(args.images)
     refuse_outputs_over_inputs({"--out": out}, {"the model's weights": weights, "the recipe": args.recipe,
@@ -96,6 +101,10 @@ def cmd_extract(args) -> int:
         from ..evaluation.expansion import database_augment
         features = database_augment(features, args.dba)
     seconds = time.perf_counter() - t0
+    if is_store(out):
+        if args.ivf_lists is not None:
+            raise ValueError("--ivf-lists: a gallery store takes its index as --index (e.g. --index 'IVF1024,Flat')")
+        return _extract_into_store(args, out, existing, extractor, features, paths, seconds, weights)
     # one writer of a gallery at a time; --add-to reads the gallery again under the lock, so that images another
     # process added while these were embedded are kept
     with exclusive_lock(out, f"the gallery {out}", wait_s=600):
@@ -111,10 +120,8 @@ def cmd_extract(args) -> int:
             if paths:
                 index.add(features, paths)
         else:
-            meta = {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
-                    "weights_sha256": file_sha256(weights), "image_size": list(extractor.image_size),
-                    "model_options": extractor.model_options}
-            index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=meta, index=args.index)
+            index = GalleryIndex(features, paths, args.metric, args.ivf_lists, meta=_gallery_record(extractor, weights),
+                                 index=args.index)
         index.save(out)
     print(f"{len(paths)} images -> {out} ({len(index)} in all, {index.description} index): {index.dim}-d "
           f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
@@ -124,9 +131,64 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def _open_gallery(path: str):
+    """A gallery store or a gallery file, for ``--add-to``."""
+    from . import GalleryIndex
+    return GalleryStore(path) if is_store(path) else GalleryIndex.load(path)
+
+
+def _gallery_record(extractor, weights: str) -> dict:
+    """What a new gallery records of the model that embedded it (``search``, ``--add-to`` and ``serve`` embed
+    with the same)."""
+    return {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
+            "weights_sha256": file_sha256(weights), "image_size": list(extractor.image_size),
+            "model_options": extractor.model_options}
+
+
+def _extract_into_store(args, out: str, existing, extractor, features, paths: list[str], seconds: float,
+                        weights: str) -> int:
+    """Commit the embeddings into a gallery store (a new one with ``--out``, with its index snapshot; or the one
+    of ``--add-to``), in transactions of 5,000 rows: every row committed stays, whoever else writes."""
+    from .live import LiveGallery
+    from .metadata import metadata_source
+    if existing is not None and not isinstance(existing, GalleryStore):
+        raise ValueError(f"--add-to {args.add_to} is a gallery file and --out {out} a store: import the file first "
+                         f"(reidkit gallery import {args.add_to} --out {out})")
+    store = existing if existing is not None and Path(out).resolve() == existing.path.resolve() else None
+    if store is None:
+        if existing is not None:
+            raise ValueError(f"--add-to {args.add_to} with --out {out}: a store is added to in place; leave --out out")
+        store = GalleryStore.create(out, metric=args.metric, index=args.index or "flat", dim=features.shape[1],
+                                    meta=_gallery_record(extractor, weights))
+    source = metadata_source(getattr(args, "metadata", None), getattr(args, "metadata_csv", None))
+    found = source(paths) if source is not None else None
+    added = 0
+    x = features.numpy() if hasattr(features, "numpy") else features
+    for s in range(0, len(paths), 5000):
+        part = paths[s:s + 5000]
+        cameras = found.cameras[s:s + 5000] if found is not None else None
+        times = [None if t != t else float(t) for t in found.times[s:s + 5000]] if found is not None else None
+        _, new = store.add(x[s:s + 5000], part, cameras=cameras, times=times, model=file_sha256(weights)
+                           if existing is None else store.model)
+        added += sum(new)
+    if added < len(paths):
+        print(f"{counted(len(paths) - added, 'image')} already in {out}: left out")
+    snapshot = None
+    if existing is None:                      # a new store: its index built now, so `serve` starts at once
+        snapshot = LiveGallery.open(store, snapshot=False).save_snapshot()
+    print(f"{added} images -> {out} ({len(store)} in all, a gallery store; {store.index} index): {store.dim}-d "
+          f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
+          f"{store.metric} ({len(paths) / seconds:.1f} img/s)")
+    store.close()                             # the last connection: SQLite folds the WAL into the file
+    files = [("gallery store", Path(out))] + ([("index snapshot", snapshot)] if snapshot else [])
+    print(outputs_summary("written", files, f"search it: reidkit search {out} QUERY.jpg; serve it: reidkit serve "
+                                            f"{out}"))
+    return 0
+
+
 def _new_paths(gallery, paths: list[str], name: str | None) -> list[str]:
     """``paths`` less those already in ``gallery`` (said when ``name`` is given)."""
-    known = set(gallery.paths)
+    known = gallery.known_paths(paths) if isinstance(gallery, GalleryStore) else set(gallery.paths)
     kept = [p for p in paths if p not in known]
     if name is not None and len(kept) < len(paths):
         print(f"{counted(len(paths) - len(kept), 'image')} already in {name}: left out")
@@ -151,9 +213,13 @@ def _sie_cameras(extractor, paths: list[str], source: str | None) -> list[int] |
 
 
 def _device(name: str) -> str:
-    """``auto`` -> the first GPU when there is one, else the CPU (ONNX Runtime)."""
+    """``auto`` -> the first GPU when there is one, else the CPU (ONNX Runtime); a ``ValueError`` naming a device
+    that is not one."""
     from ..engine.device import resolve_device
-    return str(resolve_device(name))
+    try:
+        return str(resolve_device(name))
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: {str(e).splitlines()[0][:160]} (give auto, cpu, cuda or cuda:N)") from None
 
 
 def cmd_search(args) -> int:
@@ -161,7 +227,16 @@ def cmd_search(args) -> int:
     from . import GalleryIndex
     if args.max_distance is not None and not args.max_distance > 0:
         raise ValueError(f"--max-distance {args.max_distance}: give a distance above 0")
-    index = GalleryIndex.load(args.gallery)
+    allowed = None
+    if is_store(args.gallery):                        # the store's rows, as the service searches them
+        from .live import LiveGallery
+        live = LiveGallery.open(args.gallery)
+        index, allowed = live.index, live.mask()
+        index.meta = live.store.meta if live.store is not None else index.meta
+        if len(live) == 0:
+            raise ValueError(f"{args.gallery}: the gallery store holds no items")
+    else:
+        index = GalleryIndex.load(args.gallery)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
     if args.ef_search is not None:
@@ -187,10 +262,10 @@ def cmd_search(args) -> int:
         import torch.nn.functional as F
 
         from ..evaluation.expansion import expand_with_neighbours
-        _, nearest = index.search(features, args.qe)
+        _, nearest = index.search(features, args.qe, allowed=allowed)
         neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
         features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
-    distances, indices = index.search(features, args.top_k)
+    distances, indices = index.search(features, args.top_k, allowed=allowed)
     limit = float("inf") if args.max_distance is None else args.max_distance
     results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
                                         for g, d in zip(gi, di) if g >= 0 and d < limit]}   # -1: IVF found < k
@@ -218,9 +293,18 @@ def cmd_serve(args) -> int:
         from .service import serve
     except ImportError:                                  # pragma: no cover - the optional extra is missing
         raise ImportError("reidkit serve needs FastAPI and uvicorn: pip install 'reidkit[serve]'") from None
-    serve(args.gallery, host=args.host, port=args.port, token=args.token, weights=args.weights,
-          metadata=args.metadata, metadata_csv=args.metadata_csv, uploads=args.uploads, device=_device(args.device),
-          max_upload_bytes=args.max_upload_mb << 20, max_pixels=args.max_pixels)
+    from .service import check_serve_options, parse_duration
+    check_serve_options(args.host, args.port, args.workers, args.max_upload_mb << 20 if args.max_upload_mb > 0
+                        else 0, args.max_pixels)
+    if args.uploads and Path(args.uploads).exists() and not Path(args.uploads).is_dir():
+        raise ValueError(f"--uploads {args.uploads} is a file: give a folder for the added crops")
+    retention = parse_duration(args.retention) if args.retention is not None else None
+    if retention is not None and not is_store(args.gallery):
+        raise ValueError(f"--retention: {args.gallery} is a gallery file, served read-only; serve a store")
+    serve(args.gallery, host=args.host, port=args.port, token=args.token, users=args.users, workers=args.workers,
+          weights=args.weights, metadata=args.metadata, metadata_csv=args.metadata_csv, uploads=args.uploads,
+          device=_device(args.device), max_upload_bytes=args.max_upload_mb << 20, max_pixels=args.max_pixels,
+          retention_s=retention)
     return 0
 
 
@@ -257,7 +341,12 @@ def add_deploy_commands(sub) -> None:
                    help="inverted lists of an ivf / ivfpq index (default 4 sqrt(N)); alone, means --index ivf")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--out", help="gallery file to write (.npz; replaced only once complete)")
+    p.add_argument("--out", help="the gallery to write: a store (.db: SQLite, added to by many writers; "
+                   "docs/DEPLOY.md) or a file (.npz, replaced only once complete)")
+    p.add_argument("--metadata", metavar="PATTERN", help="with a store: each image's camera and time from its file "
+                   "name (market1501, dukemtmc, msmt17, or a regular expression with groups camera and time)")
+    p.add_argument("--metadata-csv", metavar="FILE", help="with a store: camera and time from a CSV "
+                   "(header path,camera,time)")
     p.add_argument("--add-to", metavar="GALLERY", help="embed the images with this gallery's model and add them "
                    "to it (written to --out, default GALLERY itself; images already in it are left out)")
     p.add_argument("--skip-bad-images", action="store_true",
@@ -269,7 +358,7 @@ def add_deploy_commands(sub) -> None:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("search", help="rank a gallery file's images for query images")
-    p.add_argument("gallery", help="gallery file written by `reidkit extract`")
+    p.add_argument("gallery", help="gallery store (.db) or file (.npz) written by `reidkit extract`")
     p.add_argument("queries", nargs="+", help="query image files and/or folders")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--weights", help="the model's weights, if moved since `reidkit extract`")
@@ -291,7 +380,8 @@ def add_deploy_commands(sub) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="a search service and its web page over a gallery file (docs/DEPLOY.md)")
-    p.add_argument("gallery", help="gallery file written by `reidkit extract`")
+    p.add_argument("gallery", help="gallery store (.db: searched, added to, deleted from) or file (.npz: "
+                   "read-only) written by `reidkit extract`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="every API call must carry it (Authorization: Bearer TOKEN)")
@@ -303,6 +393,12 @@ def add_deploy_commands(sub) -> None:
     p.add_argument("--device", default="cpu", help="where crops are embedded (cpu, cuda, cuda:N)")
     p.add_argument("--max-upload-mb", type=int, default=8, help="largest upload accepted (default 8 MiB)")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image accepted, in pixels")
+    p.add_argument("--users", metavar="FILE", help="tokens per user with their rights (search, add, delete), "
+                   "hashed in a TOML file: reidkit gallery user FILE NAME --rights ...")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the gallery store (default 1)")
+    p.add_argument("--retention", metavar="AGE", help="delete items (and stored crops) added longer ago than AGE, "
+                   "continuously: e.g. 30d, 12h, 90m")
     p.set_defaults(func=cmd_serve)
 
     add_model_file_commands(sub)
+    add_gallery_commands(sub)

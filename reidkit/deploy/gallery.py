@@ -308,8 +308,11 @@ class GalleryIndex:
         faiss = _import_faiss()
         n = self._index.ntotal
         gallery = torch.from_numpy(faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim))
-        if self._norms is None or len(self._norms) != n:
+        if self._norms is None or len(self._norms) > n:
             self._norms = (gallery * gallery).sum(1)
+        elif len(self._norms) < n:                   # rows appended since: only theirs (an add costs its own rows)
+            fresh = gallery[len(self._norms):]
+            self._norms = torch.cat([self._norms, (fresh * fresh).sum(1)])
         queries = torch.from_numpy(q)
         rows = max(1, 2 ** 26 // n)                  # query rows per step: a distance block of <= 256 MB
         excluded = torch.from_numpy(~allowed) if allowed is not None else None
@@ -337,9 +340,7 @@ class GalleryIndex:
         learns nothing again), the paths, the metric, the search settings and ``meta``."""
         path = Path(path)
         self._ensure_built()
-        header = {"format": FORMAT_VERSION, "metric": self.metric, "index": self.kind,
-                  "description": self.description, "nprobe": self.nprobe, "ef_search": self.ef_search,
-                  "refine": self.refine, "meta": self.meta}
+        header = {"format": FORMAT_VERSION, **self.header()}
         encoded = json.dumps(self.paths).encode("ascii")    # \n and undecodable bytes (surrogates) escaped
         arrays: dict[str, Any] = {"header": np.array(json.dumps(header)),
                                   "paths_json": np.frombuffer(encoded, dtype=np.uint8),
@@ -375,13 +376,24 @@ class GalleryIndex:
                              f"{str(e)[:200]}); write it again with `reidkit extract`") from None
         if index.ntotal != len(paths):
             raise ValueError(f"{path}: the index holds {index.ntotal} vectors but the file {len(paths)} paths")
-        gallery = cls(np.zeros((0, index.d), np.float32), [], header["metric"], None, header["nprobe"],
-                      header["meta"], index=header["index"], ef_search=header["ef_search"],
-                      refine=header["refine"])
+        return cls.from_faiss(index, paths, header)
+
+    @classmethod
+    def from_faiss(cls, index: Any, paths: list[str], header: dict) -> GalleryIndex:
+        """A gallery over a built faiss ``index`` (one path per vector) with ``header``'s metric, kind, description,
+        search settings and meta (what :meth:`save` writes; a gallery store's snapshot too)."""
+        gallery = cls(np.zeros((0, index.d), np.float32), [], header["metric"], None, header.get("nprobe", 8),
+                      header.get("meta", {}), index=header["index"], ef_search=header.get("ef_search", 256),
+                      refine=header.get("refine", 16))
         gallery.paths, gallery._dim, gallery._index = paths, index.d, index
         gallery._pending, gallery.description = [], header["description"]
         gallery._apply_search_settings()
         return gallery
+
+    def header(self) -> dict:
+        """What :meth:`from_faiss` needs besides the index and paths."""
+        return {"metric": self.metric, "index": self.kind, "description": self.description, "nprobe": self.nprobe,
+                "ef_search": self.ef_search, "refine": self.refine, "meta": self.meta}
 
     @classmethod
     def _load_first_format(cls, z, header: dict) -> GalleryIndex:

@@ -109,12 +109,12 @@ def from_names(paths: Sequence[str], pattern: str | re.Pattern | None) -> Metada
     return Metadata(cameras, times)
 
 
-def from_csv(paths: Sequence[str], table: str | Path) -> Metadata:
-    """Cameras and times from ``table`` (header ``path,camera,time``; ``time`` a number or empty), matched by the
-    gallery's path or, failing that, the file name; a ``ValueError`` naming the row for a bad value."""
+def read_table(table: str | Path) -> dict[str, tuple[str, float]]:
+    """The rows of a metadata CSV (header ``path,camera,time``; ``time`` a number or empty): path -> (camera,
+    time); a ``ValueError`` naming the file and line for a bad value."""
     rows: dict[str, tuple[str, float]] = {}
     try:
-        with open(table, newline="") as f:
+        with open(table, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "path" not in reader.fieldnames or "camera" not in reader.fieldnames:
                 raise ValueError(f"{table}: the header must name path and camera (and optionally time), "
@@ -125,11 +125,35 @@ def from_csv(paths: Sequence[str], table: str | Path) -> Metadata:
                     t = float(raw) if raw else math.nan
                 except ValueError:
                     raise ValueError(f"{table}, line {line}: time {raw!r} is not a number") from None
+                if math.isinf(t):
+                    raise ValueError(f"{table}, line {line}: time {raw!r} is not a finite number")
                 rows[row["path"]] = (row["camera"] or "", t)
     except FileNotFoundError:
         raise FileNotFoundError(f"metadata table not found: {table}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{table}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    return rows
+
+
+def from_csv(paths: Sequence[str], table: str | Path | dict[str, tuple[str, float]]) -> Metadata:
+    """Cameras and times from ``table`` (a CSV file as :func:`read_table` reads it, or its rows), matched by the
+    gallery's path or, failing that, the file name."""
+    rows = table if isinstance(table, dict) else read_table(table)
     found = [v or ("", math.nan) for v in _by_path_or_name(rows, paths)]
     return Metadata([c for c, _ in found], np.array([t for _, t in found], dtype=np.float64))
+
+
+def metadata_source(pattern: str | None = None, table: str | Path | None = None
+                    ) -> Callable[[Sequence[str]], Metadata] | None:
+    """What gives a gallery's images their camera and time when their rows do not: a file-name pattern (a preset or
+    a regular expression), a CSV table (read once), or None."""
+    if table is not None:
+        rows = read_table(table)
+        return lambda paths: from_csv(paths, rows)
+    if pattern:
+        regex = compile_pattern(pattern)
+        return lambda paths: from_names(paths, regex)
+    return None
 
 
 def _by_path_or_name(rows: dict[str, T], paths: Sequence[str]) -> list[T | None]:

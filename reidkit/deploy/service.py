@@ -1,31 +1,36 @@
-"""A search service over a gallery built by ``reidkit extract``: a JSON API and the web page that uses it.
+"""A search service over a gallery: a JSON API and the web page that uses it.
 
-    reidkit serve gallery.npz [--metadata market1501 | --metadata-csv seen.csv] [--port 8000] [--token T]
+    reidkit serve gallery.db [--metadata market1501 | --metadata-csv seen.csv] [--users users.toml]
+                  [--retention 30d] [--workers 4] [--port 8000]
 
-The gallery's own model (recorded by ``extract``, its weights checked by fingerprint) embeds uploaded crops.
-Endpoints (JSON; ``docs/DEPLOY.md``):
+A gallery store (``gallery.db``, :mod:`reidkit.deploy.store`) is read and written by every worker and every
+``reidkit extract --add-to``: each add is one transaction, each search first takes in what other writers
+committed.  A gallery file (``.npz``) is served read-only (import it into a store to add or delete).  The
+gallery's own model (its weights checked by fingerprint) embeds uploaded crops.  Endpoints (``docs/DEPLOY.md``):
 
 * ``GET /`` the page; ``GET /api/health``; ``GET /api/stats`` (counters);
-* ``POST /api/search`` (multipart ``image``) and ``GET /api/items/{id}/similar``: the top ``k`` gallery images,
-  filtered by ``camera`` (repeatable) and a time window ``start`` / ``end``, inside the index, and nearer than
-  ``max_distance`` when given (a threshold ``eval.verification`` chose);
-* ``GET /api/items/{id}`` (its camera and time), ``GET /api/items/{id}/image`` (the gallery image by id: no
-  path from a request reaches the disk);
-* ``POST /api/items`` (multipart ``images``, optional ``camera`` and ``time``): embed and add crops; the gallery
-  file is written again atomically, under its lock, one writer at a time.
+* ``POST /api/search`` (multipart ``image``) and ``GET /api/items/{id}/similar``: the top ``k`` gallery items,
+  filtered by ``camera`` (repeatable) and a time window ``start`` / ``end`` inside the index, and nearer than
+  ``max_distance`` when given;
+* ``GET /api/items/{id}`` (its camera, time, track), ``GET /api/items/{id}/image`` (by id only);
+* ``POST /api/items`` (multipart ``images``, optional ``camera``, ``time``, ``track``): embed and commit crops;
+  the same bytes again map to the item that holds them;
+* ``DELETE /api/items/{id}``, ``POST /api/items/delete`` (JSON ``ids`` / ``crop_sha256`` / ``cameras`` /
+  ``start`` / ``end``): delete items and the crop files the store keeps.
 
-A gallery whose model embeds each crop's camera (TransReID's SIE; ``/api/health`` says ``camera_index_needed``)
-takes ``camera_index`` (0-based, as the model's training data numbered its cameras) with every upload: a query
-parameter of ``POST /api/search``, a form field of ``POST /api/items``.
-
-Safe by default: the command binds 127.0.0.1; with a token every ``/api`` call needs it (``Authorization: Bearer``
-or ``?token=``, compared in constant time); an upload is refused past ``max_upload_bytes`` and ``max_pixels``
-(decompression bombs) before it is decoded; a bad upload is a 4xx with a message.
+Handlers are plain functions that FastAPI runs in its thread pool: an embedding, a store write or a wait for
+another writer never blocks the event loop, so searches go on while crops are added.  Safe by default: binds
+127.0.0.1; with ``--token`` or ``--users`` every ``/api`` call needs a token (``Authorization: Bearer`` or
+``?token=``), each user with the rights search / add / delete; bodies are refused past their size while they
+stream; pixels past ``max_pixels`` from the image header; a bad request is a 4xx, a busy or full store a 503 /
+507, each with a message.
 """
 # (no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at run time)
 import hashlib
-import hmac
-import io
+import json
+import math
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -34,13 +39,18 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from ..files import exclusive_lock
+from ..data.images import BadImageError, decode_rgb
+from .access import ANONYMOUS, User, Users
 from .gallery import GalleryIndex
 from .gallery_model import check_gallery_weights, gallery_extractor
-from .metadata import Metadata, compile_pattern, from_csv, from_names
+from .live import LiveGallery
+from .metadata import metadata_source
+from .store import GalleryStore, StoreError, is_store
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 200
+#: crops one add may carry (a request body is capped at this many uploads' worth)
+MAX_ADD_FILES = 4
 
 
 class ServiceError(Exception):
@@ -49,6 +59,12 @@ class ServiceError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def _finite(value: float | None, name: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ServiceError(422, f"{name} must be a finite number, got {value}")
+    return value
 
 
 @dataclass
@@ -65,79 +81,187 @@ class Filters:
     def check(self) -> "Filters":
         if not 1 <= self.k <= MAX_K:
             raise ServiceError(422, f"k must be between 1 and {MAX_K}, got {self.k}")
+        for name in ("start", "end", "max_distance"):
+            _finite(getattr(self, name), name)
         if self.start is not None and self.end is not None and self.start > self.end:
             raise ServiceError(422, f"the time window starts after it ends ({self.start} > {self.end})")
         if self.max_distance is not None and not self.max_distance > 0:
             raise ServiceError(422, f"max_distance must be above 0, got {self.max_distance}")
         return self
 
+    def record(self) -> dict:
+        """The filters as an audit line records them (those given)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` (or plain seconds) -> seconds; a ``ValueError`` naming the text."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not found or float(found.group(1)) <= 0:
+        raise ValueError(f"--retention {text!r}: give a positive duration such as 30d, 12h, 90m or 3600")
+    return float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[found.group(2)]
+
 
 class SearchService:
-    """The gallery, its model and metadata, and the counters; every method is safe to call from several threads."""
+    """A gallery (a store, or a read-only file), its model and metadata, and the counters; every method is safe
+    to call from several threads."""
 
     def __init__(self, gallery: str | Path, weights: str | None = None, metadata: str | None = None,
                  metadata_csv: str | Path | None = None, uploads: str | Path | None = None, device: str = "cpu",
-                 max_upload_bytes: int = 8 << 20, max_pixels: int = 16_000_000, extractor: Any = None):
+                 max_upload_bytes: int = 8 << 20, max_pixels: int = 16_000_000, extractor: Any = None,
+                 retention_s: float | None = None, refresh_s: float = 0.5, snapshot_every_s: float = 600.0):
         self.path = Path(gallery)
-        self.index = GalleryIndex.load(self.path)
-        meta = self.index.meta
+        fallback = metadata_source(metadata, metadata_csv)
+        self.store: GalleryStore | None = None
+        if is_store(self.path):
+            self.store = GalleryStore(self.path)
+            self.live = LiveGallery.open(self.store, fallback)
+            meta = self.store.meta
+        else:
+            index = GalleryIndex.load(self.path)
+            given = index.meta.get("added_metadata", {})     # what uploads said of themselves (older reidkit)
+            cameras = [str((given.get(p) or ["", None])[0] or "") for p in index.paths]
+            times = [float("nan") if (given.get(p) or ["", None])[1] is None else float(given[p][1])
+                     for p in index.paths]
+            self.live = LiveGallery.from_index(index, fallback, cameras, times)
+            meta = index.meta
+        self.meta, self.metric, self.kind = meta, self.live.index.metric, self.live.index.kind
         if extractor is None:
             extractor = gallery_extractor(gallery, meta, check_gallery_weights(str(gallery), meta, weights), device)
         self.extractor = extractor
         # a model that embeds each crop's camera (TransReID's SIE) needs its index with every upload
         self.takes_cameras = bool(getattr(extractor, "takes_cameras", False))
         self.sie_cameras: int | None = getattr(extractor, "num_cameras", None) if self.takes_cameras else None
-        self.pattern = compile_pattern(metadata) if metadata else None
-        self.metadata_csv = metadata_csv
-        self.metadata = self._metadata(self.index.paths)
         self.uploads = Path(uploads) if uploads is not None else self.path.with_name(self.path.stem + "_added")
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.lock = threading.Lock()
-        self.counters = {"searches": 0, "searches_by_item": 0, "images_added": 0, "refused": 0}
+        self.retention_s, self.refresh_s, self.snapshot_every_s = retention_s, refresh_s, snapshot_every_s
+        self.counters = {"searches": 0, "searches_by_item": 0, "images_added": 0, "images_deleted": 0, "refused": 0}
+        self._counter_lock = threading.Lock()
+        self._audit: list[dict] = []
+        self._audit_lock = threading.Lock()
         self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._snapshot_at = (self.live.ids.size, time.monotonic())
 
-    # ---- metadata -----------------------------------------------------------------------------------------
-    def _metadata(self, paths: list[str]) -> Metadata:
-        found = from_csv(paths, self.metadata_csv) if self.metadata_csv else from_names(paths, self.pattern)
-        given = self.index.meta.get("added_metadata", {})    # what an upload said of itself
-        for i, path in enumerate(paths):
-            if path in given:
-                camera, t = given[path]
-                found.cameras[i] = camera or found.cameras[i]
-                found.times[i] = float("nan") if t is None else float(t)
-        return found
+    # ---- background upkeep ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the upkeep thread: take in other writers' rows, prune past the retention, flush the audit,
+        compact and snapshot the index."""
+        if self.store is not None and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._upkeep, name="reidkit-gallery-upkeep", daemon=True)
+            self._thread.start()
 
+    def stop(self) -> None:
+        """Stop the upkeep thread, flush the audit and snapshot the index when it grew."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.upkeep(final=True)
+
+    def _upkeep(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.upkeep()
+            except Exception as e:  # noqa: BLE001 - the thread must go on; the next round tries again
+                print(f"reidkit serve: upkeep failed ({type(e).__name__}: {str(e)[:200]}); trying again")
+
+    def upkeep(self, final: bool = False) -> None:
+        """One round of upkeep (the thread calls it every ``refresh_s``)."""
+        if self.store is None:
+            return
+        self.live.refresh()
+        if self.retention_s is not None:
+            self.prune()
+        self._flush_audit()
+        self.live.compact()
+        grown, at = self._snapshot_at
+        if self.live.ids.size != grown and (final or time.monotonic() - at > self.snapshot_every_s):
+            self.live.save_snapshot()
+            self._snapshot_at = (self.live.ids.size, time.monotonic())
+
+    def prune(self) -> list[int]:
+        """Delete the items added longer than the retention ago (and their stored crops)."""
+        assert self.store is not None and self.retention_s is not None
+        deleted = self.store.delete(added_before=time.time() - self.retention_s,
+                                    audit={"user": "retention", "filters": {"retention_s": self.retention_s}})
+        if deleted.ids:
+            self.live.forget(deleted.ids)
+            self._count("images_deleted", len(deleted.ids))
+        return deleted.ids
+
+    # ---- counters and audit ---------------------------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self.counters[name] += n
+
+    def _log_search(self, user: User, query: str, filters: Filters, results: int) -> None:
+        if self.store is not None:
+            with self._audit_lock:
+                self._audit.append({"action": "search", "user": user.name, "query_sha256": query,
+                                    "filters": filters.record(), "results": results})
+
+    def _flush_audit(self) -> None:
+        with self._audit_lock:
+            lines, self._audit = self._audit, []
+        if lines and self.store is not None:
+            try:
+                self.store.audit(lines)
+            except StoreError:
+                with self._audit_lock:                   # kept for the next round
+                    self._audit = lines + self._audit
+                raise
+
+    # ---- describing -----------------------------------------------------------------------------------------
     def describe(self) -> dict:
-        known = sorted((c for c in self.metadata.camera_names() if c), key=lambda c: (len(c), c))
-        times = self.metadata.times[~np.isnan(self.metadata.times)]
-        return {"status": "ok", "images": len(self.index), "model": self.index.meta.get("arch"),
-                "metric": self.index.metric, "index": self.index.kind, "cameras": known,
-                "time_range": [float(times.min()), float(times.max())] if len(times) else None,
-                "camera_index_needed": self.takes_cameras, "sie_cameras": self.sie_cameras, "token_required": False}
+        return {"status": "ok", "images": len(self.live), "model": self.meta.get("arch"), "metric": self.metric,
+                "index": self.kind, "cameras": self.live.cameras(), "time_range": self.live.time_range(),
+                "camera_index_needed": self.takes_cameras, "sie_cameras": self.sie_cameras,
+                "store": "sqlite" if self.store is not None else "file (read-only)",
+                "writable": self.store is not None, "retention_s": self.retention_s, "token_required": False}
 
     def stats(self) -> dict:
-        return dict(self.counters, images=len(self.index), uptime_s=round(time.time() - self.started, 1))
+        with self._counter_lock:
+            counters = dict(self.counters)
+        return dict(counters, images=len(self.live), uptime_s=round(time.time() - self.started, 1))
 
-    # ---- searching ----------------------------------------------------------------------------------------
+    def item(self, item: int) -> dict:
+        found = self.live.describe(item)
+        if found is None and self.live.refresh():
+            found = self.live.describe(item)
+        if found is None:
+            raise ServiceError(404, f"no gallery item {item} (never added, or deleted)")
+        path = found.pop("path")
+        return {"id": item, "name": Path(path).name, **found}
+
+    def image_path(self, item: int) -> Path:
+        """The file of gallery item ``item``: only paths the gallery holds are ever opened."""
+        found = self.live.describe(item)
+        if found is None:
+            raise ServiceError(404, f"no gallery item {item} (never added, or deleted)")
+        path = Path(found["path"])
+        if not path.is_file():
+            raise ServiceError(404, f"gallery item {item}'s image is not on disk any more")
+        return path
+
+    # ---- searching ------------------------------------------------------------------------------------------
     def _results(self, features: np.ndarray, filters: Filters, exclude: int | None = None) -> list[dict]:
-        k = filters.k
-        with self.lock:
-            allowed = self.metadata.mask(filters.cameras, filters.start, filters.end)
-            if allowed is not None and exclude is not None:
-                allowed[exclude] = False
-            if allowed is not None and not allowed.any():
-                return []
-            # without a filter, the item a search starts from is dropped from one more result (no selector of
-            # every other id); with one, it is left out of the mask
-            extra = 1 if exclude is not None and allowed is None else 0
-            distances, indices = self.index.search(features, k + extra, allowed=allowed)
+        try:
+            hits = self.live.search(features, filters.k, filters.cameras, filters.start, filters.end, exclude)
+        except StoreError as e:
+            raise ServiceError(e.status, str(e)) from None
         limit = np.inf if filters.max_distance is None else filters.max_distance
-        found = [(int(i), float(d)) for i, d in zip(indices[0], distances[0])
-                 if i >= 0 and i != exclude and d < limit][:k]
-        out = []
-        for rank, (i, d) in enumerate(found, 1):
-            out.append({"id": i, "rank": rank, "distance": round(d, 6), "name": Path(self.index.paths[i]).name,
-                        **self.metadata.of(i)})
+        out: list[dict] = []
+        for i, d in hits:
+            if d >= limit or len(out) == filters.k:
+                continue
+            found = self.live.describe(i)
+            if found is None:                            # deleted during this search
+                continue
+            path = found.pop("path")
+            out.append({"rank": len(out) + 1, "distance": round(d, 6), "name": Path(path).name, **found})
         return out
 
     def _embed(self, images: list, camera_index: int | None) -> np.ndarray:
@@ -154,105 +278,193 @@ class SearchService:
                                     f"{self.sie_cameras} cameras")
         return self.extractor(images, cameras=[camera_index] * len(images)).numpy()
 
-    def search_image(self, data: bytes, filters: Filters | None = None, camera_index: int | None = None) -> list[dict]:
+    def search_image(self, data: bytes, filters: Filters | None = None, camera_index: int | None = None,
+                     user: User = ANONYMOUS) -> list[dict]:
         """The gallery ranked for an uploaded crop (``camera_index``: its camera, for a model that embeds it)."""
+        _require(user, "search")
         filters = (filters or Filters()).check()
         image = self.decode(data)
         features = self._embed([image], camera_index)
-        self.counters["searches"] += 1
-        return self._results(features, filters)
+        self._count("searches")
+        results = self._results(features, filters)
+        self._log_search(user, hashlib.sha256(data).hexdigest(), filters, len(results))
+        return results
 
-    def search_item(self, item: int, filters: Filters | None = None) -> list[dict]:
+    def search_item(self, item: int, filters: Filters | None = None, user: User = ANONYMOUS) -> list[dict]:
         """The gallery ranked for gallery item ``item`` (itself left out)."""
+        _require(user, "search")
         filters = (filters or Filters()).check()
-        self._check_item(item)
-        with self.lock:
-            features = self.index.vectors(np.array([item]))
-        self.counters["searches_by_item"] += 1
-        return self._results(features, filters, exclude=item)
+        self.item(item)
+        features = self.live.vector(item)
+        self._count("searches_by_item")
+        results = self._results(features, filters, exclude=item)
+        self._log_search(user, f"item:{item}", filters, len(results))
+        return results
 
-    def _check_item(self, item: int) -> None:
-        if not 0 <= item < len(self.index):
-            raise ServiceError(404, f"no gallery item {item} (the gallery holds 0..{len(self.index) - 1})")
-
-    def item(self, item: int) -> dict:
-        self._check_item(item)
-        return {"id": item, "name": Path(self.index.paths[item]).name, **self.metadata.of(item)}
-
-    def image_path(self, item: int) -> Path:
-        """The file of gallery item ``item``: only paths the gallery file holds are ever opened."""
-        self._check_item(item)
-        path = Path(self.index.paths[item])
-        if not path.is_file():
-            raise ServiceError(404, f"gallery item {item}'s image is not on disk any more")
-        return path
-
-    # ---- uploads ------------------------------------------------------------------------------------------
+    # ---- uploads --------------------------------------------------------------------------------------------
     def decode(self, data: bytes):
-        """An uploaded crop as an RGB image; a :class:`ServiceError` for an empty, oversized, over-large-in-pixels
-        or undecodable upload (the pixel count is read from the header, before decoding)."""
+        """An uploaded crop as an RGB image, decoded as ``reidkit search`` decodes a file (EXIF orientation, 16-bit
+        and float images); a :class:`ServiceError` for an empty, oversized, over-large-in-pixels or undecodable
+        upload (the pixel count is read from the header, before decoding)."""
         try:
-            return self._decode(data)
+            if not data:
+                raise ServiceError(400, "the upload is empty: send an image file")
+            if len(data) > self.max_upload_bytes:
+                raise ServiceError(413, f"the upload has {len(data)} bytes; the limit is {self.max_upload_bytes}")
+            try:
+                return decode_rgb(data, "the upload", max_pixels=self.max_pixels)
+            except BadImageError as e:
+                reason = e.bad[0][1]
+                if "decompression bomb" in reason:
+                    raise ServiceError(413, f"the image is {reason}") from None
+                raise ServiceError(400, f"the upload is not an image reidkit can read ({reason[:200]})") from None
         except ServiceError:
-            self.counters["refused"] += 1
+            self._count("refused")
             raise
 
-    def _decode(self, data: bytes):
-        from PIL import Image, UnidentifiedImageError
-        if not data:
-            raise ServiceError(400, "the upload is empty: send an image file")
-        if len(data) > self.max_upload_bytes:
-            raise ServiceError(413, f"the upload has {len(data)} bytes; the limit is {self.max_upload_bytes}")
-        try:
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if width * height > self.max_pixels:
-                    raise ServiceError(413, f"the image is {width} x {height} pixels; the limit is "
-                                            f"{self.max_pixels} pixels")
-                probe.load()
-                return probe.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ServiceError(400, f"the upload is not an image reidkit can read ({type(e).__name__}: "
-                                    f"{str(e)[:160]})") from None
+    def _writable(self) -> GalleryStore:
+        if self.store is None:
+            raise ServiceError(409, f"{self.path} is a gallery file, served read-only: import it into a store to add "
+                                    f"or delete (reidkit gallery import {self.path} --out "
+                                    f"{self.path.with_suffix('.db')}), then serve the store")
+        return self.store
 
     def add(self, files: list[bytes], camera: str | None = None, t: float | None = None,
-            camera_index: int | None = None) -> list[int]:
-        """Embed and add uploaded crops (``camera_index``: their camera, for a model that embeds it); the gallery
-        file is rewritten atomically under its lock."""
+            camera_index: int | None = None, track: str | None = None, user: User = ANONYMOUS) -> dict:
+        """Embed uploaded crops and commit them in one transaction: ``{"ids", "new"}``, one each (an upload whose
+        bytes the gallery holds already maps to that item, ``new`` false).  Nothing is kept of a failed add."""
+        _require(user, "add")
+        store = self._writable()
         if not files:
             raise ServiceError(400, "send one or more images (multipart field 'images')")
+        if len(files) > MAX_ADD_FILES:
+            raise ServiceError(413, f"{len(files)} images in one add; at most {MAX_ADD_FILES}")
+        _finite(t, "time")
         images = [self.decode(data) for data in files]          # every upload checked before anything is kept
-        features = self._embed(images, camera_index)
+        digests = [hashlib.sha256(data).hexdigest() for data in files]
         self.uploads.mkdir(parents=True, exist_ok=True)
-        stored = []
-        for data, image in zip(files, images):
-            digest = hashlib.sha256(data).hexdigest()[:32]
-            target = self.uploads / f"{digest}.png"          # our own name and encoding, never the client's
-            if not target.exists():
-                tmp = target.with_suffix(".tmp")
-                image.save(tmp, format="PNG")
-                tmp.replace(target)
-            stored.append(str(target.resolve()))
-        with self.lock, exclusive_lock(self.path, f"the gallery {self.path}", wait_s=60):
-            first = len(self.index)
-            self.index.add(features, stored)
-            if camera is not None or t is not None:
-                given = self.index.meta.setdefault("added_metadata", {})
-                for path in stored:
-                    given[path] = [camera or "", t]
-            # the stored names are content hashes: only what the upload said gives a camera or a time
-            self.metadata.extend([camera or ""] * len(stored), [float("nan") if t is None else t] * len(stored))
-            self.index.save(self.path)
-            self.counters["images_added"] += len(stored)
-        return list(range(first, first + len(stored)))
+        targets = [str((self.uploads / f"{d[:32]}.png").resolve()) for d in digests]   # our name, never the client's
+        features = self._embed(images, camera_index)
+        created = []
+        try:
+            for target, image in zip(targets, images):
+                if not os.path.exists(target):
+                    tmp = target + ".tmp"
+                    image.save(tmp, format="PNG")
+                    os.replace(tmp, target)
+                    created.append(target)
+            ids, new = store.add(features, targets, cameras=[camera] * len(files), times=[t] * len(files),
+                                 tracks=[track] * len(files), crop_sha256=digests, owned=True,
+                                 model=self.meta.get("weights_sha256"),
+                                 audit={"user": user.name, "query_sha256": ",".join(d[:16] for d in digests),
+                                        "filters": {k: v for k, v in (("camera", camera), ("time", t),
+                                                                      ("track", track)) if v is not None}})
+        except (StoreError, OSError) as e:
+            for target in created:                              # the add is rolled back: its files go too
+                Path(target).unlink(missing_ok=True)
+            Path(str(target) + ".tmp").unlink(missing_ok=True)
+            if isinstance(e, StoreError):
+                raise ServiceError(e.status, str(e)) from None
+            raise ServiceError(507, f"could not store the crops under {self.uploads} ({e.strerror or e}); nothing "
+                                    "was added") from None
+        self.live.refresh()
+        self._count("images_added", sum(new))
+        return {"ids": ids, "new": new}
+
+    def delete(self, ids: list[int] | None = None, crop_sha256: str | None = None, cameras: list[str] | None = None,
+               start: float | None = None, end: float | None = None, user: User = ANONYMOUS) -> dict:
+        """Delete the items every given selector matches (and the crops the store keeps); they are left out of
+        every search from now on."""
+        _require(user, "delete")
+        store = self._writable()
+        for name, value in (("start", start), ("end", end)):
+            _finite(value, name)
+        selectors = {k: v for k, v in (("ids", ids), ("crop_sha256", crop_sha256), ("cameras", cameras),
+                                       ("start", start), ("end", end)) if v not in (None, [])}
+        if not selectors:
+            raise ServiceError(422, "say what to delete: ids, crop_sha256, cameras, start / end")
+        try:
+            deleted = store.delete(ids, crop_sha256=crop_sha256, cameras=cameras, start=start, end=end,
+                                   audit={"user": user.name, "filters": selectors})
+        except StoreError as e:
+            raise ServiceError(e.status, str(e)) from None
+        self.live.forget(deleted.ids)
+        self.live.refresh()
+        self._count("images_deleted", len(deleted.ids))
+        return {"deleted": deleted.ids, "files_removed": sum(deleted.owned)}
 
 
-def create_app(service: SearchService, token: str | None = None):
-    """The FastAPI application over ``service`` (``token``: every ``/api`` call must carry it)."""
-    from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+def _require(user: User, right: str) -> None:
+    if right not in user.rights:
+        raise ServiceError(403, f"user {user.name!r} may not {right} (rights: {', '.join(sorted(user.rights))})")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its limit is answered 413 as soon as it is known to be (from its
+    Content-Length, else while it streams), before it is read whole."""
+
+    def __init__(self, app, limit_for):
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["path"])
+        refusal = json.dumps({"detail": f"the request body is over the limit of {limit} bytes"}).encode()
+        answered = False
+
+        async def refuse() -> None:
+            nonlocal answered
+            answered = True
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": refusal})
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await refuse()
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    await refuse()
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message):
+            if not answered:
+                await send(message)
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not answered:
+                raise
+
+
+def create_app(service: SearchService, token: str | None = None, users: Users | None = None):
+    """The FastAPI application over ``service`` (``token``: one user with every right; ``users``: tokens per user
+    with their rights; neither: no token needed)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-    app = FastAPI(title="reidkit search", docs_url=None, redoc_url=None)
+    if token is not None and users is not None:
+        raise ValueError("give --token or --users, not both")
+    users = users or (Users.single(token) if token is not None else Users.none())
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        service.start()
+        yield
+        service.stop()
+
+    app = FastAPI(title="reidkit search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     page = (STATIC / "search.html").read_text()
 
     @app.exception_handler(ServiceError)
@@ -261,19 +473,22 @@ def create_app(service: SearchService, token: str | None = None):
 
     @app.middleware("http")
     async def check_token(request: Request, call_next):
-        if token is not None and request.url.path.startswith("/api/"):
+        request.state.user = ANONYMOUS
+        if users.required and request.url.path.startswith("/api/"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() \
                 or request.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                service.counters["refused"] += 1
+            user = users.authenticate(given)
+            if user is None:
+                service._count("refused")
                 return JSONResponse({"detail": "a valid token is needed (Authorization: Bearer TOKEN)"},
                                     status_code=401)
+            request.state.user = user
         return await call_next(request)
 
-    async def read_capped(upload: UploadFile) -> bytes:
-        data = await upload.read(service.max_upload_bytes + 1)     # never more than the limit into memory
+    def read_capped(upload: UploadFile) -> bytes:
+        data = upload.file.read(service.max_upload_bytes + 1)     # never more than the limit into memory
         if len(data) > service.max_upload_bytes:
-            service.counters["refused"] += 1
+            service._count("refused")
             raise ServiceError(413, f"the upload is over the limit of {service.max_upload_bytes} bytes")
         return data
 
@@ -282,21 +497,22 @@ def create_app(service: SearchService, token: str | None = None):
         return page
 
     @app.get("/api/health")
-    def health() -> dict:
-        return service.describe() | {"token_required": token is not None}
+    def health(request: Request) -> dict:
+        user = request.state.user
+        return service.describe() | {"token_required": users.required, "user": user.name or None,
+                                     "rights": sorted(user.rights)}
 
     @app.get("/api/stats")
     def stats() -> dict:
         return service.stats()
 
     @app.post("/api/search")
-    async def search(image: Annotated[UploadFile, File()], k: int = 10,
-                     camera: Annotated[list[str] | None, Query()] = None, start: float | None = None,
-                     end: float | None = None, max_distance: float | None = None,
-                     camera_index: int | None = None) -> dict:
+    def search(request: Request, image: Annotated[UploadFile, File()], k: int = 10,
+               camera: Annotated[list[str] | None, Query()] = None, start: float | None = None,
+               end: float | None = None, max_distance: float | None = None, camera_index: int | None = None) -> dict:
         t0 = time.perf_counter()
-        results = service.search_image(await read_capped(image), Filters(k, camera, start, end, max_distance),
-                                       camera_index)
+        results = service.search_image(read_capped(image), Filters(k, camera, start, end, max_distance),
+                                       camera_index, request.state.user)
         return {"results": results, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     @app.get("/api/items/{item}")
@@ -304,10 +520,10 @@ def create_app(service: SearchService, token: str | None = None):
         return service.item(item)
 
     @app.get("/api/items/{item}/similar")
-    def similar(item: int, k: int = 10, camera: Annotated[list[str] | None, Query()] = None,
+    def similar(request: Request, item: int, k: int = 10, camera: Annotated[list[str] | None, Query()] = None,
                 start: float | None = None, end: float | None = None, max_distance: float | None = None) -> dict:
         t0 = time.perf_counter()
-        results = service.search_item(item, Filters(k, camera, start, end, max_distance))
+        results = service.search_item(item, Filters(k, camera, start, end, max_distance), request.state.user)
         return {"query": service.item(item), "results": results,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
@@ -316,25 +532,92 @@ def create_app(service: SearchService, token: str | None = None):
         return FileResponse(service.image_path(item))
 
     @app.post("/api/items")
-    async def add(images: Annotated[list[UploadFile], File()], camera: Annotated[str | None, Form()] = None,
-                  time_seen: Annotated[float | None, Form(alias="time")] = None,
-                  camera_index: Annotated[int | None, Form()] = None) -> dict:
-        data = [await read_capped(f) for f in images]
-        ids = service.add(data, camera, time_seen, camera_index)
-        return {"ids": ids, "images": len(service.index)}
+    def add(request: Request, images: Annotated[list[UploadFile], File()],
+            camera: Annotated[str | None, Form()] = None, time_seen: Annotated[float | None, Form(alias="time")] = None,
+            camera_index: Annotated[int | None, Form()] = None, track: Annotated[str | None, Form()] = None) -> dict:
+        data = [read_capped(f) for f in images]
+        added = service.add(data, camera or None, time_seen, camera_index, track or None, request.state.user)
+        return added | {"images": len(service.live)}
 
-    return app
+    @app.delete("/api/items/{item}")
+    def delete_item(request: Request, item: int) -> dict:
+        service.item(item)
+        return service.delete(ids=[item], user=request.state.user) | {"images": len(service.live)}
+
+    @app.post("/api/items/delete")
+    def delete_items(request: Request, ids: Annotated[list[int] | None, Body()] = None,
+                     crop_sha256: Annotated[str | None, Body()] = None,
+                     cameras: Annotated[list[str] | None, Body()] = None,
+                     start: Annotated[float | None, Body()] = None,
+                     end: Annotated[float | None, Body()] = None) -> dict:
+        return service.delete(ids, crop_sha256, cameras, start, end, request.state.user) | \
+            {"images": len(service.live)}
+
+    def limit_for(path: str) -> int:
+        slack = 1 << 20                                    # multipart headers and form fields
+        if path == "/api/items":
+            return MAX_ADD_FILES * service.max_upload_bytes + slack
+        if path == "/api/search":
+            return service.max_upload_bytes + slack
+        return slack
+
+    return BodyLimit(app, limit_for)
 
 
-def serve(gallery: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **options: Any) -> None:
-    """Run the service with uvicorn until interrupted."""
+#: the environment variable through which ``serve --workers N`` hands each worker its settings
+CONFIG_VARIABLE = "REIDKIT_SERVE_CONFIG"
+
+
+def app_from_environment():
+    """The application of one ``serve --workers N`` worker process (uvicorn's factory), from its settings."""
+    config = json.loads(os.environ[CONFIG_VARIABLE])
+    users = Users.load(config.pop("users")) if config.get("users") else None
+    token = config.pop("token", None)
+    config.pop("users", None)
+    return create_app(SearchService(**config), token=token, users=users)
+
+
+def check_serve_options(host: str, port: int, workers: int, max_upload_bytes: int, max_pixels: int) -> None:
+    """Refuse a setting that cannot work, in one line naming it."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port {port}: give a port between 1 and 65535")
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: give at least 1")
+    if max_upload_bytes < 1:
+        raise ValueError(f"--max-upload-mb {max_upload_bytes >> 20}: give at least 1")
+    if max_pixels < 1:
+        raise ValueError(f"--max-pixels {max_pixels}: give at least 1")
+    if not host:
+        raise ValueError("--host is empty: give an address, e.g. 127.0.0.1")
+
+
+def serve(gallery: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          users: str | None = None, workers: int = 1, **options: Any) -> None:
+    """Run the service with uvicorn until interrupted (``workers`` processes sharing the store)."""
     import uvicorn
-    service = SearchService(gallery, **options)
-    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+    check_serve_options(host, port, workers, options.get("max_upload_bytes", 1), options.get("max_pixels", 1))
+    if token is not None and users is not None:
+        raise ValueError("give --token or --users, not both")
+    access = Users.load(users) if users else (Users.single(token) if token is not None else Users.none())
+    if workers > 1 and not is_store(gallery):
+        raise ValueError(f"--workers {workers}: several workers share a gallery store; {gallery} is a file "
+                         f"(import it: reidkit gallery import {gallery} --out {Path(gallery).with_suffix('.db')})")
+    service = SearchService(gallery, **options)          # checked here, in this process, before any worker starts
+    if host not in ("127.0.0.1", "localhost", "::1") and not access.required:
         print(f"warning: serving {gallery} on {host} without a token: anyone who reaches this port can search "
-              "the gallery and add to it (--token)")
-    print(f"reidkit search: {len(service.index)} images of {gallery} on http://{host}:{port}/")
-    uvicorn.run(create_app(service, token), host=host, port=port, log_level="warning")
+              "the gallery" + (", add to it and delete from it" if service.store is not None else "") +
+              " (--token or --users)")
+    print(f"reidkit search: {len(service.live)} images of {gallery} ({service.describe()['store']}) on "
+          f"http://{host}:{port}/" + (f", {workers} workers" if workers > 1 else ""))
+    if workers == 1:
+        uvicorn.run(create_app(service, token=token if users is None else None,
+                               users=access if users else None), host=host, port=port, log_level="warning")
+        return
+    service.live.save_snapshot()                         # the workers open the snapshot instead of building
+    os.environ[CONFIG_VARIABLE] = json.dumps({"gallery": str(gallery), "token": token, "users": users, **{
+        k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
+    uvicorn.run("reidkit.deploy.service:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
 
 
-__all__ = ["Filters", "SearchService", "ServiceError", "create_app", "serve"]
+__all__ = ["Filters", "SearchService", "ServiceError", "create_app", "parse_duration", "serve"]
