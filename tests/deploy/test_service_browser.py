@@ -146,3 +146,39 @@ def test_the_page_asks_for_the_camera_index_a_sie_model_needs(tmp_path):
         wait.until(lambda d: len(results(d)) == 3)
         assert results(driver)[0].get_attribute("aria-label").startswith("rank 1, distance 0.000")
         assert "camera 3" in results(driver)[0].text
+
+
+def test_a_persons_crops_are_found_selected_and_deleted_with_a_confirmation(tiny_run, tiny_data, tmp_path):
+    """Issue 49 D: search -> tick results -> delete -> confirm; a dismissed confirmation deletes nothing; the
+    deleted items are gone from the next search and from the store."""
+    from reidkit.deploy.store import GalleryStore
+    gallery = tmp_path / "gallery.db"
+    assert main(["extract", str(tiny_data / "bounding_box_test"), "--weights", str(tiny_run / "best.pth"),
+                 "--out", str(gallery), "--no-progress", "--device", "cpu", "--metadata", "market1501"]) == 0
+    before = len(GalleryStore(gallery))
+    with served_page(gallery, metadata="market1501") as driver:
+        wait = WebDriverWait(driver, 30)
+        wait.until(EC.visibility_of_element_located((By.ID, "erasebar")))
+        driver.find_element(By.ID, "file").send_keys(str(sorted((tiny_data / "query").glob("*.jpg"))[0]))
+        wait.until(lambda d: len(results(d)) > 2)
+        picks = driver.find_elements(By.CSS_SELECTOR, "#results .pick")
+        chosen = [picks[0].get_attribute("value"), picks[1].get_attribute("value")]
+        picks[0].click()
+        picks[1].click()
+        assert driver.find_element(By.ID, "erase").text == "delete 2 selected"
+        driver.find_element(By.ID, "erase").click()
+        wait.until(EC.alert_is_present())
+        assert "cannot be undone" in driver.switch_to.alert.text
+        driver.switch_to.alert.dismiss()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "nothing deleted"))
+        assert len(GalleryStore(gallery)) == before
+        driver.find_element(By.ID, "erase").click()
+        wait.until(EC.alert_is_present())
+        driver.switch_to.alert.accept()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "deleted 2"))
+        driver.find_element(By.ID, "again").click()
+        wait.until(lambda d: results(d) and "matches in" in d.find_element(By.ID, "status").text)
+        shown = [r.get_attribute("data-id") for r in results(driver)]
+        assert not set(chosen) & set(shown)
+    store = GalleryStore(gallery)
+    assert len(store) == before - 2 and all(store.item_info(int(i)) is None for i in chosen)
