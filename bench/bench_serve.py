@@ -132,6 +132,131 @@ def load(port: int, kind: str, n: int, clients: int, requests: int, seconds: flo
             "first_error": errors[0] if errors else None}
 
 
+def build_store(folder: Path, n: int, crops: list[Path]) -> Path:
+    """The gallery of :func:`build_gallery` as a gallery store (rows committed in batches, snapshot written)."""
+    from reidkit.deploy.live import LiveGallery
+    from reidkit.deploy.store import GalleryStore
+    from reidkit.files import file_sha256
+    npz = build_gallery(folder, n, "flat", crops)
+    from reidkit.deploy import GalleryIndex
+    index = GalleryIndex.load(npz)
+    weights = model_weights()
+    meta = {"arch": "osnet_x0_25", "weights": str(weights), "weights_sha256": file_sha256(weights),
+            "image_size": [256, 128], "model_options": {}}
+    store = GalleryStore.create(folder / "gallery.db", metric="cosine", index="hnsw", dim=512, meta=meta)
+    x = index.features
+    for s in range(0, n, 20_000):
+        store.add(x[s:s + 20_000], index.paths[s:s + 20_000])
+    LiveGallery.open(store, snapshot=False).save_snapshot()
+    store.close()
+    return store.path
+
+
+def noise_crop(seed: int) -> bytes:
+    """A distinct 128 x 64 PNG (distinct bytes: a new item each)."""
+    import io
+
+    from PIL import Image
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 255, (128, 64, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def mixed_load(n: int, clients: int, adders: int, seconds: float, workers: int, extract_images: int,
+               crops: list[Path]) -> dict:
+    """``clients`` searching by item while ``adders`` add crops through the API and an ``extract --add-to`` runs,
+    against ``serve --workers``; then the store must hold exactly every acknowledged item."""
+    import httpx
+
+    from reidkit.deploy.store import GalleryStore
+    with tempfile.TemporaryDirectory(prefix="reidkit_bench_mixed_") as tmp:
+        folder = Path(tmp)
+        store = build_store(folder, n, crops)
+        initial = set(GalleryStore(store).ids().tolist())
+        port = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen([sys.executable, "-m", "reidkit", "serve", str(store), "--port", str(port),
+                                 "--workers", str(workers), "--metadata", "market1501"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        extra = folder / "extract"
+        extra.mkdir()
+        for i in range(extract_images):
+            (extra / f"9{i:03d}_c7s1_{i:06d}_00.png").write_bytes(noise_crop(10_000 + i))
+        stop = time.time() + seconds
+        lock = threading.Lock()
+        search_ms: list[float] = []
+        add_ms: list[float] = []
+        visible_ms: list[float] = []
+        acknowledged: set[int] = set()
+        errors: list[str] = []
+
+        def searcher(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+                while time.time() < stop:
+                    t0 = time.perf_counter()
+                    r = http.get(f"/api/items/{rng.randrange(1, n + 1)}/similar?k=20")
+                    with lock:
+                        (search_ms.append(1000 * (time.perf_counter() - t0)) if r.status_code == 200
+                         else errors.append(f"search {r.status_code} {r.text[:100]}"))
+
+        def adder(seed: int) -> None:
+            i = 0
+            while time.time() < stop:
+                data = noise_crop(seed * 100_000 + i)
+                i += 1
+                t0 = time.perf_counter()
+                r = httpx.post(f"http://127.0.0.1:{port}/api/items", files={"images": ("c.png", data, "image/png")},
+                               data={"camera": "8"}, timeout=60)
+                if r.status_code != 200:
+                    with lock:
+                        errors.append(f"add {r.status_code} {r.text[:100]}")
+                    continue
+                item = r.json()["ids"][0]
+                done = time.perf_counter()
+                while httpx.get(f"http://127.0.0.1:{port}/api/items/{item}", timeout=60).status_code != 200:
+                    if time.perf_counter() - done > 5:
+                        break
+                with lock:
+                    add_ms.append(1000 * (done - t0))
+                    visible_ms.append(1000 * (time.perf_counter() - done))
+                    acknowledged.add(item)
+        threads = [threading.Thread(target=searcher, args=(i,)) for i in range(clients)]
+        threads += [threading.Thread(target=adder, args=(i + 1,)) for i in range(adders)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        extract = subprocess.run([sys.executable, "-m", "reidkit", "extract", str(extra), "--add-to", str(store),
+                                  "--no-progress", "--device", "cpu"], env=env, capture_output=True, text=True)
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        proc.terminate()
+        proc.wait(timeout=60)
+        final = GalleryStore(store)
+        held = set(final.ids().tolist())
+        extracted = {str(p.resolve()) for p in extra.iterdir()}
+        extract_held = final.known_paths(sorted(extracted))
+        expected = initial | acknowledged
+        exact = expected <= held and extract_held == extracted and len(held) == len(expected) + len(extracted)
+        pick = lambda xs, q: round(sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
+        return {"images": n, "workers": workers, "search_clients": clients, "adders": adders,
+                "seconds": round(wall, 1), "searches": len(search_ms), "search_p50_ms": pick(search_ms, 0.5),
+                "search_p99_ms": pick(search_ms, 0.99), "adds_acknowledged": len(acknowledged),
+                "add_p50_ms": pick(add_ms, 0.5), "visible_in_any_worker_max_ms": pick(visible_ms, 1.0),
+                "extract_rc": extract.returncode, "extract_images": len(extract_held), "errors": len(errors),
+                "first_error": errors[0] if errors else None,
+                "store_holds_exactly_every_acknowledged_item": exact}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=100_000)
@@ -140,10 +265,19 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60, help="each kind of request stops after this")
     p.add_argument("--index", nargs="+", default=["hnsw", "flat"])
     p.add_argument("--threads", type=int, default=2, help="the server's threads")
+    p.add_argument("--mixed", action="store_true", help="instead: searches, API adds and an extract --add-to at "
+                   "once against serve --workers on a gallery store (issue 49 C)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--adders", type=int, default=2)
+    p.add_argument("--extract-images", type=int, default=40)
     args = p.parse_args()
     crops = sorted((SHARED / "cuhk03" / "labeled" / "val").glob("*.jpg"))[:20]
     if not crops:
         raise SystemExit(f"no CUHK03 crops under {SHARED} (the real data beside the checkout)")
+    if args.mixed:
+        print(json.dumps(mixed_load(args.images, args.clients, args.adders, args.seconds, args.workers,
+                                    args.extract_images, crops), indent=1))
+        return
     upload = crops[0].read_bytes()
     rows = []
     with tempfile.TemporaryDirectory(prefix="reidkit_bench_serve_") as tmp:

@@ -66,6 +66,15 @@ def run_outputs_summary(out: Path) -> str:
         f"look: {browse_command(report)}" if report.exists() else f"look: tensorboard --logdir {out / 'tensorboard'}")
 
 
+def _new_folder(base: Path) -> Path:
+    """``base``, or ``base_2``, ``base_3``, ... : the first that does not exist (an earlier report is kept)."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}_{n}")
+    return candidate
+
+
 def cmd_eval(args) -> int:
     from .data.combine import build_recipe_dataset
     from .engine.device import resolve_device, set_threads
@@ -78,7 +87,8 @@ def cmd_eval(args) -> int:
     models = [_evaluated_model(recipe, w, len(args.weights) > 1) for w in args.weights]   # before any decoding
     dataset = build_recipe_dataset(recipe.data)
     first = args.weights[0]
-    report = None if args.no_report else Path(args.report or Path(first).parent / "report_eval")
+    report = None if args.no_report else Path(args.report) if args.report else _new_folder(
+        Path("reports") / f"eval_{Path(first).stem}")
     if report is not None:
         check_output_file(report / "index.html")
     caches: dict[tuple[int, int], tuple] = {}        # decoded query / gallery images, per input size
@@ -258,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "by ONNX Runtime as deployed); given several times, each model is evaluated and so is their "
                         "ensemble (embeddings concatenated)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
-    p.add_argument("--report", help="report folder (default: report_eval/ beside the weights)")
+    p.add_argument("--report", help="report folder (default: reports/eval_WEIGHTS/ under the working folder, "
+                   "never beside the weights; _2, _3 ... when it exists)")
     p.add_argument("--no-report", action="store_true", help="print the metrics only")
     p.add_argument("--ranked", type=int, default=8, help="ranked lists (queries) drawn in the report")
     p.add_argument("--no-progress", action="store_true")

@@ -61,10 +61,10 @@ def test_the_getting_started_guide_runs_as_written(tiny_data, tmp_path, monkeypa
     assert "decoded" in outputs["data"].out and "0 bad" in outputs["data"].out
     assert "outputs in runs/mine:\n  report       runs/mine/report/index.html" in outputs["train"].out
     assert "look: python -m webbrowser file://" in outputs["train"].out
-    for path in ("runs/mine/best.pth", "runs/mine/report/index.html", "runs/mine/report_eval/index.html",
+    for path in ("runs/mine/best.pth", "runs/mine/report/index.html", "reports/eval_best/index.html",
                  "mine.onnx", "gallery.npz", "ranked.png", "ranked.json"):
         assert (tmp_path / path).is_file(), path
-    assert "report -> runs/mine/report_eval/index.html\nlook: python -m webbrowser" in outputs["eval"].out
+    assert "report -> reports/eval_best/index.html\nlook: python -m webbrowser" in outputs["eval"].out
     ranked = json.loads((tmp_path / "ranked.json").read_text())
     assert len(ranked) == len(list((mydata / "query").rglob("*.jpg"))) and len(ranked[0]["matches"]) == 5
     # the picture labels every match with its rank and distance (issue 41, item 6)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..engine.checkpoint import describe_tensors, non_finite_tensors
-from ..files import check_output_file, refuse_outputs_over_inputs
+from ..files import OutputError, check_output_file, refuse_outputs_over_inputs
 from ..logs import outputs_summary
 from ..names import counted
 from ..recipe_files import load_recipe
@@ -44,6 +44,9 @@ def cmd_export(args) -> int:
     for out in (args.out, int8_path):
         if out is not None:
             check_output_file(out)
+    if int8_path is not None and int8_path.exists() and not args.overwrite:
+        raise OutputError(f"{int8_path} exists (the int8 model of --out {args.out}): pass --overwrite to replace it, "
+                          "or choose another --out")
     refuse_outputs_over_inputs({"--out": args.out, "the int8 model": int8_path},
                                {"the weights": args.weights, "the recipe": args.recipe})
     model, spec = load_recipe_model(recipe, args.weights)
@@ -165,5 +168,6 @@ def add_model_file_commands(sub) -> None:
                    "measured)")
     p.add_argument("--int8-if-faster", action="store_true", help="keep the int8 model only when it is faster than "
                    "the fp32 one on this machine (else it is removed and fp32 is the one to deploy)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.int8.onnx (default: refuse)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)

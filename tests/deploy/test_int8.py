@@ -76,6 +76,10 @@ def test_export_int8_reports_both_models_and_fails_beyond_the_tolerance(tiny_run
     maps = {line.split(":")[0].strip(): float(line.split("mAP")[1].split()[0])
             for line in text.splitlines() if line.strip().startswith(("fp32:", "int8:"))}
     assert set(maps) == {"fp32", "int8"} and all(0 < v <= 100 for v in maps.values())
+    # issue 49 H: an existing int8 model is not replaced without --overwrite (refused before any work)
+    kept = (tmp_path / "a.int8.onnx").read_bytes()
+    assert main([*common, "--out", str(tmp_path / "a.onnx"), "--max-map-drop", "100"]) == 2
+    assert "a.int8.onnx exists" in capsys.readouterr().err and (tmp_path / "a.int8.onnx").read_bytes() == kept
     # the same models against an impossible tolerance (int8 more than 100 points better): exit 1
     assert main([*common, "--out", str(tmp_path / "b.onnx"), "--max-map-drop", "-100"]) == 1
     assert "BEYOND" in capsys.readouterr().out

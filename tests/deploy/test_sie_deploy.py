@@ -213,8 +213,10 @@ def test_the_service_takes_each_uploads_camera_index(sie_model, sie_gallery, tmp
     from reidkit.deploy.service import SearchService, create_app
     _, model = sie_model
     source, folder, names = sie_gallery
-    gallery = tmp_path / "g.npz"
-    gallery.write_bytes(source.read_bytes())
+    from reidkit.cli import main
+    from reidkit.deploy.store import GalleryStore
+    gallery = tmp_path / "g.db"                                   # a store: the service adds to it
+    assert main(["gallery", "import", str(source), "--out", str(gallery)]) == 0
     api = TestClient(create_app(SearchService(gallery, metadata="market1501")))
     health = api.get("/api/health").json()
     assert health["camera_index_needed"] is True and health["sie_cameras"] == 3
@@ -235,7 +237,7 @@ def test_the_service_takes_each_uploads_camera_index(sie_model, sie_gallery, tmp
     assert api.post("/api/items", files=[("images", ("a.png", buffer.getvalue(), "image/png"))]).status_code == 422
     added = api.post("/api/items", data={"camera_index": "1"},
                      files=[("images", ("a.png", buffer.getvalue(), "image/png"))]).json()
-    stored = GalleryIndex.load(gallery)
+    stored = GalleryStore(gallery).rows(added["ids"]).vectors
     expected = by_hand(model, image, [1]).numpy()
-    np.testing.assert_allclose(stored.vectors(np.array(added["ids"])), expected / np.linalg.norm(expected),
-                               atol=1e-4)
+    np.testing.assert_allclose(stored / np.linalg.norm(stored, axis=1, keepdims=True),
+                               expected / np.linalg.norm(expected), atol=1e-4)

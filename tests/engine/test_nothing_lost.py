@@ -285,3 +285,22 @@ def test_skipping_every_query_image_is_refused_before_training(tiny_data, tmp_pa
     with pytest.raises(ValueError, match=r"skip_bad_images left no image in the query split"):
         Trainer(recipe, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_writes_its_report_under_the_working_folder_and_keeps_earlier_ones(tiny_run, tiny_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    """Issue 49 H: `reidkit eval --weights DIR/x` never writes beside the weights it was given (a data folder), and
+    a second evaluation does not replace the first one's report."""
+    weights = tmp_path / "models" / "best.pth"
+    weights.parent.mkdir()
+    weights.write_bytes((tiny_run / "best.pth").read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    command = ["eval", str(tiny_run / "recipe.json"), f"data.root={tiny_data}", "--weights", str(weights),
+               "--no-progress"]
+    assert main(command) == 0 and main(command) == 0
+    out = capsys.readouterr().out
+    assert "report -> reports/eval_best/index.html" in out and "report -> reports/eval_best_2/index.html" in out
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["best.pth"]
+    assert (work / "reports" / "eval_best" / "index.html").is_file()
