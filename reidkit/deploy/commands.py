@@ -294,8 +294,9 @@ def cmd_serve(args) -> int:
     except ImportError:                                  # pragma: no cover - the optional extra is missing
         raise ImportError("reidkit serve needs FastAPI and uvicorn: pip install 'reidkit[serve]'") from None
     from .service import check_serve_options, parse_duration
-    check_serve_options(args.host, args.port, args.workers, args.max_upload_mb << 20 if args.max_upload_mb > 0
-                        else 0, args.max_pixels)
+    if args.max_upload_mb < 1:
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: give at least 1")
+    check_serve_options(args.host, args.port, args.workers, args.max_upload_mb << 20, args.max_pixels)
     if args.uploads and Path(args.uploads).exists() and not Path(args.uploads).is_dir():
         raise ValueError(f"--uploads {args.uploads} is a file: give a folder for the added crops")
     retention = parse_duration(args.retention) if args.retention is not None else None

@@ -169,3 +169,23 @@ def test_an_npz_gallery_imports_into_a_store_with_its_index_as_the_snapshot(tmp_
     file_ranking = GalleryIndex.load(tmp_path / "g.npz").search(x[:1], 10)[1][0]
     assert [i for i, _ in live.search(x[:1], 10)] == (file_ranking + 1).tolist()
     assert main(["gallery", "import", str(tmp_path / "g.npz"), "--out", str(tmp_path / "g.db")]) == 2   # never replaced
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--port", "99999"], "--port 99999: give a port between 1 and 65535"),
+    (["--device", "banana"], "--device banana"),
+    (["--max-upload-mb", "-1"], "--max-upload-mb -1"),
+    (["--workers", "0"], "--workers 0"),
+    (["--retention", "0"], "--retention '0'"),
+    (["--token", ""], "--token is empty"),
+])
+def test_serve_options_are_checked_in_one_line(tmp_path, option, message, capsys):
+    pytest.importorskip("uvicorn", reason="the service is an optional extra: pip install 'reidkit[serve]'")
+    store = new_store(tmp_path)
+    uploads = tmp_path / "a_file"
+    uploads.write_text("")
+    assert main(["serve", str(store.path), *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["serve", str(store.path), "--uploads", str(uploads)]) == 2
+    assert "is a file" in capsys.readouterr().err
