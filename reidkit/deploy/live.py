@@ -77,6 +77,7 @@ class LiveGallery:
         self.tracks: list[str] = []
         self.dead = 0
         self.last_id = 0
+        self._seen_id = -1                               # the store's item watermark at the last full refresh
         self.last_seq = store.last_deletion() if store is not None else 0
 
     # ---- opening --------------------------------------------------------------------------------------------
@@ -136,8 +137,12 @@ class LiveGallery:
         """Take in the rows and deletions committed since the last call (by any process); how many rows came."""
         if self.store is None:
             return 0
+        items, deletions = self.store.watermarks()
+        if items <= self._seen_id and deletions <= self.last_seq:     # one read when nothing changed
+            return 0
         added = 0
         with self.lock:
+            self._seen_id = items
             while True:
                 rows = self.store.rows_after(self.last_id, CHUNK)
                 if not len(rows):

@@ -335,6 +335,13 @@ class GalleryStore:
         row = self._con().execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
         return int(row[0]) if row else 0
 
+    def watermarks(self) -> tuple[int, int]:
+        """``(last item id, last deletion)`` handed out so far, in one read: a reader whose own are the same has
+        every committed row and deletion."""
+        rows = dict(self._con().execute(
+            "SELECT name, seq FROM sqlite_sequence WHERE name IN ('items', 'deletions')").fetchall())
+        return int(rows.get("items", 0)), int(rows.get("deletions", 0))
+
     def deletions_after(self, seq: int) -> tuple[int, list[int]]:
         """``(last_seq, ids)``: the items deleted after deletion ``seq``."""
         rows = self._con().execute("SELECT seq, item FROM deletions WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
