@@ -228,9 +228,8 @@ class SearchService:
         return dict(counters, images=len(self.live), uptime_s=round(time.time() - self.started, 1))
 
     def item(self, item: int) -> dict:
+        self.live.refresh()                      # what other workers committed or deleted (one read if nothing)
         found = self.live.describe(item)
-        if found is None and self.live.refresh():
-            found = self.live.describe(item)
         if found is None:
             raise ServiceError(404, f"no gallery item {item} (never added, or deleted)")
         path = found.pop("path")
@@ -238,6 +237,7 @@ class SearchService:
 
     def image_path(self, item: int) -> Path:
         """The file of gallery item ``item``: only paths the gallery holds are ever opened."""
+        self.live.refresh()
         found = self.live.describe(item)
         if found is None:
             raise ServiceError(404, f"no gallery item {item} (never added, or deleted)")
