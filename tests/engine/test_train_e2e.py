@@ -26,7 +26,7 @@ def test_training_lowers_loss_and_checkpoint_round_trips(tiny_data, tmp_path, ca
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     recipe_file = write_recipe(tmp_path, tiny_overrides(tiny_data, tmp_path / "run"))
     code = main(["eval", str(recipe_file), "--weights", str(tmp_path / "run" / "last.pth"),
-                 "--no-progress"])
+                 "--report", str(tmp_path / "report_eval"), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"mAP: {100 * result.mAP:.2f}%" in printed
