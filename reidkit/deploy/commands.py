@@ -137,11 +137,11 @@ def _open_gallery(path: str):
     return GalleryStore(path) if is_store(path) else GalleryIndex.load(path)
 
 
-def _gallery_record(extractor, weights: str) -> dict:
+def _gallery_record(extractor, weights: str, fingerprint: str | None = None) -> dict:
     """What a new gallery records of the model that embedded it (``search``, ``--add-to`` and ``serve`` embed
     with the same)."""
     return {"arch": extractor.model_name, "weights": str(Path(weights).resolve()),
-            "weights_sha256": file_sha256(weights), "image_size": list(extractor.image_size),
+            "weights_sha256": fingerprint or file_sha256(weights), "image_size": list(extractor.image_size),
             "model_options": extractor.model_options}
 
 
@@ -155,11 +155,12 @@ def _extract_into_store(args, out: str, existing, extractor, features, paths: li
         raise ValueError(f"--add-to {args.add_to} is a gallery file and --out {out} a store: import the file first "
                          f"(reidkit gallery import {args.add_to} --out {out})")
     store = existing if existing is not None and Path(out).resolve() == existing.path.resolve() else None
+    fingerprint = file_sha256(weights)            # once: checked against the store's by every add below
     if store is None:
         if existing is not None:
             raise ValueError(f"--add-to {args.add_to} with --out {out}: a store is added to in place; leave --out out")
         store = GalleryStore.create(out, metric=args.metric, index=args.index or "flat", dim=features.shape[1],
-                                    meta=_gallery_record(extractor, weights))
+                                    meta=_gallery_record(extractor, weights, fingerprint))
     source = metadata_source(getattr(args, "metadata", None), getattr(args, "metadata_csv", None))
     found = source(paths) if source is not None else None
     added = 0
@@ -168,8 +169,7 @@ def _extract_into_store(args, out: str, existing, extractor, features, paths: li
         part = paths[s:s + 5000]
         cameras = found.cameras[s:s + 5000] if found is not None else None
         times = [None if t != t else float(t) for t in found.times[s:s + 5000]] if found is not None else None
-        _, new = store.add(x[s:s + 5000], part, cameras=cameras, times=times, model=file_sha256(weights)
-                           if existing is None else store.model)
+        _, new = store.add(x[s:s + 5000], part, cameras=cameras, times=times, model=fingerprint)
         added += sum(new)
     if added < len(paths):
         print(f"{counted(len(paths) - added, 'image')} already in {out}: left out")
@@ -232,7 +232,6 @@ def cmd_search(args) -> int:
         from .live import LiveGallery
         live = LiveGallery.open(args.gallery)
         index, allowed = live.index, live.mask()
-        index.meta = live.store.meta if live.store is not None else index.meta
         if len(live) == 0:
             raise ValueError(f"{args.gallery}: the gallery store holds no items")
     else:
@@ -290,10 +289,10 @@ def cmd_search(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        from .service import serve
+        from .web import check_serve_options, serve
     except ImportError:                                  # pragma: no cover - the optional extra is missing
         raise ImportError("reidkit serve needs FastAPI and uvicorn: pip install 'reidkit[serve]'") from None
-    from .service import check_serve_options, parse_duration
+    from .service import parse_duration
     if args.max_upload_mb < 1:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb}: give at least 1")
     check_serve_options(args.host, args.port, args.workers, args.max_upload_mb << 20, args.max_pixels)

@@ -79,16 +79,14 @@ def cmd_import(args) -> int:
 def cmd_info(args) -> int:
     from .live import SNAPSHOT_SUFFIX
     store = _store(args.store)
-    con = store._con()
-    cameras = con.execute("SELECT coalesce(camera, ''), count(*) FROM items GROUP BY 1 ORDER BY 1").fetchall()
-    first, last = con.execute("SELECT min(added_at), max(added_at) FROM items").fetchone()
-    deleted = con.execute("SELECT count(*) FROM deletions").fetchone()[0]
-    audited = con.execute("SELECT count(*) FROM audit").fetchone()[0]
+    summary = store.summary()
+    first, last = summary["added"]
     snapshot = store.path.with_name(store.path.name + SNAPSHOT_SUFFIX)
-    info = {"store": str(store.path), "items": len(store), "last_id": store.last_id(), "deleted": deleted,
-            "metric": store.metric, "index": store.index, "dim": store.dim, "model": store.meta.get("arch"),
-            "weights_sha256": store.model or None, "cameras": {c or "(none)": n for c, n in cameras},
-            "added": [_when(first), _when(last)] if first else None, "audit_lines": audited,
+    info = {"store": str(store.path), "items": summary["items"], "last_id": summary["last_id"],
+            "deleted": summary["deleted"], "metric": store.metric, "index": store.index, "dim": store.dim,
+            "model": store.meta.get("arch"), "weights_sha256": store.model or None,
+            "cameras": {c or "(none)": n for c, n in summary["cameras"].items()},
+            "added": [_when(first), _when(last)] if first else None, "audit_lines": summary["audit_lines"],
             "snapshot": str(snapshot) if snapshot.is_file() else None}
     if args.json:
         print(json.dumps(info, indent=1))
@@ -113,9 +111,7 @@ def cmd_delete(args) -> int:
     if all(v in (None, []) for v in selectors.values()):
         raise ValueError("say what to delete: --ids, --crop, --camera, --start / --end or --older-than")
     if not args.yes:
-        from .store import _selector
-        clauses, params = _selector(**selectors)
-        n = store._con().execute(f"SELECT count(*) FROM items WHERE {' AND '.join(clauses)}", params).fetchone()[0]
+        n = store.count(**selectors)
         print(f"{n} items of {args.store} match; nothing deleted: add --yes to delete them (and the crops the store "
               "keeps)")
         return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ import numpy as np
 from ..files import exclusive_lock, write_atomic
 from .gallery import GalleryIndex, _import_faiss
 from .metadata import Metadata
-from .store import GalleryStore, Rows, StoreError
+from .records import Rows, StoreError
+from .store import GalleryStore
 
 SNAPSHOT_SUFFIX = ".index"
 #: rows read from the store per step while building (bounds the memory a build takes besides the index)
@@ -79,6 +81,7 @@ class LiveGallery:
         self.last_id = 0
         self._seen_id = -1                               # the store's item watermark at the last full refresh
         self.last_seq = store.last_deletion() if store is not None else 0
+        self._snapshot_at = (0, time.monotonic())        # (index size, when) of the last snapshot
 
     # ---- opening --------------------------------------------------------------------------------------------
     @classmethod
@@ -93,6 +96,7 @@ class LiveGallery:
             faiss_index, ids, header = index
             live = cls(GalleryIndex.from_faiss(faiss_index, [], header), store, fallback)
             live._adopt_snapshot(ids)
+            live._snapshot_at = (live.ids.size, time.monotonic())
         else:
             live = cls(_empty_index(store), store, fallback)
         live.refresh()
@@ -283,7 +287,24 @@ class LiveGallery:
             ids = self.ids.values
             return [(int(ids[p]), float(d)) for p, d in zip(positions[0], distances[0]) if p >= 0]
 
+    @property
+    def metric(self) -> str:
+        return self.index.metric
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
     # ---- snapshots and compaction ---------------------------------------------------------------------------
+    def maintain(self, final: bool = False, snapshot_every_s: float = 600.0) -> None:
+        """Compact when deleted items are a fifth of the index; write a snapshot when the index grew and
+        ``snapshot_every_s`` passed since the last one (or ``final``)."""
+        self.compact()
+        grown, at = self._snapshot_at
+        if self.ids.size != grown and (final or time.monotonic() - at > snapshot_every_s):
+            self.save_snapshot()
+            self._snapshot_at = (self.ids.size, time.monotonic())
+
     @property
     def snapshot_path(self) -> Path | None:
         return None if self.store is None else _snapshot_file(self.store)

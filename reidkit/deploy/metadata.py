@@ -38,48 +38,6 @@ class Metadata:
     cameras: list[str]
     times: np.ndarray                      # float64
 
-    def __post_init__(self) -> None:
-        self._codes: np.ndarray | None = None    # each image's camera as an index into sorted(set(cameras))
-        self._names: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.cameras)
-
-    def extend(self, cameras: Sequence[str], times: Sequence[float]) -> None:
-        self.cameras += list(cameras)
-        self.times = np.concatenate([self.times, np.asarray(times, dtype=np.float64)])
-        self._codes = None
-
-    def _camera_codes(self) -> tuple[np.ndarray, list[str]]:
-        if self._codes is None or len(self._codes) != len(self.cameras):
-            names, codes = np.unique(np.asarray(self.cameras, dtype=object).astype(str), return_inverse=True)
-            self._codes, self._names = codes.astype(np.int32), names.tolist()
-        return self._codes, self._names
-
-    def camera_names(self) -> list[str]:
-        """The distinct cameras, sorted (``""``, unknown, among them when some image has none)."""
-        return self._camera_codes()[1]
-
-    def mask(self, cameras: Sequence[str] | None = None, start: float | None = None,
-             end: float | None = None) -> np.ndarray | None:
-        """The images seen by one of ``cameras`` within ``[start, end]`` (None: every image passes)."""
-        if not cameras and start is None and end is None:
-            return None
-        keep = np.ones(len(self), dtype=bool)
-        if cameras:
-            codes, names = self._camera_codes()          # one comparison of integer codes, not a loop in Python
-            wanted = [i for i, name in enumerate(names) if name in set(cameras)]
-            keep &= np.isin(codes, wanted)
-        if start is not None:
-            keep &= self.times >= start             # NaN (unknown) compares false: left out by a time filter
-        if end is not None:
-            keep &= self.times <= end
-        return keep
-
-    def of(self, i: int) -> dict:
-        t = float(self.times[i])
-        return {"camera": self.cameras[i] or None, "time": None if math.isnan(t) else t}
-
 
 def compile_pattern(pattern: str) -> re.Pattern:
     """A preset's name or a regular expression with a named group ``camera`` (and optionally ``time``)."""

@@ -25,11 +25,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .records import Deleted, Rows, StoreError, finite_or_none
 
 #: the schema this reidkit writes and reads
 STORE_VERSION = 1
@@ -74,15 +75,6 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
-class StoreError(ValueError):
-    """A store that cannot be used or written: ``status`` is the HTTP status a service answers with (503 busy,
-    507 full disk, 409 conflict, 400 bad input), the message names the database and the reason."""
-
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(message)
-        self.status = status
-
-
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` names a gallery store (an SQLite file, or a new file with a store suffix)."""
     p = Path(path)
@@ -90,39 +82,6 @@ def is_store(path: str | Path) -> bool:
         with open(p, "rb") as f:
             return f.read(16) == SQLITE_MAGIC
     return p.suffix.lower() in STORE_SUFFIXES
-
-
-@dataclass
-class Rows:
-    """Item rows read from a store, in id order (``times``: NaN where unknown; ``cameras`` / ``tracks``: ``""``)."""
-
-    ids: np.ndarray            # int64
-    vectors: np.ndarray        # float32, N x dim
-    paths: list[str]
-    cameras: list[str]
-    times: np.ndarray          # float64
-    tracks: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class Deleted:
-    """Items a delete removed: their ids and paths, and which of those files the store owned (and removed)."""
-
-    ids: list[int]
-    paths: list[str]
-    owned: list[bool]
-
-
-def _finite_or_none(value: float | None, what: str) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not math.isfinite(value):
-        raise StoreError(f"{what} must be a finite number, got {value}", 422)
-    return value
 
 
 class GalleryStore:
@@ -255,7 +214,7 @@ class GalleryStore:
             raise StoreError(f"{self.path} holds embeddings of the model with SHA-256 {self.model[:12]}...; these "
                              f"come from {model[:12]}...: another model's embeddings cannot share its index", 409)
         cameras = list(cameras) if cameras is not None else [None] * n
-        times = [_finite_or_none(t, "a time") for t in times] if times is not None else [None] * n
+        times = [finite_or_none(t, "a time") for t in times] if times is not None else [None] * n
         tracks = list(tracks) if tracks is not None else [None] * n
         hashes = list(crop_sha256) if crop_sha256 is not None else [None] * n
         if not len(cameras) == len(times) == len(tracks) == len(hashes) == n:
@@ -330,7 +289,24 @@ class GalleryStore:
         return {"path": row[0], "camera": row[1], "time": row[2], "track": row[3], "added_at": row[4],
                 "crop_sha256": row[5]}
 
+    def summary(self) -> dict:
+        """Items per camera, when the first and last were added, deletions and audit lines so far."""
+        con = self._con()
+        cameras = con.execute("SELECT coalesce(camera, ''), count(*) FROM items GROUP BY 1 ORDER BY 1").fetchall()
+        first, last = con.execute("SELECT min(added_at), max(added_at) FROM items").fetchone()
+        return {"items": len(self), "last_id": self.last_id(), "cameras": dict(cameras), "added": (first, last),
+                "deleted": con.execute("SELECT count(*) FROM deletions").fetchone()[0],
+                "audit_lines": con.execute("SELECT count(*) FROM audit").fetchone()[0]}
+
     # ---- deleting -------------------------------------------------------------------------------------------
+    def count(self, ids: Sequence[int] | None = None, *, crop_sha256: str | None = None,
+              cameras: Sequence[str] | None = None, start: float | None = None, end: float | None = None,
+              added_before: float | None = None) -> int:
+        """How many items :meth:`delete` with the same selectors would delete."""
+        clauses, params = _selector(ids, crop_sha256, cameras, start, end, added_before)
+        where = " AND ".join(clauses) or "1"
+        return int(self._con().execute(f"SELECT count(*) FROM items WHERE {where}", params).fetchone()[0])
+
     def last_deletion(self) -> int:
         row = self._con().execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
         return int(row[0]) if row else 0
@@ -441,7 +417,7 @@ def _selector(ids: Sequence[int] | None, crop_sha256: str | None, cameras: Seque
         params += list(cameras)
     for clause, value, what in (("time >= ?", start, "start"), ("time <= ?", end, "end"),
                                 ("added_at < ?", added_before, "added_before")):
-        value = _finite_or_none(value, what)
+        value = finite_or_none(value, what)
         if value is not None:
             clauses.append(clause)
             params.append(value)

@@ -21,8 +21,9 @@ from reidkit.cli import main  # noqa: E402
 from reidkit.deploy import GalleryIndex  # noqa: E402
 from reidkit.deploy.access import Users, add_user  # noqa: E402
 from reidkit.deploy.live import LiveGallery  # noqa: E402
-from reidkit.deploy.service import SearchService, create_app  # noqa: E402
+from reidkit.deploy.service import SearchService  # noqa: E402
 from reidkit.deploy.store import GalleryStore  # noqa: E402
+from reidkit.deploy.web import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

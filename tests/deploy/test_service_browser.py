@@ -21,7 +21,8 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from reidkit.cli import main  # noqa: E402
-from reidkit.deploy.service import SearchService, create_app  # noqa: E402
+from reidkit.deploy.service import SearchService  # noqa: E402
+from reidkit.deploy.web import create_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

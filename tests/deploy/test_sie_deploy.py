@@ -210,7 +210,8 @@ def test_the_service_takes_each_uploads_camera_index(sie_model, sie_gallery, tmp
     pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
     from fastapi.testclient import TestClient
 
-    from reidkit.deploy.service import SearchService, create_app
+    from reidkit.deploy.service import SearchService
+    from reidkit.deploy.web import create_app
     _, model = sie_model
     source, folder, names = sie_gallery
     from reidkit.cli import main
