@@ -27,6 +27,7 @@ from ..names import counted
 from ..recipe_files import load_recipe
 from .gallery_commands import add_gallery_commands
 from .gallery_model import check_gallery_weights, gallery_extractor
+from .milvus import is_milvus
 from .model_files import add_model_file_commands
 from .store import GalleryStore, is_store
 
@@ -79,10 +80,11 @@ def cmd_extract(args) -> int:
         weights = args.weights
     if weights is None:
         raise ValueError("--weights is needed (the model to embed the images with)")
-    if (args.metadata or args.metadata_csv) and not is_store(out):
+    if (args.metadata or args.metadata_csv) and not (is_store(out) or is_milvus(out)):
         raise ValueError("--metadata / --metadata-csv record each image's camera and time in a gallery store "
                          "(--out gallery.db); a gallery file takes them when served (reidkit serve --metadata)")
-    check_output_file(out)                 # a read-only folder or a path that is a folder: now, not after minutes
+    if not is_milvus(out):
+        check_output_file(out)             # a read-only folder or a path that is a folder: now, not after minutes
     images = find_images(args.images)
     refuse_outputs_over_inputs({"--out": out}, {"the model's weights": weights, "the recipe": args.recipe,
                                                 "an image to embed": images})
@@ -101,7 +103,7 @@ def cmd_extract(args) -> int:
         from ..evaluation.expansion import database_augment
         features = database_augment(features, args.dba)
     seconds = time.perf_counter() - t0
-    if is_store(out):
+    if is_store(out) or is_milvus(out):
         if args.ivf_lists is not None:
             raise ValueError("--ivf-lists: a gallery store takes its index as --index (e.g. --index 'IVF1024,Flat')")
         return _extract_into_store(args, out, existing, extractor, features, paths, seconds, weights)
@@ -132,8 +134,11 @@ def cmd_extract(args) -> int:
 
 
 def _open_gallery(path: str):
-    """A gallery store or a gallery file, for ``--add-to``."""
+    """A gallery in Milvus, a gallery store or a gallery file, for ``--add-to``."""
     from . import GalleryIndex
+    if is_milvus(path):
+        from .milvus import MilvusGallery
+        return MilvusGallery(path)
     return GalleryStore(path) if is_store(path) else GalleryIndex.load(path)
 
 
@@ -151,16 +156,20 @@ def _extract_into_store(args, out: str, existing, extractor, features, paths: li
     of ``--add-to``), in transactions of 5,000 rows: every row committed stays, whoever else writes."""
     from .live import LiveGallery
     from .metadata import metadata_source
-    if existing is not None and not isinstance(existing, GalleryStore):
+    from .milvus import MilvusGallery
+    if existing is not None and not isinstance(existing, (GalleryStore, MilvusGallery)):
         raise ValueError(f"--add-to {args.add_to} is a gallery file and --out {out} a store: import the file first "
                          f"(reidkit gallery import {args.add_to} --out {out})")
-    store = existing if existing is not None and Path(out).resolve() == existing.path.resolve() else None
+    same = existing is not None and (out == args.add_to or (
+        not is_milvus(out) and Path(out).resolve() == Path(args.add_to).resolve()))
+    store = existing if same else None
     fingerprint = file_sha256(weights)            # once: checked against the store's by every add below
     if store is None:
         if existing is not None:
             raise ValueError(f"--add-to {args.add_to} with --out {out}: a store is added to in place; leave --out out")
-        store = GalleryStore.create(out, metric=args.metric, index=args.index or "flat", dim=features.shape[1],
-                                    meta=_gallery_record(extractor, weights, fingerprint))
+        kind = MilvusGallery if is_milvus(out) else GalleryStore
+        store = kind.create(out, metric=args.metric, index=args.index or "flat", dim=features.shape[1],
+                            meta=_gallery_record(extractor, weights, fingerprint))
     source = metadata_source(getattr(args, "metadata", None), getattr(args, "metadata_csv", None))
     found = source(paths) if source is not None else None
     added = 0
@@ -174,13 +183,15 @@ def _extract_into_store(args, out: str, existing, extractor, features, paths: li
     if added < len(paths):
         print(f"{counted(len(paths) - added, 'image')} already in {out}: left out")
     snapshot = None
-    if existing is None:                      # a new store: its index built now, so `serve` starts at once
+    if existing is None and isinstance(store, GalleryStore):   # its index built now, so `serve` starts at once
         snapshot = LiveGallery.open(store, snapshot=False).save_snapshot()
-    print(f"{added} images -> {out} ({len(store)} in all, a gallery store; {store.index} index): {store.dim}-d "
+    print(f"{added} images -> {out} ({len(store)} in all, a gallery {'in Milvus' if is_milvus(out) else 'store'}; "
+          f"{store.index} index): {store.dim}-d "
           f"{extractor.model_name} embeddings at {extractor.image_size[0]}x{extractor.image_size[1]}, "
           f"{store.metric} ({len(paths) / seconds:.1f} img/s)")
     store.close()                             # the last connection: SQLite folds the WAL into the file
-    files = [("gallery store", Path(out))] + ([("index snapshot", snapshot)] if snapshot else [])
+    files = [] if is_milvus(out) else [("gallery store", Path(out))]
+    files += [("index snapshot", snapshot)] if snapshot else []
     print(outputs_summary("written", files, f"search it: reidkit search {out} QUERY.jpg; serve it: reidkit serve "
                                             f"{out}"))
     return 0
@@ -224,25 +235,36 @@ def _device(name: str) -> str:
 
 def cmd_search(args) -> int:
     from ..data.records import find_images
-    from . import GalleryIndex
     if args.max_distance is not None and not args.max_distance > 0:
         raise ValueError(f"--max-distance {args.max_distance}: give a distance above 0")
-    allowed = None
-    if is_store(args.gallery):                        # the store's rows, as the service searches them
-        from .live import LiveGallery
-        live = LiveGallery.open(args.gallery)
-        index, allowed = live.index, live.mask()
-        if len(live) == 0:
-            raise ValueError(f"{args.gallery}: the gallery store holds no items")
+    if is_milvus(args.gallery):
+        from .milvus import MilvusGallery
+        unused = [f"--{name.replace('_', '-')}" for name in ("nprobe", "ef_search", "refine", "qe")
+                  if getattr(args, name)]
+        if unused:
+            raise ValueError(f"{' '.join(unused)}: a Milvus gallery searches with Milvus's own settings")
+        milvus = MilvusGallery(args.gallery)
+        meta, size, metric = milvus.meta, len(milvus), milvus.metric
+
+        def ranked(features) -> list[list[tuple[str, float]]]:
+            return [[(str((milvus.describe(i) or {}).get("path")), d) for i, d in milvus.search(row, args.top_k)]
+                    for row in features.numpy()]
     else:
-        index = GalleryIndex.load(args.gallery)
-    if args.nprobe is not None:
-        index.nprobe = args.nprobe
-    if args.ef_search is not None:
-        index.ef_search = args.ef_search
-    if args.refine is not None:
-        index.refine = args.refine
-    meta = index.meta
+        index, allowed = _searched_index(args)
+        meta, size, metric = index.meta, len(index) if allowed is None else int(allowed.sum()), index.metric
+
+        def ranked(features) -> list[list[tuple[str, float]]]:
+            if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
+                import torch.nn.functional as F
+
+                from ..evaluation.expansion import expand_with_neighbours
+                _, nearest = index.search(features, args.qe, allowed=allowed)
+                neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
+                features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0,
+                                                  include_self=False)
+            distances, indices = index.search(features, args.top_k, allowed=allowed)
+            return [[(index.paths[g], float(d)) for g, d in zip(gi, di) if g >= 0]      # -1: IVF found < k
+                    for gi, di in zip(indices.tolist(), distances.tolist())]
     weights = check_gallery_weights(args.gallery, meta, args.weights)
     for out in (args.json, args.picture):
         if out:
@@ -257,18 +279,10 @@ def cmd_search(args) -> int:
     extractor = gallery_extractor(args.gallery, meta, weights, _device(args.device))
     features, queries = extractor.embed_files(queries, skip_bad_images=args.skip_bad_images,
                                               cameras=_sie_cameras(extractor, queries, args.sie_cameras))
-    if args.qe > 0:                                  # alpha-QE over the index's own nearest neighbours
-        import torch.nn.functional as F
-
-        from ..evaluation.expansion import expand_with_neighbours
-        _, nearest = index.search(features, args.qe, allowed=allowed)
-        neighbours = F.normalize(torch.from_numpy(index.vectors(nearest.clip(min=0))).float(), dim=-1)
-        features = expand_with_neighbours(F.normalize(features.float(), dim=1), neighbours, 3.0, include_self=False)
-    distances, indices = index.search(features, args.top_k, allowed=allowed)
     limit = float("inf") if args.max_distance is None else args.max_distance
-    results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": index.paths[g], "distance": float(d)}
-                                        for g, d in zip(gi, di) if g >= 0 and d < limit]}   # -1: IVF found < k
-               for q, gi, di in zip(queries, indices.tolist(), distances.tolist())]
+    results: list[dict[str, Any]] = [{"query": q, "matches": [{"path": path, "distance": d} for path, d in found
+                                                              if d < limit]}
+                                     for q, found in zip(queries, ranked(features))]
     for r in results:
         print(printable(r["query"]))
         if not r["matches"] and args.max_distance is not None:
@@ -282,9 +296,28 @@ def cmd_search(args) -> int:
         from ..reporting.ranked_lists import QUERY, ranked_rows_image
         rows = [(r["query"], [(m["path"], QUERY, f"#{rank} {m['distance']:.3f}")
                               for rank, m in enumerate(r["matches"], 1)]) for r in results]
-        ranked_rows_image(rows, args.picture, f"top-{args.top_k} of {len(index)} gallery images ({index.metric})")
+        ranked_rows_image(rows, args.picture, f"top-{args.top_k} of {size} gallery images ({metric})")
         print(f"picture -> {args.picture}")
     return 0
+
+
+def _searched_index(args):
+    """The faiss index ``reidkit search`` ranks (a store's live index with its deleted items masked, or a gallery
+    file's), with the search settings given, and the mask of what may be returned (None: everything)."""
+    from . import GalleryIndex
+    allowed = None
+    if is_store(args.gallery):                        # the store's rows, as the service searches them
+        from .live import LiveGallery
+        live = LiveGallery.open(args.gallery)
+        index, allowed = live.index, live.mask()
+        if len(live) == 0:
+            raise ValueError(f"{args.gallery}: the gallery store holds no items")
+    else:
+        index = GalleryIndex.load(args.gallery)
+    for name in ("nprobe", "ef_search", "refine"):
+        if getattr(args, name) is not None:
+            setattr(index, name, getattr(args, name))
+    return index, allowed
 
 
 def cmd_serve(args) -> int:
@@ -299,7 +332,7 @@ def cmd_serve(args) -> int:
     if args.uploads and Path(args.uploads).exists() and not Path(args.uploads).is_dir():
         raise ValueError(f"--uploads {args.uploads} is a file: give a folder for the added crops")
     retention = parse_duration(args.retention) if args.retention is not None else None
-    if retention is not None and not is_store(args.gallery):
+    if retention is not None and not (is_store(args.gallery) or is_milvus(args.gallery)):
         raise ValueError(f"--retention: {args.gallery} is a gallery file, served read-only; serve a store")
     serve(args.gallery, host=args.host, port=args.port, token=args.token, users=args.users, workers=args.workers,
           weights=args.weights, metadata=args.metadata, metadata_csv=args.metadata_csv, uploads=args.uploads,

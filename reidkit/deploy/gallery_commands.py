@@ -12,14 +12,20 @@ import datetime
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..files import printable
+from .milvus import is_milvus
 from .store import GalleryStore, is_store
 
 
-def _store(path: str) -> GalleryStore:
+def _store(path: str) -> Any:
+    """The gallery store (or the gallery in Milvus) that ``path`` names."""
+    if is_milvus(path):
+        from .milvus import MilvusGallery
+        return MilvusGallery(path)
     if not is_store(path):
         raise ValueError(f"{path} is not a gallery store (.db): `reidkit gallery import {path} --out "
                          f"{Path(path).with_suffix('.db')}` makes one of a gallery file")
@@ -81,7 +87,7 @@ def cmd_info(args) -> int:
     store = _store(args.store)
     summary = store.summary()
     first, last = summary["added"]
-    snapshot = store.path.with_name(store.path.name + SNAPSHOT_SUFFIX)
+    snapshot = Path(str(store.path) + SNAPSHOT_SUFFIX)
     info = {"store": str(store.path), "items": summary["items"], "last_id": summary["last_id"],
             "deleted": summary["deleted"], "metric": store.metric, "index": store.index, "dim": store.dim,
             "model": store.meta.get("arch"), "weights_sha256": store.model or None,

@@ -214,6 +214,8 @@ class LiveGallery:
 
     # ---- reading --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Live items, counting what other writers committed or deleted until now."""
+        self.refresh()
         return self.ids.size - self.dead
 
     def position(self, item: int) -> int:
@@ -278,7 +280,7 @@ class LiveGallery:
         if refresh:
             self.refresh()
         with self.lock:
-            if len(self) == 0:
+            if self.ids.size == self.dead:
                 return []
             allowed = self.mask(cameras, start, end, exclude)
             if allowed is not None and not allowed.any():

@@ -46,6 +46,7 @@ from .gallery import GalleryIndex
 from .gallery_model import check_gallery_weights, gallery_extractor
 from .live import LiveGallery
 from .metadata import metadata_source
+from .milvus import is_milvus
 from .store import GalleryStore, StoreError, is_store
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -111,10 +112,15 @@ class SearchService:
                  metadata_csv: str | Path | None = None, uploads: str | Path | None = None, device: str = "cpu",
                  max_upload_bytes: int = 8 << 20, max_pixels: int = 16_000_000, extractor: Any = None,
                  retention_s: float | None = None, refresh_s: float = 0.5, snapshot_every_s: float = 600.0):
-        self.path = Path(gallery)
+        self.path: Any = str(gallery) if is_milvus(gallery) else Path(gallery)
         fallback = metadata_source(metadata, metadata_csv)
-        self.store: GalleryStore | None = None
-        if is_store(self.path):
+        self.store: Any = None                       # GalleryStore or MilvusGallery: where adds and deletes go
+        self.live: Any
+        if is_milvus(gallery):                       # store and search in one: Milvus
+            from .milvus import MilvusGallery
+            self.store = self.live = MilvusGallery(str(gallery))
+            meta = self.store.meta
+        elif is_store(self.path):
             self.store = GalleryStore(self.path)
             self.live = LiveGallery.open(self.store, fallback)
             meta = self.store.meta
@@ -133,7 +139,9 @@ class SearchService:
         # a model that embeds each crop's camera (TransReID's SIE) needs its index with every upload
         self.takes_cameras = bool(getattr(extractor, "takes_cameras", False))
         self.sie_cameras: int | None = getattr(extractor, "num_cameras", None) if self.takes_cameras else None
-        self.uploads = Path(uploads) if uploads is not None else self.path.with_name(self.path.stem + "_added")
+        default = Path(f"{self.store.collection}_added") if is_milvus(gallery) else \
+            Path(gallery).with_name(Path(gallery).stem + "_added")
+        self.uploads = Path(uploads) if uploads is not None else default
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
         self.retention_s, self.refresh_s, self.snapshot_every_s = retention_s, refresh_s, snapshot_every_s
         self.counters = {"searches": 0, "searches_by_item": 0, "images_added": 0, "images_deleted": 0, "refused": 0}
@@ -215,7 +223,8 @@ class SearchService:
         return {"status": "ok", "images": len(self.live), "model": self.meta.get("arch"), "metric": self.metric,
                 "index": self.kind, "cameras": self.live.cameras(), "time_range": self.live.time_range(),
                 "camera_index_needed": self.takes_cameras, "sie_cameras": self.sie_cameras,
-                "store": "sqlite" if self.store is not None else "file (read-only)",
+                "store": "milvus" if is_milvus(self.path) else "sqlite" if self.store is not None else
+                "file (read-only)",
                 "writable": self.store is not None, "retention_s": self.retention_s, "token_required": False}
 
     def stats(self) -> dict:
@@ -318,7 +327,7 @@ class SearchService:
             self._count("refused")
             raise
 
-    def _writable(self) -> GalleryStore:
+    def _writable(self) -> Any:
         if self.store is None:
             raise ServiceError(409, f"{self.path} is a gallery file, served read-only: import it into a store to add "
                                     f"or delete (reidkit gallery import {self.path} --out "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from .access import ANONYMOUS, Users
+from .milvus import is_milvus
 from .service import MAX_ADD_FILES, STATIC, Filters, SearchService, ServiceError
 from .store import is_store
 
@@ -216,7 +217,10 @@ def serve(gallery: str, host: str = "127.0.0.1", port: int = 8000, token: str | 
     if token is not None and users is not None:
         raise ValueError("give --token or --users, not both")
     access = Users.load(users) if users else (Users.single(token) if token is not None else Users.none())
-    if workers > 1 and not is_store(gallery):
+    if workers > 1 and str(gallery).startswith("milvus+lite://"):
+        raise ValueError(f"--workers {workers}: Milvus Lite is one process; serve a Milvus server "
+                         "(milvus://HOST:PORT/COLLECTION) or a gallery store with several workers")
+    if workers > 1 and not (is_store(gallery) or is_milvus(gallery)):
         raise ValueError(f"--workers {workers}: several workers share a gallery store; {gallery} is a file "
                          f"(import it: reidkit gallery import {gallery} --out {Path(gallery).with_suffix('.db')})")
     service = SearchService(gallery, **options)          # checked here, in this process, before any worker starts
@@ -230,7 +234,7 @@ def serve(gallery: str, host: str = "127.0.0.1", port: int = 8000, token: str | 
         uvicorn.run(create_app(service, token=token if users is None else None,
                                users=access if users else None), host=host, port=port, log_level="warning")
         return
-    service.live.save_snapshot()                         # the workers open the snapshot instead of building
+    service.live.maintain(final=True)                    # the workers open the snapshot instead of building
     os.environ[CONFIG_VARIABLE] = json.dumps({"gallery": str(gallery), "token": token, "users": users, **{
         k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
     uvicorn.run("reidkit.deploy.web:app_from_environment", factory=True, host=host, port=port, workers=workers,
