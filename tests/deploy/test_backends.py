@@ -12,6 +12,16 @@ pytest.importorskip("pymilvus", reason="the Milvus backend is an optional extra:
 pytest.importorskip("milvus_lite", reason="Milvus Lite: pip install 'pymilvus[milvus-lite]'")
 
 DIM = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stop_milvus_lite():
+    """Stop this module's Milvus Lite servers while the test run's log streams are open (at interpreter exit its
+    own clean-up logs into closed streams)."""
+    yield
+    from milvus_lite.server_manager import server_manager_instance
+    server_manager_instance.release_all()
+
 META = {"arch": "test", "weights_sha256": "f" * 64}
 
 
