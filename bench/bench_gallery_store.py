@@ -91,6 +91,9 @@ def measure(n: int, kind: str, adds: int, searches: int, file_adds: int, folder:
     store.add(batch, [f"/batch/{i}.png" for i in range(len(batch))])
     live.refresh()
     row["store_features_per_s"] = round(len(batch) / (time.perf_counter() - t0))
+    extra = fresh[file_adds:adds + len(batch)]           # the file index to the store's size (not saved)
+    index.add(extra, [f"/same/{i}.png" for i in range(len(extra))])
+    assert len(index) == live.ids.size
     file_times, store_times = [], []
     for q in queries:                            # interleaved: both see the same machine state
         t0 = time.perf_counter()
