@@ -35,11 +35,12 @@ from reidkit.evaluation.clustering import cluster_features
 
 
 def reference_jaccard(x: np.ndarray, k1: int = 30, k2: int = 6) -> np.ndarray:
-    """Dense N x N Jaccard distances the way Cluster Contrast's ``compute_jaccard_distance`` computes them."""
+    """Dense N x N Jaccard distances the way Cluster Contrast's ``compute_jaccard_distance`` computes them (its
+    faiss search returns k1 neighbours, self included: the rank lists hold k1 columns)."""
     n = len(x)
     x = x.astype(np.float32)
     dist = np.maximum(2 - 2 * x @ x.T, 0).astype(np.float32)          # squared distance of unit vectors
-    rank = np.argsort(dist, axis=1).astype(np.int32)
+    rank = np.argsort(dist, axis=1)[:, :k1].astype(np.int32)
     half = int(np.around(k1 / 2))
 
     def reciprocal(i: int, k: int) -> np.ndarray:

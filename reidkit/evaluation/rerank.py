@@ -162,15 +162,20 @@ def _reciprocal(nbrs: np.ndarray, width: int, n: int) -> sp.csr_matrix:
 
 
 def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int,
-              normalised: bool = True) -> sp.csr_matrix:
+              normalised: bool = True, searched: int | None = None) -> sp.csr_matrix:
     """The k-reciprocal feature V (after query expansion when ``k2 > 1``); its weights are ``exp(-A**2 / max)``
     of the input distance ``A`` squared and divided by its column maximum (Zhong et al.'s code, whose ``A`` is
     the squared Euclidean distance from features), or ``exp(-A)`` with ``normalised=False``: from features and
     the Euclidean metric ``A`` is the squared distance, as Cluster Contrast's ``compute_jaccard_distance``
-    weighs its neighbours (a softmax of minus the squared distance)."""
+    weighs its neighbours (a softmax of minus the squared distance).
+
+    ``searched``: how many neighbours (self included) each list holds before the k-reciprocal sets are read:
+    Zhong et al.'s code ranks every item (k1 + 1 read), Cluster Contrast's faiss search returns k1 columns, so its
+    k-reciprocal set holds at most k1 items, self included (``searched=k1``)."""
     n = source.num
-    r_full = _reciprocal(nbrs, k1 + 1, n)
-    r_half = _reciprocal(nbrs, int(np.around(k1 / 2.0)) + 1, n)
+    width = k1 + 1 if searched is None else min(k1 + 1, searched)
+    r_full = _reciprocal(nbrs, width, n)
+    r_half = _reciprocal(nbrs, min(int(np.around(k1 / 2.0)) + 1, width), n)
     # For each candidate c in R(i, k1): |R(c, k1/2) & R(i, k1)| > 2/3 |R(c, k1/2)|
     overlap = (r_full @ r_half.T).multiply(r_full).tocsr()
     half_size = np.asarray(r_half.sum(axis=1)).ravel()
@@ -179,7 +184,8 @@ def _encoding(source, nbrs: np.ndarray, colmax: np.ndarray, k1: int, k2: int,
     chosen = sp.csr_matrix((np.ones(keep.sum(), dtype=np.int32), (ov.row[keep], ov.col[keep])),
                            shape=(n, n))
     v = _weighted(source, (r_full + chosen @ r_half).tocsr(), colmax, normalised)
-    return _expanded(v, nbrs[:, :k2]) if k2 != 1 else v
+    expansion = k2 if searched is None else min(k2, searched)
+    return _expanded(v, nbrs[:, :expansion]) if k2 != 1 else v
 
 
 def _weighted(source, members: sp.csr_matrix, colmax: np.ndarray | None, normalised: bool) -> sp.csr_matrix:
@@ -297,10 +303,11 @@ def jaccard_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, max_distanc
     ``lambda = 0``) that are at most ``max_distance``, as a sparse N x N matrix with the diagonal stored.
 
     Memory is O(N * k) for the neighbour lists and the encoding plus the pairs kept, never N x N: 100,000
-    items fit in a few GB.  ``normalised=False`` weighs the encoding as Cluster Contrast does (the squared
-    distance itself, not divided by its column maximum); on L2-normalised features with the Euclidean metric
-    its distances then equal that code's dense ``compute_jaccard_distance``.  The neighbour search runs on the
-    features' device.
+    items fit in a few GB.  ``normalised=False`` computes it as Cluster Contrast's ``compute_jaccard_distance``
+    does: the encoding weighed by the squared distance itself (not divided by its column maximum), and the
+    k-reciprocal sets read from neighbour lists of k1 items, self included (its faiss search returns k1
+    columns); on L2-normalised features with the Euclidean metric the distances then equal that code's (the
+    tests hold a literal transcription of it).  The neighbour search runs on the features' device.
     """
     check_metric(metric)
     if k1 < 1 or k2 < 1:
@@ -309,7 +316,7 @@ def jaccard_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, max_distanc
     with torch.no_grad():
         source = _FeatureSource(feats[:0], feats, metric)
         nbrs, colmax = _neighbours(source, max(k1 + 1, k2))
-        v = _encoding(source, nbrs, colmax, k1, k2, normalised)
+        v = _encoding(source, nbrs, colmax, k1, k2, normalised, searched=None if normalised else k1)
     return _graph_from_encoding(v, max_distance, chunk_size)
 
 

@@ -13,32 +13,57 @@ from reidkit.evaluation.rerank import jaccard_graph
 
 
 def dense_jaccard_reference(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """The dense N x N Jaccard distance as Cluster Contrast computes it: squared Euclidean distances, k-reciprocal
-    sets with the k1/2 expansion, softmax(-d) weights, query expansion over the k2 nearest, 1 - m / (2 - m)."""
+    """Cluster Contrast's ``compute_jaccard_distance`` (clustercontrast/utils/faiss_rerank.py) transcribed line by
+    line on the CPU: its faiss search (``index.search(features, k1)``) returns k1 columns, self first, which an
+    exact sort stands in for; everything after it as the authors wrote it, float64 instead of float32."""
     n = len(x)
     sq = (x * x).sum(1)
     d = sq[:, None] + sq[None, :] - 2 * x @ x.T
-    rank = np.argsort(d, axis=1, kind="stable")
+    initial_rank = np.argsort(d, axis=1, kind="stable")[:, :k1]            # the search: k1 columns
 
-    def reciprocal(i: int, k: int) -> np.ndarray:
-        forward = rank[i, :k + 1]
-        return forward[np.where(rank[forward, :k + 1] == i)[0]]
+    def k_reciprocal_neigh(initial_rank: np.ndarray, i: int, k1: int) -> np.ndarray:
+        forward_k_neigh_index = initial_rank[i, :k1 + 1]
+        backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
+        fi = np.where(backward_k_neigh_index == i)[0]
+        return forward_k_neigh_index[fi]
 
+    nn_k1 = [k_reciprocal_neigh(initial_rank, i, k1) for i in range(n)]
+    nn_k1_half = [k_reciprocal_neigh(initial_rank, i, int(np.around(k1 / 2))) for i in range(n)]
     v = np.zeros((n, n))
     for i in range(n):
-        r = reciprocal(i, k1)
-        expansion = r
-        for c in r:
-            half = reciprocal(c, int(np.around(k1 / 2)))
-            if len(np.intersect1d(half, r)) > 2 / 3 * len(half):
-                expansion = np.append(expansion, half)
-        expansion = np.unique(expansion)
-        w = np.exp(-d[i, expansion])
-        v[i, expansion] = w / w.sum()
+        k_reciprocal_index = nn_k1[i]
+        k_reciprocal_expansion_index = k_reciprocal_index
+        for candidate in k_reciprocal_index:
+            candidate_k_reciprocal_index = nn_k1_half[candidate]
+            if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > \
+                    2 / 3 * len(candidate_k_reciprocal_index):
+                k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index, candidate_k_reciprocal_index)
+        k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
+        dist = 2 - 2 * x[i] @ x[k_reciprocal_expansion_index].T                # L2-normalised features
+        w = np.exp(-dist - (-dist).max())
+        v[i, k_reciprocal_expansion_index] = w / w.sum()                     # F.softmax(-dist)
     if k2 != 1:
-        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
-    m = np.minimum(v[:, None, :], v[None, :, :]).sum(-1)
-    return 1 - m / (2 - m)
+        v_qe = np.zeros_like(v)
+        for i in range(n):
+            v_qe[i, :] = np.mean(v[initial_rank[i, :k2], :], axis=0)
+        v = v_qe
+    temp_min = np.minimum(v[:, None, :], v[None, :, :]).sum(-1)
+    jaccard_dist = 1 - temp_min / (2 - temp_min)
+    jaccard_dist[jaccard_dist < 0] = 0.0
+    return jaccard_dist
+
+
+def test_the_k_reciprocal_set_holds_k1_items_as_cluster_contrast_searches():
+    """Four crops at the corners of a tight square and one farther off: with k1 = 4 the k-reciprocal set of a
+    corner is the four corners (k1 items, self included: the search returns k1 columns), not five."""
+    x = F.normalize(torch.tensor([[1.0, 0.00, 0.00], [1.0, 0.01, 0.00], [1.0, 0.00, 0.01], [1.0, 0.01, 0.01],
+                                  [1.0, 0.05, 0.05]]), dim=1)
+    ref = dense_jaccard_reference(x.double().numpy(), 4, 1)
+    assert ref[0, 4] == pytest.approx(1.0)                    # nothing shared with the far crop
+    graph = jaccard_graph(x, 4, 1, max_distance=1.0, normalised=False).toarray()
+    assert graph[0, 4] == 0.0 and graph[0, 1] > 0           # not stored: farther than any shared neighbour
+    # Zhong et al.'s ranking (every item ranked, k1 + 1 read) lets the far crop in
+    assert jaccard_graph(x, 4, 1, max_distance=1.0, normalised=True).toarray()[0, 4] > 0
 
 
 def blobs(num: int = 8, per: int = 10, dim: int = 24, spread: float = 0.05, seed: int = 0):
@@ -72,14 +97,14 @@ def test_the_sparse_graph_equals_the_dense_cluster_contrast_jaccard(k1, k2, bloc
 def test_separated_blobs_cluster_exactly_and_outliers_follow_the_recipe():
     x, truth = blobs(8, 10)
     far = torch.full((1, x.shape[1]), 40.0)                       # one image like no other
-    # k1 + 1 = a blob's size: a blob's k-reciprocal set is the blob, and nobody's holds the lone image (k2=1:
+    # k1 = a blob's size: a blob's k-reciprocal set is the blob, and nobody's holds the lone image (k2=1:
     # query expansion would lend it its neighbours' neighbourhoods)
-    found = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=9, k2=1)
+    found = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=10, k2=1)
     assert (found.clusters, found.outliers) == (8, 1) and found.labels[-1] == -1
     labels = found.labels[:-1]
     # the same partition as the truth: every blob one cluster, every cluster one blob
     assert len({(a, b) for a, b in zip(labels, truth)}) == 8 == len(set(labels))
-    kept = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=9, k2=1, outliers="instances")
+    kept = cluster_features(torch.cat([x, far]), eps=0.6, min_samples=4, k1=10, k2=1, outliers="instances")
     assert kept.labels[-1] == 8 and kept.outliers == 1 and np.array_equal(kept.labels[:-1], labels)
     with_expansion = cluster_features(x, eps=0.6, min_samples=4, k1=8, k2=3)      # the blobs alone, QE on
     assert len({(a, b) for a, b in zip(with_expansion.labels, truth)}) == 8 == with_expansion.clusters
