@@ -2,11 +2,14 @@
 al. 2021) or one proxy per cluster and camera (camera-aware proxies, Wang et al., AAAI 2021).
 
 Both hold L2-normalised vectors that are not parameters: they are initialised from the clusters' mean features
-when the training set is relabelled, and after every step each vector moves towards the batch's features of its
-cluster (``v <- momentum * v + (1 - momentum) * f``, renormalised; ``momentum`` is the old vector's share, as
-both papers' code writes it).  The loss is an InfoNCE over the memory with a temperature.  Under data
-parallelism the features a loss and an update see are the global batch's (gathered), so every process holds
-the same memory without communicating.
+when the training set is relabelled, and after every step (the loss read the memory as it was) each vector of
+the batch's clusters moves towards their features: ``v <- momentum * v + (1 - momentum) * f``, renormalised,
+``momentum`` the old vector's share.  ``update``: ``instance`` applies that once per image, in the batch's
+order (both papers' code: Cluster Contrast's ``CM.backward``, the camera-aware proxies' ``ExemplarMemory``);
+``mean`` once per vector towards the mean of its images; ``hard`` (cluster memory) towards its least similar
+image (Cluster Contrast's ``CM_Hard``).  The loss is an InfoNCE over the memory with a temperature.  Under data
+parallelism the features a loss and an update see are the global batch's (gathered, in the global batch's
+order), so every process holds the same memory without communicating.
 """
 from __future__ import annotations
 
@@ -14,19 +17,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-UPDATES = ("mean", "hard")
+UPDATES = ("instance", "mean", "hard")
 
 
 class ClusterMemory(nn.Module):
     """One centroid per cluster; ``loss = CE(normalize(f) @ centroids.T / temperature, cluster)``.
 
-    ``update``: ``mean`` moves a centroid towards the mean of its cluster's features in the batch; ``hard``
-    towards the batch's hardest one (the least similar to the centroid: Cluster Contrast's hard variant).
+    ``update`` (module docstring): ``instance`` (Cluster Contrast's), ``mean`` or ``hard``.
     """
 
     centroids: torch.Tensor
 
-    def __init__(self, dim: int, temperature: float = 0.05, momentum: float = 0.1, update: str = "mean"):
+    def __init__(self, dim: int, temperature: float = 0.05, momentum: float = 0.1, update: str = "instance"):
         super().__init__()
         if update not in UPDATES:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
@@ -54,6 +56,9 @@ class ClusterMemory(nn.Module):
         f = F.normalize(features.detach().float(), dim=1)
         keep = labels >= 0
         f, labels = f[keep], labels[keep]
+        if self.update_rule == "instance":
+            update_in_sequence(self.centroids, labels, f, self.momentum)
+            return
         for c in labels.unique():
             mine = f[labels == c]
             if self.update_rule == "mean":
@@ -71,6 +76,8 @@ class CameraProxyMemory(nn.Module):
     the positive) and the inter-camera term (against every proxy of its cluster, over all cameras, as positives,
     and the ``hard_negatives`` most similar proxies of other clusters as negatives), both InfoNCE with the
     temperature.  The inter-camera term is what pulls one identity's images from different cameras together.
+    As the authors' ``CAPMemory`` computes them, each term is averaged over the batch's images of one camera and
+    summed over the cameras in the batch.  ``update``: ``instance`` (the authors') or ``mean``.
     """
 
     proxies: torch.Tensor
@@ -78,11 +85,15 @@ class CameraProxyMemory(nn.Module):
     proxy_camera: torch.Tensor
     cameras: torch.Tensor
 
-    def __init__(self, dim: int, temperature: float = 0.07, momentum: float = 0.2, hard_negatives: int = 50):
+    def __init__(self, dim: int, temperature: float = 0.07, momentum: float = 0.2, hard_negatives: int = 50,
+                 update: str = "instance"):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if update not in ("instance", "mean"):
+            raise ValueError(f"camera proxies update by instance or mean, got {update!r}")
         self.temperature, self.momentum, self.hard_negatives = float(temperature), float(momentum), hard_negatives
+        self.update_rule = update
         self.register_buffer("proxies", torch.zeros(0, dim))
         self.register_buffer("proxy_cluster", torch.zeros(0, dtype=torch.long))
         self.register_buffer("proxy_camera", torch.zeros(0, dtype=torch.long))
@@ -127,25 +138,51 @@ class CameraProxyMemory(nn.Module):
         sims = f @ self.proxies.t() / self.temperature                      # B x P
         own = self.own_proxy(labels, camids)
         same_camera = self.proxy_camera[None, :] == camids[:, None]
-        intra = F.cross_entropy(sims.masked_fill(~same_camera, float("-inf")), own)
+        intra = F.cross_entropy(sims.masked_fill(~same_camera, float("-inf")), own, reduction="none")
         positive = self.proxy_cluster[None, :] == labels[:, None]
         negatives = sims.masked_fill(positive, float("-inf"))
         k = min(self.hard_negatives, int((~positive).sum(dim=1).min()))
         hard = negatives.topk(k, dim=1).values if k > 0 else sims[:, :0]
         denominator = torch.logsumexp(torch.cat([sims.masked_fill(~positive, float("-inf")), hard], dim=1), dim=1)
         log_p = (sims - denominator[:, None]).masked_fill(~positive, 0.0)
-        inter = -(log_p.sum(dim=1) / positive.sum(dim=1)).mean()
-        return intra, inter
+        inter = -(log_p.sum(dim=1) / positive.sum(dim=1))
+        # each camera's mean, summed over the batch's cameras
+        _, camera_of, per_camera = camids.unique(return_inverse=True, return_counts=True)
+        share = 1.0 / per_camera[camera_of].to(sims.dtype)
+        return (intra * share).sum(), (inter * share).sum()
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> None:
-        """Move each of the batch's proxies towards the mean of its images' features."""
+        """Move each of the batch's proxies towards its images' features (see the class docstring)."""
         keep = labels >= 0
         f = F.normalize(features.detach()[keep].float(), dim=1)
         own = self.own_proxy(labels[keep], camids[keep])
+        if self.update_rule == "instance":
+            update_in_sequence(self.proxies, own, f, self.momentum)
+            return
         for p in own.unique():
             moved = self.momentum * self.proxies[p] + (1.0 - self.momentum) * f[own == p].mean(dim=0)
             self.proxies[p] = F.normalize(moved, dim=0)
+
+
+@torch.no_grad()
+def update_in_sequence(vectors: torch.Tensor, rows: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+    """For each image in order, ``vectors[rows[i]] <- normalize(momentum * vectors[rows[i]] + (1 - momentum) *
+    features[i])``, in place: the authors' per-instance loop, run as one vectorised step per occurrence (the
+    j-th image of every row at once: a row's images stay in their order, distinct rows do not interact)."""
+    if len(rows) == 0:
+        return
+    order = torch.sort(rows, stable=True).indices
+    sorted_rows = rows[order]
+    first = torch.ones_like(sorted_rows, dtype=torch.bool)
+    first[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    starts = torch.cummax(torch.where(first, torch.arange(len(rows), device=rows.device), 0), dim=0).values
+    occurrence = torch.empty_like(rows)
+    occurrence[order] = torch.arange(len(rows), device=rows.device) - starts
+    for j in range(int(occurrence.max()) + 1):
+        now = occurrence == j
+        r = rows[now]
+        vectors[r] = F.normalize(momentum * vectors[r] + (1.0 - momentum) * features[now].to(vectors.dtype), dim=1)
 
 
 def cluster_means(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Unsupervised training and adaptation by clustering, as a method (docs/UNSUPERVISED.md).
 
 Before every epoch (``cluster_memory.every``) the training images are embedded with the current model as it
-is evaluated (flip-averaged, its test feature), clustered (k-reciprocal Jaccard distances + DBSCAN:
+is evaluated (its test feature, of the image alone as both papers' code embeds it; ``flip`` averages each
+image with its mirror), clustered (k-reciprocal Jaccard distances + DBSCAN:
 :mod:`reidkit.evaluation.clustering`), and the clusters become the epoch's identity labels: the recipe's
 sampler draws P clusters x K images, outliers left out or kept as their own instances.  The loss is an
 InfoNCE over a memory initialised from the clusters' mean features and moved by momentum after every step:
@@ -11,7 +12,7 @@ InfoNCE over a memory initialised from the clusters' mean features and moved by 
   k2 6);
 * ``memory: camera_proxy`` — one proxy per cluster and camera, an intra-camera term and an inter-camera term
   with hard negatives (Wang et al., "Camera-aware Proxies", AAAI 2021: temperature 0.07, momentum 0.2,
-  inter-camera weight 0.5, 50 hard negatives): cameras are the one label a deployment always has.
+  inter-camera weight 0.5 from epoch 5, 50 hard negatives): cameras are the one label a deployment always has.
 
 With ``data.labels: hidden`` the run never reads the training identities; they are kept for the diagnostics
 recorded every epoch (purity, NMI, ARI of the pseudo-labels), beside the clusters, outliers, the share of
@@ -27,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import Recipe, Strict
 from ..data.cache import ImageCache
@@ -58,17 +59,29 @@ class ClusterMemoryConfig(Strict):
     k2_intra: int = Field(2, ge=0)
     k2_inter: int = Field(4, ge=0)
     memory: Literal["cluster", "camera_proxy"] = "cluster"
-    update: Literal["mean", "hard"] = "mean"      # cluster memory: towards the batch's mean, or its hardest image
+    # how a memory vector moves after a step: instance (once per image, in the batch's order: both papers'
+    # code), mean (once, towards the mean of its images), hard (cluster memory: towards its least similar image)
+    update: Literal["instance", "mean", "hard"] = "instance"
     temperature: float = Field(0.05, gt=0)
     momentum: float = Field(0.1, ge=0, lt=1)      # the old vector's share in each update
     weight: float = Field(1.0, gt=0)
     inter_weight: float = Field(0.5, ge=0)        # camera_proxy: the inter-camera term's weight
+    # camera_proxy: the inter-camera term from this epoch on (counted from 0; the authors' crosscam_epoch 5)
+    inter_from_epoch: int = Field(5, ge=0)
     hard_negatives: int = Field(50, ge=1)         # camera_proxy: negative proxies in the inter-camera term
     every: int = Field(1, ge=1)                   # re-cluster every this many epochs
-    flip: bool = True                             # the clustered features average each image and its mirror
+    # the clustered features average each image and its mirror (false: the image alone, as both papers' code)
+    flip: bool = False
     # cluster on features with each camera's mean removed (what the cameras share is left, what one camera adds to
     # every crop it sees is not); the memory is still built from the features themselves
     camera_centred: bool = False
+
+    @model_validator(mode="after")
+    def _update_fits_memory(self) -> ClusterMemoryConfig:
+        if self.memory == "camera_proxy" and self.update == "hard":
+            raise ValueError("cluster_memory.update=hard is the cluster memory's (Cluster Contrast's hard variant); "
+                             "camera proxies update by instance or mean")
+        return self
 
 
 class ClusterMemoryPiece(TrainingPiece):
@@ -88,10 +101,15 @@ class ClusterMemoryPiece(TrainingPiece):
         if cfg.memory == "cluster":
             self.memory = ClusterMemory(feature_dim, cfg.temperature, cfg.momentum, cfg.update)
         else:
-            self.memory = CameraProxyMemory(feature_dim, cfg.temperature, cfg.momentum, cfg.hard_negatives)
+            self.memory = CameraProxyMemory(feature_dim, cfg.temperature, cfg.momentum, cfg.hard_negatives,
+                                            cfg.update)
         self.labels: np.ndarray | None = None
         self.stats: dict[str, float] = {}
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.epoch = 0
+
+    def on_epoch_start(self, models: Sequence[nn.Module], epoch: int) -> None:
+        self.epoch = epoch
 
     def to(self, device: torch.device) -> ClusterMemoryPiece:
         self.memory.to(device)
@@ -148,8 +166,9 @@ class ClusterMemoryPiece(TrainingPiece):
         if isinstance(self.memory, ClusterMemory):
             return {"cluster_memory": self.cfg.weight * self.memory(f, out.pids)}
         intra, inter = self.memory(f, out.pids, out.camids)
+        inter_weight = self.cfg.inter_weight if self.epoch >= self.cfg.inter_from_epoch else 0.0   # 0: not yet
         return {"cluster_memory": self.cfg.weight * intra,
-                "cluster_memory_inter": self.cfg.weight * self.cfg.inter_weight * inter}
+                "cluster_memory_inter": self.cfg.weight * inter_weight * inter}
 
     def after_backward(self) -> None:
         if self._batch is not None:
