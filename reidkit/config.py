@@ -37,11 +37,14 @@ class Strict(BaseModel):
 
 #: Batch samplers: ``random`` (every image once per epoch, shuffled; torchreid's RandomSampler), ``identity``
 #: (P identities x K images; the BoT / torchreid RandomIdentitySampler), ``camera_diverse`` (P x K with each
-#: identity's K images spread over its cameras) and ``identity_camera`` (P groups of one identity seen by one
-#: camera x K images: the camera-aware proxies authors' sampler, one group per proxy).  ``auto`` resolves to
-#: ``identity`` when the recipe has a triplet loss or hides its training labels (an unsupervised method draws
-#: P clusters x K images), else ``random``; the resolved name is what the run records.
-SAMPLERS = ("random", "identity", "camera_diverse", "identity_camera")
+#: identity's K images spread over its cameras), ``identity_camera`` (P groups of one identity seen by one camera
+#: x K images, as many groups per pair as its images fill), ``cross_camera`` (every identity once per pass: an
+#: anchor and K - 1 images from other cameras; Cluster Contrast's RandomMultipleGallerySampler) and
+#: ``identity_camera_uniform`` (every (identity, camera) pair once per pass, K images; the camera-aware proxies'
+#: ClassUniformlySampler over their proxies).  ``auto`` resolves to ``identity`` when the recipe has a triplet
+#: loss or hides its training labels (an unsupervised method draws P clusters x K images), else ``random``; the
+#: resolved name is what the run records.
+SAMPLERS = ("random", "identity", "camera_diverse", "identity_camera", "cross_camera", "identity_camera_uniform")
 
 _RENAMED = {"data.num_identities": "data.batch_size (the global batch, = P x K with data.num_instances = K)",
             "data.camera_diverse": "data.sampler=camera_diverse"}
@@ -55,7 +58,8 @@ class DataConfig(Strict):
     options: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)   # extra dataset arguments
     height: int = Field(256, ge=MIN_SIDE, le=MAX_SIDE)
     width: int = Field(128, ge=MIN_SIDE, le=MAX_SIDE)
-    sampler: Literal["auto", "random", "identity", "camera_diverse", "identity_camera"] = "auto"
+    sampler: Literal["auto", "random", "identity", "camera_diverse", "identity_camera", "cross_camera",
+                     "identity_camera_uniform"] = "auto"
     batch_size: int = Field(64, ge=2)         # the global batch: all processes together (BatchNorm needs 2)
     num_instances: int = Field(4, gt=0)       # K images per identity (identity samplers): P = batch_size / K
     test_batch_size: int = Field(128, gt=0)
@@ -220,6 +224,9 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 class TrainConfig(Strict):
     epochs: int = Field(120, gt=0)
+    # batches per epoch: pass (one pass of the sampler), images (the epoch's training images / batch size: the
+    # camera-aware proxies' epoch), or a number N (the sampler's passes repeated until N: Cluster Contrast's --iters)
+    iterations: Annotated[int, Field(gt=0, strict=True)] | Literal["pass", "images"] = "pass"
     eval_every: int = Field(10, gt=0)
     seed: int = Field(0, ge=0, lt=2**63)
     device: str = "auto"                      # auto (CUDA when available), cpu, cuda, cuda:N

@@ -1,5 +1,6 @@
-"""Batch samplers: plain shuffled batches, P identities x K images (optionally spread over cameras), and P
-(identity, camera) groups x K images.
+"""Batch samplers: plain shuffled batches, P identities x K images (optionally spread over cameras), P
+(identity, camera) groups x K images, and the unsupervised methods' samplers that draw every class once per
+pass (Cluster Contrast's cross-camera groups, the camera-aware proxies' class-uniform groups).
 
 Every sampler yields *global* batches (lists of dataset indices), deterministic for
 ``(seed, epoch)``; call :meth:`set_epoch` each epoch.  Under data parallelism every
@@ -21,6 +22,7 @@ class BatchSampler(Protocol):
 
     batch_size: int
     group_size: int          # a batch is cut between processes only at multiples of this
+    pass_index: int          # which pass of the epoch (repeated passes: RepeatedBatchSampler)
 
     def set_epoch(self, epoch: int) -> None: ...
     def __iter__(self) -> Iterator[list[int]]: ...
@@ -47,13 +49,13 @@ class RandomBatchSampler:
         if num_images < batch_size:
             raise ValueError(f"only {num_images} training images, fewer than one batch of {batch_size}")
         self.num_images, self.batch_size = int(num_images), int(batch_size)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.pass_index = seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_images)
+        order = np.random.default_rng(pass_seed(self.seed, self.epoch, self.pass_index)).permutation(self.num_images)
         for s in range(0, len(self) * self.batch_size, self.batch_size):
             yield order[s:s + self.batch_size].tolist()
 
@@ -84,8 +86,8 @@ class RandomIdentityBatchSampler:
         self.pids = np.asarray(pids)
         self.p, self.k = int(num_identities), int(num_instances)
         self.batch_size, self.group_size = self.p * self.k, self.k
-        self.seed, self.epoch = seed, 0
-        self._length: tuple[int, int] | None = None      # (epoch, batches), computed once
+        self.seed, self.epoch, self.pass_index = seed, 0, 0
+        self._length: tuple[int, int, int] | None = None      # (epoch, pass, batches), computed once
         self.index = {pid: np.flatnonzero(self.pids == pid) for pid in np.unique(self.pids)}
         if camera_diverse and camids is None:
             raise ValueError("camera_diverse sampling needs the camera ids")
@@ -110,7 +112,7 @@ class RandomIdentityBatchSampler:
         return groups
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng(pass_seed(self.seed, self.epoch, self.pass_index))
         groups = self._groups(rng)
         available = sorted(groups)
         while len(available) >= self.p:
@@ -123,9 +125,106 @@ class RandomIdentityBatchSampler:
 
     def __len__(self) -> int:
         """Batches per epoch (exact: the current epoch's sampling is simulated once)."""
-        if self._length is None or self._length[0] != self.epoch:
-            self._length = (self.epoch, sum(1 for _ in self))
-        return self._length[1]
+        if self._length is None or self._length[:2] != (self.epoch, self.pass_index):
+            self._length = (self.epoch, self.pass_index, sum(1 for _ in self))
+        return self._length[2]
+
+
+class OncePerClassBatchSampler:
+    """Every class once per pass, in random order, as a group of K images; the groups one after the other, cut
+    into batches of ``batch_size`` (the last partial batch dropped, as a loader with ``drop_last``).
+
+    ``rule``:
+
+    * ``cross_camera`` — Cluster Contrast's ``RandomMultipleGallerySampler``: an anchor drawn from the class, then
+      K - 1 of the class's images seen by *other* cameras than the anchor's (without replacement when there are
+      at least K of them, else with: the authors' test), or, when the class has one camera, K - 1 of its other
+      images (the same rule).  A class of one image gives it K times (the authors' code gives it once, which
+      shifts every later batch off its groups; reidkit keeps batches whole).
+    * ``uniform`` — the camera-aware proxies' ``ClassUniformlySampler``: K images of the class without
+      replacement, or, when it has fewer, drawn from its images repeated K times (the authors' rule).
+    """
+
+    def __init__(self, pids: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray, batch_size: int,
+                 num_instances: int, seed: int = 0, rule: str = "cross_camera"):
+        if rule not in ("cross_camera", "uniform"):
+            raise ValueError(f"rule must be cross_camera or uniform, got {rule!r}")
+        if num_instances < 1 or batch_size % num_instances:
+            raise ValueError(f"batch size {batch_size} is not a multiple of K={num_instances}")
+        self.pids, self.camids = np.asarray(pids), np.asarray(camids)
+        if self.pids.shape != self.camids.shape:
+            raise ValueError(f"{len(self.pids)} labels but {len(self.camids)} camera ids")
+        self.k, self.rule, self.batch_size, self.group_size = int(num_instances), rule, int(batch_size), \
+            int(num_instances)
+        self.seed, self.epoch, self.pass_index = seed, 0, 0
+        labels, first = np.unique(self.pids, return_index=True)
+        self.classes = labels[np.argsort(first, kind="stable")]     # by first appearance, as the authors' dicts
+        self.index = [np.flatnonzero(self.pids == c) for c in self.classes]
+        if len(self.classes) < batch_size // self.k:
+            raise TooFewClasses(len(self.classes), batch_size // self.k)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _group(self, idxs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        k = self.k
+        if self.rule == "uniform":
+            pool = idxs if len(idxs) >= k else np.tile(idxs, k)
+            return rng.permutation(pool)[:k]
+        anchor = idxs[rng.integers(len(idxs))]
+        others = idxs[self.camids[idxs] != self.camids[anchor]]
+        if not len(others):
+            others = idxs[idxs != anchor]
+        if not len(others):
+            return np.full(k, anchor)
+        return np.concatenate([[anchor], rng.choice(others, size=k - 1, replace=len(others) < k)])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(pass_seed(self.seed, self.epoch, self.pass_index))
+        stream = np.concatenate([self._group(self.index[c], rng) for c in rng.permutation(len(self.classes))])
+        for s in range(0, len(self) * self.batch_size, self.batch_size):
+            yield stream[s:s + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return len(self.classes) * self.k // self.batch_size
+
+
+class RepeatedBatchSampler:
+    """``iterations`` batches of another sampler per epoch, its passes run one after the other (each pass drawn
+    anew): an epoch of a fixed number of iterations, however many images the epoch's labels keep (Cluster
+    Contrast's ``--iters``; its loader restarts the sampler when a pass runs out)."""
+
+    def __init__(self, sampler: BatchSampler, iterations: int):
+        if iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {iterations}")
+        if len(sampler) == 0:
+            raise ValueError("the sampler gives no batch to repeat")
+        self.sampler, self.iterations = sampler, int(iterations)
+        self.batch_size, self.group_size = sampler.batch_size, sampler.group_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        given, pass_index = 0, 0
+        while given < self.iterations:
+            self.sampler.pass_index = pass_index            # type: ignore[attr-defined]
+            for batch in self.sampler:
+                yield batch
+                given += 1
+                if given == self.iterations:
+                    break
+            pass_index += 1
+        self.sampler.pass_index = 0                         # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return self.iterations
+
+
+def pass_seed(seed: int, epoch: int, pass_index: int) -> list[int]:
+    """The random stream of one pass of a sampler: ``[seed, epoch]`` for an epoch's first pass (the stream every
+    sampler drew before repeated passes existed), ``[seed, epoch, pass]`` for the later ones."""
+    return [seed, epoch] if pass_index == 0 else [seed, epoch, pass_index]
 
 
 class SubsetBatchSampler:
@@ -135,6 +234,14 @@ class SubsetBatchSampler:
     def __init__(self, sampler: BatchSampler, indices: Sequence[int] | np.ndarray):
         self.sampler, self.indices = sampler, np.asarray(indices, dtype=np.int64)
         self.batch_size, self.group_size = sampler.batch_size, sampler.group_size
+
+    @property
+    def pass_index(self) -> int:
+        return self.sampler.pass_index           # type: ignore[attr-defined]
+
+    @pass_index.setter
+    def pass_index(self, value: int) -> None:
+        self.sampler.pass_index = value          # type: ignore[attr-defined]
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -162,7 +269,13 @@ def build_sampler(name: str, pids: Sequence[int] | np.ndarray, camids: Sequence[
             raise ValueError(f"batch size {batch_size} is not a multiple of K={num_instances}")
         return RandomIdentityBatchSampler(identity_camera_groups(pids, camids), batch_size // num_instances,
                                           num_instances, seed)
-    raise ValueError(f"unknown sampler {name!r}; known: random, identity, camera_diverse, identity_camera")
+    if name == "cross_camera":
+        return OncePerClassBatchSampler(pids, camids, batch_size, num_instances, seed, "cross_camera")
+    if name == "identity_camera_uniform":
+        return OncePerClassBatchSampler(identity_camera_groups(pids, camids), camids, batch_size, num_instances, seed,
+                                        "uniform")
+    raise ValueError(f"unknown sampler {name!r}; known: random, identity, camera_diverse, identity_camera, "
+                     "cross_camera, identity_camera_uniform")
 
 
 def identity_camera_groups(pids: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from ..config import Recipe
 from ..data.cache import ImageCache
 from ..data.loader import TrainLoader
-from ..data.samplers import BatchSampler, SubsetBatchSampler, TooFewClasses, build_sampler
+from ..data.samplers import BatchSampler, RepeatedBatchSampler, SubsetBatchSampler, TooFewClasses, build_sampler
 from ..data.transforms import BatchAugment
 from .distributed import ONE_PROCESS, DistEnv
 
@@ -32,8 +32,18 @@ def build_train_loader(recipe: Recipe, cache: ImageCache, device: torch.device |
     if d.labels == "known":                     # hidden: the method's pseudo-labels are checked when they come
         check_positive_pairs(recipe, cache.pids())
     sampler = build_sampler(d.sampler, cache.pids(), cache.camids(), d.batch_size, d.num_instances, seed=seed)
-    return TrainLoader(cache, sampler, BatchAugment(recipe.augment, seed=seed + 1), device, env.rank,
-                       env.world_size, d.cache_on_device)
+    return TrainLoader(cache, epoch_of(recipe, sampler, len(cache)), BatchAugment(recipe.augment, seed=seed + 1),
+                       device, env.rank, env.world_size, d.cache_on_device)
+
+
+def epoch_of(recipe: Recipe, sampler: BatchSampler, images: int) -> BatchSampler:
+    """``sampler`` drawing the epoch ``train.iterations`` asks for: one pass of it (``pass``), ``images`` /
+    batch size batches (``images``: the images the epoch trains on), or that many batches; passes repeat as
+    needed."""
+    n = recipe.train.iterations
+    if n == "pass":
+        return sampler
+    return RepeatedBatchSampler(sampler, max(1, images // sampler.batch_size) if n == "images" else int(n))
 
 
 def check_positive_pairs(recipe: Recipe, pids: np.ndarray) -> None:
@@ -66,11 +76,11 @@ def relabelled_sampler(recipe: Recipe, pids: np.ndarray, camids: np.ndarray, see
         sampler = build_sampler(d.sampler, labels, np.asarray(camids)[kept], d.batch_size, d.num_instances,
                                 seed=recipe.train.seed if seed is None else seed)
     except TooFewClasses as e:
-        what = "cluster-camera pairs" if d.sampler == "identity_camera" else "clusters"
+        what = "cluster-camera pairs" if d.sampler.startswith("identity_camera") else "clusters"
         raise ValueError(f"the new training labels hold {e.found} {what}, fewer than the {e.needed} a batch draws "
                          "(data.batch_size / data.num_instances): the clustering merged (almost) everything or "
                          "left it out; see its eps / min_samples, or lower data.batch_size") from None
     if len(sampler) == 0:
         raise ValueError(f"the new training labels give no batch of {d.num_identities} identities x "
                          f"{d.num_instances} images: {len(np.unique(labels))} clusters")
-    return SubsetBatchSampler(sampler, kept)
+    return epoch_of(recipe, SubsetBatchSampler(sampler, kept), len(kept))

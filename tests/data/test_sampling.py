@@ -11,6 +11,7 @@ from reidkit.data.loader import iter_test_batches
 from reidkit.data.samplers import (
     RandomBatchSampler,
     RandomIdentityBatchSampler,
+    RepeatedBatchSampler,
     build_sampler,
     identity_camera_groups,
     shard_bounds,
@@ -247,3 +248,138 @@ def test_relabelled_batches_draw_only_the_kept_images_under_their_new_labels():
     by_camera = load_recipe(None, ["data.batch_size=4", "data.num_instances=2", "data.sampler=identity_camera"])
     two_cameras = np.array([0, 1, 0, 1, 0, 1])                      # one cluster seen by two cameras: 2 pairs
     assert len(relabelled_sampler(by_camera, merged, two_cameras)) > 0
+
+
+class _TheirRandom:
+    """The random calls of the authors' samplers (torch.randperm, random.choice, np.random.choice,
+    random.shuffle) drawn from one numpy generator in the order reidkit draws them, so that a transcription of
+    their code and reidkit's sampler can be compared batch for batch."""
+
+    def __init__(self, seed_sequence):
+        self.rng = np.random.default_rng(seed_sequence)
+
+    def randperm(self, n):
+        return self.rng.permutation(n).tolist()
+
+    def choice_of_list(self, items):
+        return items[self.rng.integers(len(items))]
+
+    def np_choice(self, a, size, replace):
+        return self.rng.choice(a, size=size, replace=replace)
+
+    def shuffle(self, values):
+        values[:] = self.rng.permutation(values).tolist()
+
+
+def cluster_contrast_multiple_gallery(data_source, num_instances, rand):
+    """Cluster Contrast's ``RandomMultipleGallerySampler.__init__`` / ``__iter__`` (clustercontrast/utils/data/
+    sampler.py) transcribed, its random calls through ``rand``; ``data_source``: (index, pid, cam) tuples."""
+    index_pid, pid_cam, pid_index = {}, collections.defaultdict(list), collections.defaultdict(list)
+    for index, (_, pid, cam) in enumerate(data_source):
+        if pid < 0:
+            continue
+        index_pid[index] = pid
+        pid_cam[pid].append(cam)
+        pid_index[pid].append(index)
+    pids = list(pid_index.keys())
+    ret = []
+    for kid in rand.randperm(len(pids)):
+        i = rand.choice_of_list(pid_index[pids[kid]])
+        _, i_pid, i_cam = data_source[i]
+        ret.append(i)
+        pid_i = index_pid[i]
+        cams = pid_cam[pid_i]
+        index = pid_index[pid_i]
+        select_cams = [j for j, c in enumerate(cams) if c != i_cam]            # No_index(cams, i_cam)
+        if select_cams:
+            cam_indexes = rand.np_choice(select_cams, num_instances - 1, len(select_cams) < num_instances)
+            ret.extend(index[kk] for kk in cam_indexes)
+        else:
+            select_indexes = [j for j, x in enumerate(index) if x != i]         # No_index(index, i)
+            if not select_indexes:
+                continue
+            ind_indexes = rand.np_choice(select_indexes, num_instances - 1, len(select_indexes) < num_instances)
+            ret.extend(index[kk] for kk in ind_indexes)
+    return ret
+
+
+def cap_class_uniformly(samples, class_position, k, rand):
+    """The camera-aware proxies' ``ClassUniformlySampler._tuple2dict`` / ``_generate_list`` (reid/utils/data/
+    preprocessor.py, has_outlier False) transcribed, its random calls through ``rand``."""
+    id_dict = {}
+    for index, each_input in enumerate(samples):
+        id_dict.setdefault(each_input[class_position], []).append(index)
+    sample_list = []
+    keys = list(id_dict.keys())
+    rand.shuffle(keys)
+    for key in keys:
+        value = list(id_dict[key])
+        if len(value) >= k:
+            rand.shuffle(value)
+            sample_list.extend(value[0:k])
+        else:
+            value = value * k
+            rand.shuffle(value)
+            sample_list.extend(value[0:k])
+    return sample_list
+
+
+def _pseudo_labelled(seed):
+    """Clusters as DBSCAN leaves them: labels in no particular order, sizes 2-9, one to three cameras each, a
+    cluster seen by one camera, outliers (-1)."""
+    rng = np.random.default_rng(seed)
+    pids, cams = [], []
+    for label in rng.permutation(14):
+        size = int(rng.integers(2, 10))
+        pids += [int(label)] * size
+        cams += (rng.integers(0, 1 if label == 3 else 3, size) * 2 + 1).tolist()
+    pids += [-1] * 9                                          # outliers (a cluster of one image is tested apart)
+    cams += (rng.integers(0, 3, 9) * 2 + 1).tolist()
+    order = rng.permutation(len(pids))
+    return np.asarray(pids)[order], np.asarray(cams)[order]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cross_camera_batches_are_cluster_contrasts_sampler(seed):
+    """Batch for batch the stream of RandomMultipleGallerySampler (anchor, then K - 1 from other cameras; every
+    cluster once; the loader's drop_last batches) over the kept images, for the same random draws."""
+    pids, cams = _pseudo_labelled(seed)
+    kept = np.flatnonzero(pids >= 0)
+    k, batch = 4, 16
+    data_source = [(i, int(pids[i]), int(cams[i])) for i in kept]
+    theirs = cluster_contrast_multiple_gallery(data_source, k, _TheirRandom([7, 3]))
+    sampler = build_sampler("cross_camera", pids[kept], cams[kept], batch, k, seed=7)
+    sampler.set_epoch(3)
+    ours = [i for b in sampler for i in b]
+    assert len(sampler) == len(theirs) // batch == len(np.unique(pids[kept])) * k // batch
+    assert ours == theirs[:len(sampler) * batch]
+    for g in range(0, len(theirs), k):                          # the camera pairing, read off the stream
+        group = np.asarray(theirs[g:g + k])
+        cluster_cams = set(cams[kept][pids[kept] == pids[kept][group[0]]])
+        assert len(set(pids[kept][group])) == 1
+        if len(cluster_cams) > 1:
+            assert all(cams[kept][j] != cams[kept][group[0]] for j in group[1:])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_identity_camera_uniform_batches_are_the_camera_aware_proxies_sampler(seed):
+    pids, cams = _pseudo_labelled(seed)
+    kept = np.flatnonzero(pids >= 0)
+    proxies = identity_camera_groups(pids[kept], cams[kept])
+    theirs = cap_class_uniformly([(i, p) for i, p in zip(kept, proxies)], 1, 4, _TheirRandom([5, 0]))
+    sampler = build_sampler("identity_camera_uniform", pids[kept], cams[kept], 8, 4, seed=5)
+    ours = [i for b in sampler for i in b]
+    assert len(theirs) == 4 * len(np.unique(proxies)) and ours == theirs[:len(sampler) * 8]
+
+
+def test_a_single_image_cluster_fills_its_group_and_epochs_repeat_passes():
+    pids, cams = np.array([0, 0, 1, 2, 2, 2]), np.array([1, 2, 1, 1, 1, 1])
+    sampler = build_sampler("cross_camera", pids, cams, 2, 2, seed=0)
+    assert [2, 2] in list(sampler)                             # cluster 1's one image, twice
+    repeated = RepeatedBatchSampler(sampler, 5)
+    batches = list(repeated)
+    assert len(repeated) == len(batches) == 5 and len(sampler) == 3
+    assert batches[0] == next(iter(sampler))                  # the first pass is the sampler's own
+    assert len({tuple(b) for b in batches}) > 1               # later passes drawn anew
+    repeated.set_epoch(1)
+    assert list(repeated) != batches and list(RepeatedBatchSampler(sampler, 5)) == list(repeated)

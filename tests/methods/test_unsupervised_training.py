@@ -129,3 +129,18 @@ def test_the_camera_aware_distance_refuses_crops_of_one_camera(tiny_data, tmp_pa
     recipe = unsupervised(tiny_data, tmp_path / "one", extra=["cluster_memory.distance=camera_jaccard"])
     with pytest.raises(ValueError, match="camera_jaccard needs crops from two or more cameras"):
         Trainer(recipe, progress=False)
+
+
+@pytest.mark.parametrize("sampler,iterations", [("cross_camera", 3), ("identity_camera_uniform", "images")])
+def test_the_authors_samplers_and_epoch_lengths_train(tiny_data, tmp_path, sampler, iterations):
+    """Cluster Contrast's epoch (cross-camera groups, a fixed number of iterations) and the camera-aware proxies'
+    (K images of every proxy, the clustered images / batch size iterations) train end to end."""
+    trainer = Trainer(unsupervised(tiny_data, tmp_path / sampler, epochs=2,
+                                   extra=[f"data.sampler={sampler}", f"train.iterations={iterations}"]),
+                      progress=False)
+    trainer.fit()
+    n = len(trainer.piece("cluster_memory").labels)
+    kept = [n - round(share * n) for share in trainer.history["cluster_memory/outliers"]]    # each epoch's
+    per_epoch = [3, 3] if iterations == 3 else [k // trainer.recipe.data.batch_size for k in kept]
+    assert trainer.step == sum(per_epoch) and min(per_epoch) > 0
+    assert len(trainer.history["loss/cluster_memory"]) == 2
