@@ -31,33 +31,44 @@ class PseudoLabels:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6,
-                     outliers: str = "drop", weights: str = "cluster_contrast",
-                     camera_neighbours: tuple[np.ndarray, int, int, int, int] | None = None) -> PseudoLabels:
-    """DBSCAN (``eps``, ``min_samples``) on the k-reciprocal Jaccard distances of ``features`` (L2-normalised
-    here, the Euclidean metric, as Cluster Contrast clusters).
-
-    ``outliers``: ``drop`` labels them -1; ``instances`` makes each its own cluster (numbered after the real
-    ones).  ``weights``: ``cluster_contrast`` weighs the k-reciprocal encoding as Cluster Contrast's code does,
-    ``reranking`` as Zhong et al.'s re-ranking (reidkit's ``eval.rerank``).  ``camera_neighbours``
-    ``(camids, k1_intra, k1_inter, k2_intra, k2_inter)``: the camera-aware Jaccard distance instead
-    (:func:`reidkit.evaluation.rerank.camera_aware_jaccard_graph`; ``k1``, ``k2`` and ``weights`` unused).
-    """
-    if outliers not in ("drop", "instances"):
-        raise ValueError(f"outliers must be drop or instances, got {outliers!r}")
+def distance_graph(features: torch.Tensor, max_distance: float, k1: int = 30, k2: int = 6,
+                   weights: str = "cluster_contrast",
+                   camera_neighbours: tuple[np.ndarray, int, int, int, int] | None = None) -> sp.csr_matrix:
+    """The sparse Jaccard graph :func:`cluster_features` clusters (pairs within ``max_distance``, the diagonal
+    stored), from ``features`` L2-normalised here; the arguments as there."""
     if weights not in ("cluster_contrast", "reranking"):
         raise ValueError(f"weights must be cluster_contrast or reranking, got {weights!r}")
     n = features.shape[0]
     if n < 2:
         raise ValueError(f"clustering needs at least 2 images, got {n}")
-    t0 = time.perf_counter()
     feats = torch.nn.functional.normalize(features.float(), dim=1)
     if camera_neighbours is not None:
         camids, k1_intra, k1_inter, k2_intra, k2_inter = camera_neighbours
-        graph = camera_aware_jaccard_graph(feats, camids, k1_intra, k1_inter, k2_intra, k2_inter, max_distance=eps)
-    else:
-        graph = jaccard_graph(feats, min(k1, n - 1), min(k2, n), max_distance=eps,
-                              normalised=weights == "reranking")
+        return camera_aware_jaccard_graph(feats, camids, k1_intra, k1_inter, k2_intra, k2_inter,
+                                          max_distance=max_distance)
+    return jaccard_graph(feats, min(k1, n - 1), min(k2, n), max_distance=max_distance,
+                         normalised=weights == "reranking")
+
+
+def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6,
+                     outliers: str = "drop", weights: str = "cluster_contrast",
+                     camera_neighbours: tuple[np.ndarray, int, int, int, int] | None = None,
+                     graph: sp.csr_matrix | None = None) -> PseudoLabels:
+    """DBSCAN (``eps``, ``min_samples``) on the k-reciprocal Jaccard distances of ``features`` (L2-normalised
+    here, the Euclidean metric, as Cluster Contrast clusters).
+
+    ``outliers``: ``drop`` labels them -1; ``instances`` makes each its own cluster (numbered after the real
+    ones).  ``weights``: ``cluster_contrast`` computes the distance as Cluster Contrast's code does,
+    ``reranking`` as Zhong et al.'s re-ranking (reidkit's ``eval.rerank``).  ``camera_neighbours``
+    ``(camids, k1_intra, k1_inter, k2_intra, k2_inter)``: the camera-aware Jaccard distance instead
+    (:func:`reidkit.evaluation.rerank.camera_aware_jaccard_graph`; ``k1``, ``k2`` and ``weights`` unused).
+    ``graph``: :func:`distance_graph`'s, computed already (with a radius of at least ``eps``).
+    """
+    if outliers not in ("drop", "instances"):
+        raise ValueError(f"outliers must be drop or instances, got {outliers!r}")
+    t0 = time.perf_counter()
+    if graph is None:
+        graph = distance_graph(features, eps, k1, k2, weights, camera_neighbours)
     t1 = time.perf_counter()
     labels = dbscan_precomputed(graph, eps, min_samples)
     t2 = time.perf_counter()

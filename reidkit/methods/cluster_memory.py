@@ -21,11 +21,14 @@ single-camera clusters, the cluster sizes and the time clustering took.
 from __future__ import annotations
 
 import logging
+import json
 import time
+from pathlib import Path
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from sklearn.metrics import adjusted_rand_score
 import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
@@ -34,7 +37,16 @@ from ..config import Recipe, Strict
 from ..data.cache import ImageCache
 from ..engine.distributed import DistEnv, gather_rows
 from ..engine.features import extract_features
-from ..evaluation.clustering import cluster_features, cluster_statistics, size_histogram
+from ..files import write_text_atomic
+from ..evaluation.cluster_settings import (
+    EPS_GRID,
+    SettingsChoice,
+    choose_settings,
+    label_free_warnings,
+    merged_share,
+    typical_group_size,
+)
+from ..evaluation.clustering import cluster_features, cluster_statistics, distance_graph, size_histogram
 from ..losses.cluster_memory import CameraProxyMemory, ClusterMemory
 from ..models.heads import TestedFeature
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
@@ -45,8 +57,11 @@ log = logging.getLogger("reidkit")
 class ClusterMemoryConfig(Strict):
     """The recipe section ``cluster_memory``: pseudo-labels by clustering, and a memory loss over them."""
 
-    eps: float | None = Field(None, gt=0, le=1)   # DBSCAN radius on the Jaccard distance; None: the method is off
-    min_samples: int = Field(4, ge=1)             # DBSCAN's core-point neighbourhood (the image itself counts)
+    # DBSCAN radius on the Jaccard distance; auto: chosen from the unlabelled crops before the first epoch
+    # (reidkit.evaluation.cluster_settings); None: the method is off
+    eps: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None = None
+    # DBSCAN's core-point neighbourhood (the image itself counts); auto: from the typical crops per person and camera
+    min_samples: Annotated[int, Field(ge=1, strict=True)] | Literal["auto"] = 4
     k1: int = Field(30, ge=1)                     # k-reciprocal neighbourhood
     k2: int = Field(6, ge=1)                      # query expansion of the encoding
     outliers: Literal["drop", "instances"] = "drop"     # unclustered images: left out, or each its own cluster
@@ -105,6 +120,8 @@ class ClusterMemoryPiece(TrainingPiece):
                                             cfg.update)
         self.labels: np.ndarray | None = None
         self.stats: dict[str, float] = {}
+        self.previous: dict[str, float] | None = None      # the last clustering's statistics (drift warnings)
+        self.choice: SettingsChoice | None = None         # eps / min_samples as in effect (auto: as chosen)
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
 
@@ -122,21 +139,31 @@ class ClusterMemoryPiece(TrainingPiece):
         t0 = time.perf_counter()
         features = self._embed(models[0])
         t1 = time.perf_counter()
-        assert cfg.eps is not None
         clustered = camera_centred(features, self.camids) if cfg.camera_centred else features
         cameras = ((self.camids, cfg.k1_intra, cfg.k1_inter, cfg.k2_intra, cfg.k2_inter)
                    if cfg.distance == "camera_jaccard" else None)
-        found = cluster_features(clustered, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2, cfg.outliers, cfg.weights,
-                                 camera_neighbours=cameras)
+        graph = None
+        if self.choice is None:
+            graph = self._choose(clustered, cameras)
+        assert self.choice is not None
+        found = cluster_features(clustered, self.choice.eps, self.choice.min_samples, cfg.k1, cfg.k2, cfg.outliers,
+                                 cfg.weights, camera_neighbours=cameras, graph=graph)
         labels = torch.from_numpy(found.labels).to(features.device)
         if isinstance(self.memory, ClusterMemory):
             self.memory.reset(features, labels)
         else:
             self.memory.reset(features, labels, torch.from_numpy(self.camids).to(features.device))
+        before = self.labels
         self.labels = found.labels
         self.stats = cluster_statistics(found.labels, self.camids, self.hidden_labels)
         self.stats["outliers"] = found.outliers / len(found.labels)         # DBSCAN's, before "instances"
         self.stats |= {f"size_{k}": float(v) for k, v in size_histogram(found.labels).items()}
+        self.stats |= {"eps": self.choice.eps, "min_samples": float(self.choice.min_samples),
+                       "merged_share": merged_share(found.labels, self.camids, self.choice.typical)}
+        if before is not None:                   # label-free agreement with the last clustering
+            both = (before >= 0) & (found.labels >= 0)
+            self.stats["stability"] = float(adjusted_rand_score(before[both], found.labels[both])) if both.any() \
+                else 0.0
         self.stats |= {"seconds_features": t1 - t0, "seconds_distances": found.seconds["distances"],
                        "seconds_dbscan": found.seconds["dbscan"]}
         if self.speaks:
@@ -145,7 +172,27 @@ class ClusterMemoryPiece(TrainingPiece):
             log.info("epoch %d: %d clusters, %.1f%% outliers, %.0f%% of clusters single-camera%s; clustering %.1f s "
                      "(features %.1f s)", epoch + 1, found.clusters, 100 * self.stats["outliers"],
                      100 * self.stats.get("single_camera", 0.0), truth, time.perf_counter() - t0, t1 - t0)
+            for warning in label_free_warnings(self.stats, self.previous, self.choice.typical,
+                                               len(np.unique(self.camids))):
+                log.warning("WARNING: epoch %d: %s", epoch + 1, warning)
+        self.previous = dict(self.stats)
         return found.labels
+
+    def _choose(self, features: torch.Tensor, cameras: tuple | None):
+        """eps and min_samples as the recipe gives them or, for ``auto``, as chosen from these (the first
+        clustering's) features; returns the distance graph when one was computed for the choice."""
+        cfg = self.cfg
+        typical = typical_group_size(features, self.camids)
+        eps = None if cfg.eps == "auto" else float(cfg.eps)          # type: ignore[arg-type]
+        min_samples = None if cfg.min_samples == "auto" else int(cfg.min_samples)
+        graph = None
+        if eps is None:
+            graph = distance_graph(features, max(EPS_GRID), cfg.k1, cfg.k2, cfg.weights, cameras)
+        self.choice = choose_settings(graph, self.camids, typical, eps, min_samples)
+        if self.speaks and (eps is None or min_samples is None):
+            log.info("cluster_memory: eps %g, min_samples %d, chosen from the unlabelled training crops (no "
+                     "identity read):\n%s", self.choice.eps, self.choice.min_samples, self.choice.describe())
+        return graph
 
     def _embed(self, model: nn.Module) -> torch.Tensor:
         """The training images' features as evaluation sees them; under data parallelism each process embeds an
@@ -191,6 +238,9 @@ class ClusterMemoryPiece(TrainingPiece):
         state: dict[str, object] = {"memory": {k: v.detach().cpu() for k, v in self.memory.state_dict().items()}}
         if self.labels is not None:
             state["labels"] = torch.from_numpy(self.labels)
+        if self.choice is not None:               # a resume clusters with the settings chosen at the start
+            state["settings"] = {"eps": self.choice.eps, "min_samples": self.choice.min_samples,
+                                 "typical": self.choice.typical, "rows": self.choice.rows}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -198,6 +248,17 @@ class ClusterMemoryPiece(TrainingPiece):
             setattr(self.memory, name, value.to(self.device))
         if "labels" in state:
             self.labels = state["labels"].numpy().astype(np.int64)
+        if "settings" in state:
+            chosen = state["settings"]
+            self.choice = SettingsChoice(float(chosen["eps"]), int(chosen["min_samples"]), float(chosen["typical"]),
+                                         list(chosen["rows"]))
+
+    def write_outputs(self, out_dir: Path) -> list[Path]:
+        if self.choice is None or not self.choice.rows:
+            return []
+        data = {"eps": self.choice.eps, "min_samples": self.choice.min_samples, "typical": self.choice.typical,
+                "rows": self.choice.rows, "rule": "reidkit.evaluation.cluster_settings (no identity read)"}
+        return [write_text_atomic(Path(out_dir) / "cluster_settings.json", json.dumps(data, indent=1) + "\n")]
 
 
 def camera_centred(features: torch.Tensor, camids: np.ndarray) -> torch.Tensor:

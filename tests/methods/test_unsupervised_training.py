@@ -144,3 +144,38 @@ def test_the_authors_samplers_and_epoch_lengths_train(tiny_data, tmp_path, sampl
     per_epoch = [3, 3] if iterations == 3 else [k // trainer.recipe.data.batch_size for k in kept]
     assert trainer.step == sum(per_epoch) and min(per_epoch) > 0
     assert len(trainer.history["loss/cluster_memory"]) == 2
+
+
+def test_auto_settings_read_no_label_are_recorded_and_kept_by_a_resume(tiny_data, tmp_path, monkeypatch):
+    """eps / min_samples auto: scrambled hidden identities give a bit-identical choice and run; the choice is
+    written (cluster_settings.json), recorded every epoch, and a resumed run clusters with it."""
+    auto = ["cluster_memory.eps=auto", "cluster_memory.min_samples=auto"]
+    plain = Trainer(unsupervised(tiny_data, tmp_path / "plain", extra=auto), progress=False)
+    plain.fit()
+    build = trainer_module.build_recipe_dataset
+
+    def scrambled(cfg):
+        dataset = build(cfg)
+        rng = np.random.default_rng(11)
+        return dataclasses.replace(dataset, train=[ImageRecord(r.path, int(rng.integers(0, 1000)), r.camid)
+                                                   for r in dataset.train])
+
+    monkeypatch.setattr(trainer_module, "build_recipe_dataset", scrambled)
+    other = Trainer(unsupervised(tiny_data, tmp_path / "scrambled", extra=auto), progress=False)
+    other.fit()
+    monkeypatch.setattr(trainer_module, "build_recipe_dataset", build)
+    mine, theirs = plain.piece("cluster_memory").choice, other.piece("cluster_memory").choice
+    assert (mine.eps, mine.min_samples, mine.typical, mine.rows) == (theirs.eps, theirs.min_samples, theirs.typical,
+                                                                     theirs.rows)
+    assert np.array_equal(plain.piece("cluster_memory").labels, other.piece("cluster_memory").labels)
+    import json
+    written = json.loads((plain.out / "cluster_settings.json").read_text())
+    assert written["eps"] == mine.eps in [r["eps"] for r in written["rows"]] and 2 <= written["min_samples"] <= 4
+    assert plain.history["cluster_memory/eps"] == [mine.eps, mine.eps]
+    # the piece's saved state (what a checkpoint holds) carries the choice: a resumed run clusters with it,
+    # without choosing again
+    resumed = Trainer(unsupervised(tiny_data, tmp_path / "resumed", extra=auto), progress=False)
+    resumed.piece("cluster_memory").load_state_dict(plain.piece("cluster_memory").state_dict())
+    monkeypatch.setattr(resumed.piece("cluster_memory"), "_choose", lambda *a: pytest.fail("chose again"))
+    resumed.piece("cluster_memory").relabel(resumed.models, 1)
+    assert resumed.piece("cluster_memory").choice.eps == mine.eps
