@@ -6,7 +6,7 @@ its margin on the cosines, scales them by ``s`` and takes the (label-smoothed) c
 * CosFace (Wang et al., CVPR 2018): the target's logit ``s (cos_y - m)``, the others ``s cos_j``;
 * ArcFace (Deng et al., CVPR 2019): the target's ``s cos(theta_y + m)``; where ``theta_y + m`` passes pi
   (``cos_y <= cos(pi - m)``) the curve continues as ``cos_y - m sin(m)``, so that the logit keeps falling with
-  theta (InsightFace's and fast-reid's rule);
+  theta (InsightFace's rule, and fast-reid's before its v1.2, whose ``ArcSoftmax`` now has none);
 * Circle loss (Sun et al., CVPR 2020), its class-level (softmax) form, Eq. 6 with the relaxation of Eq. 8: the
   target's ``s a_p (cos_y - d_p)``, the others ``s a_n (cos_j - d_n)``, with ``a_p = [1 + m - cos_y]_+`` and
   ``a_n = [cos_j + m]_+`` weighing each by how far it is from its optimum (as constants: no gradient flows
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from .cross_entropy import CrossEntropyLabelSmooth
 
-#: each loss's scale and margin when the recipe gives none: CosFace and Circle as fast-reid's configs
-#: (SCALE 64, MARGIN 0.35; Circle loss's paper uses gamma 128 / m 0.25 for ReID), ArcFace as its paper (64, 0.5)
+#: each loss's scale and margin when the recipe gives none: CosFace as its paper (s 64, m 0.35; fast-reid's FastFace
+#: config uses 0.4), Circle as fast-reid's SBS configs (SCALE 64, MARGIN 0.35; Circle loss's paper uses gamma 128 /
+#: m 0.25 for ReID), ArcFace as its paper (64, 0.5)
 DEFAULTS = {"cosface": (64.0, 0.35), "arcface": (64.0, 0.5), "circle": (64.0, 0.35)}
 
 

@@ -15,7 +15,7 @@ from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece
 class CenterLossConfig(Strict):
     """The recipe section ``center_loss``."""
 
-    weight: float = Field(5e-4, ge=0)         # beta (BoT: 5e-4); 0 switches it off
+    weight: float = Field(0.0, ge=0)          # beta (BoT: 5e-4, as its recipes set); 0 (the default) switches it off
     lr: float = Field(0.5, gt=0)              # the centres' SGD learning rate (BoT: 0.5)
 
 

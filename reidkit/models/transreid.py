@@ -15,9 +15,9 @@ Each piece is a recipe switch (``model`` options), each checked against the pape
   the final norm) over every token, its class token is f_g.  The local branch takes the tokens entering the last
   layer, shifts the patches (the first ``jpm_shift`` = m moved to the end: x_{m+1}, ..., x_N, x_1, ..., x_m, as
   the paper writes it; the authors' code moves m - 1), shuffles them in ``jpm_shuffle`` groups (the sequence read
-  as a k x N/k table and taken column by column), splits them into ``jpm_groups`` = K parts (the last one takes
-  the remainder) and runs each, after the class token, through the copy of the last layer and norm: its class
-  token is f_l^j.  Each feature has its BNNeck and classifier; the objective weighs the global branch 1/2 and each
+  as a k x N/k table and taken column by column), splits them into ``jpm_groups`` = K parts of N // K tokens
+  (the remainder left out, as the authors' code slices them) and runs each, after the class token, through the
+  copy of the last layer and norm: its class token is f_l^j.  Each feature has its BNNeck and classifier; the objective weighs the global branch 1/2 and each
   local one 1/(2K) (the authors' code: half the global loss plus half the locals' mean); the test feature is
   [f_g, f_l^1 / K, ..., f_l^K / K], each after its BNNeck's BatchNorm.
 """
@@ -61,9 +61,10 @@ def shift_and_shuffle(patches: torch.Tensor, shift: int, groups: int) -> torch.T
 
 
 def split_parts(tokens: torch.Tensor, parts: int) -> list[torch.Tensor]:
-    """``parts`` consecutive runs of N // parts tokens, the last one taking the remainder (the authors' split)."""
+    """``parts`` consecutive runs of N // parts tokens; the N % parts tokens after them are left out (the authors'
+    ``x[:, patch_length * j:patch_length * (j + 1)]``)."""
     length = tokens.shape[1] // parts
-    return [tokens[:, j * length:(j + 1) * length if j < parts - 1 else tokens.shape[1]] for j in range(parts)]
+    return [tokens[:, j * length:(j + 1) * length] for j in range(parts)]
 
 
 class TransReID(nn.Module):

@@ -157,7 +157,8 @@ def test_adaptive_l2_trains_its_factors_and_resumes_them(tiny_data, tmp_path):
                       progress=False)
     resumed.resume(tmp_path / "l2" / "last.pth")
     assert torch.equal(resumed.piece("adaptive_l2").regularizer.theta, reg.theta)
-    plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "plain", epochs=1)), progress=False)
+    plain = Trainer(load_recipe(None, tiny_overrides(tiny_data, tmp_path / "plain", epochs=1)
+                                + ["center_loss.weight=0.0005"]), progress=False)
     plain.train_epoch(0, max_batches=1)
     from reidkit.engine.checkpoint import save_checkpoint
     save_checkpoint(plain.state(1), tmp_path / "plain.pth")
