@@ -116,13 +116,18 @@ def label_free_warnings(stats: dict[str, float], previous: dict[str, float] | No
     """What a user can act on, read from one epoch's clustering statistics (``cluster_statistics`` plus
     ``merged_share``, ``stability``) and the previous epoch's, without labels."""
     out = []
-    if typical and stats.get("merged_share", 0.0) > 0.10:
+    merged = bool(typical) and stats.get("merged_share", 0.0) > 0.10
+    sparse = stats.get("outliers", 0.0) > 0.5
+    if merged:
         out.append(f"{stats['merged_share']:.0%} of the clustered crops sit in clusters holding over "
                    f"{4 * typical:g} crops of one camera (4 x the typical {typical:g} per person and camera): "
-                   "clusters look merged; lower cluster_memory.eps")
-    if stats.get("outliers", 0.0) > 0.5:
-        out.append(f"{stats['outliers']:.0%} of the crops are left out of every cluster: raise cluster_memory.eps "
-                   "or lower min_samples")
+                   "clusters look merged; " + ("lower cluster_memory.eps" if not sparse else
+                                               "with many crops left out too, one radius is too wide for some "
+                                               "groups and too narrow for others: lower min_samples rather than "
+                                               "move eps"))
+    if sparse:
+        out.append(f"{stats['outliers']:.0%} of the crops are left out of every cluster: " +
+                   ("raise cluster_memory.eps or lower min_samples" if not merged else "lower min_samples"))
     if cameras > 1 and stats.get("single_camera", 0.0) > 0.5:
         out.append(f"{stats['single_camera']:.0%} of the clusters hold crops of one camera: the camera gap "
                    "decides the clusters; cluster_memory.distance=camera_jaccard links crops across cameras")

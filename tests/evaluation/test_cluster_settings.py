@@ -82,6 +82,11 @@ def test_label_free_warnings_by_hand():
     assert label_free_warnings(calm | {"stability": 0.9}, calm, 2, 2) == []
     said = " ".join(label_free_warnings({"clusters": 70, "outliers": 0.6, "single_camera": 0.7, "mean_size": 7,
                                          "merged_share": 0.3, "stability": 0.3}, calm, 2, 2))
-    for words in ("look merged", "left out", "one camera", "drift", "clusters merging: 100 -> 70"):
+    for words in ("look merged", "left out", "one camera", "drift", "clusters merging: 100 -> 70",
+                  "lower min_samples rather than move eps"):
         assert words in said
+    assert "raise cluster_memory.eps" not in said                # merged and sparse: no advice that fights
+    alone = " ".join(label_free_warnings(calm | {"outliers": 0.6}, None, 2, 2))
+    assert "raise cluster_memory.eps" in alone and "merged" not in alone
+    assert "lower cluster_memory.eps" in " ".join(label_free_warnings(calm | {"merged_share": 0.2}, None, 2, 2))
     assert "one camera" not in " ".join(label_free_warnings(calm | {"single_camera": 0.9}, None, 2, 1))
