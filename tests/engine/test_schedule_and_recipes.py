@@ -165,3 +165,25 @@ def test_recipes_ship_with_the_package_and_inherit_from_a_base(tmp_path, capsys)
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
     with pytest.raises(RecipeError, match="recipe inheritance loops"):
         load_recipe(tmp_path / "a.yaml")
+
+
+def test_the_unsupervised_recipes_carry_their_authors_settings():
+    """Cluster Contrast's run_code.sh / argparse defaults and CAP's train_cap.py, read off the shipped recipes."""
+    cc = load_recipe(CONFIGS / "usl_r50_market1501.yaml")
+    m = cc.cluster_memory
+    assert (cc.data.batch_size, cc.data.num_instances, cc.data.sampler, cc.train.iterations) == \
+        (256, 16, "cross_camera", 200)                                  # -b 256 --num-instances 16 --iters 200
+    assert (m.eps, m.min_samples, m.k1, m.k2, m.momentum, m.temperature, m.update, m.flip) == \
+        (0.6, 4, 30, 6, 0.1, 0.05, "instance", False)                  # --eps 0.6 --momentum 0.1, --temp 0.05
+    assert (cc.model.options()["pooling"], cc.augment.erasing_fill, cc.optim.lr, cc.train.epochs) == \
+        ("gem", "reference_code", 3.5e-4, 50)                          # --pooling-type gem, RandomErasing(mean)
+    assert load_recipe(CONFIGS / "usl_r50_msmt17.yaml").train.iterations == 400
+    cap = load_recipe(CONFIGS / "cap_r50_market1501.yaml")
+    c = cap.cluster_memory
+    assert (cap.data.batch_size, cap.data.num_instances, cap.data.sampler, cap.train.iterations) == \
+        (32, 4, "identity_camera_uniform", "images")
+    assert (c.memory, c.eps, c.k1, c.k2, c.temperature, c.momentum, c.inter_from_epoch, c.hard_negatives,
+            c.inter_weight) == ("camera_proxy", 0.5, 20, 6, 0.07, 0.2, 5, 50, 0.5)
+    s = cap.schedule
+    assert (s.warmup_epochs, s.warmup_factor, s.milestones, s.step_at, tuple(cap.augment.erasing_area)) == \
+        (10, 0.01, [20, 40], "epoch_start", (0.02, 0.2))
