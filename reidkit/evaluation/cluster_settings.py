@@ -48,8 +48,8 @@ class SettingsChoice:
             lines.append("eps    clusters  outliers  single-camera")
             for r in self.rows:
                 mark = "  <- chosen" if r["eps"] == self.eps else ""
-                lines.append(f"{r['eps']:.2f}  {int(r['clusters']):9d}  {r['outliers']:8.1%}  {r['single_camera']:13.1%}"
-                             f"{mark}")
+                lines.append(f"{r['eps']:.2f}  {int(r['clusters']):9d}  {r['outliers']:8.1%}  "
+                             f"{r['single_camera']:13.1%}{mark}")
         return "\n".join(lines)
 
 

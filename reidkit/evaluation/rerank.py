@@ -157,7 +157,7 @@ def approximate_neighbours(features: torch.Tensor, k: int, ef_search: int = 128,
     O(N log N d) instead of the exact search's O(N^2 d).  On CUHK03's features 99.97% of the 30 nearest are the
     exact ones (tests/evaluation/test_clustering.py measures the clusters' agreement).  Built by several threads,
     the graph (and so a rare neighbour) can differ from run to run."""
-    import faiss                                       # imported here: only large clusterings need it
+    import faiss  # imported here: only large clusterings need it
     x = np.ascontiguousarray(features.detach().float().cpu().numpy())
     n, d = x.shape
     k = min(k, n)

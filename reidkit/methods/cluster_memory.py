@@ -20,24 +20,23 @@ single-camera clusters, the cluster sizes and the time clustering took.
 """
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
+from sklearn.metrics import adjusted_rand_score
 
 from ..config import Recipe, Strict
 from ..data.cache import ImageCache
 from ..engine.distributed import DistEnv, gather_rows
 from ..engine.features import extract_features
-from ..files import write_text_atomic
 from ..evaluation.cluster_settings import (
     EPS_GRID,
     SettingsChoice,
@@ -47,6 +46,7 @@ from ..evaluation.cluster_settings import (
     typical_group_size,
 )
 from ..evaluation.clustering import cluster_features, cluster_statistics, distance_graph, size_histogram
+from ..files import write_text_atomic
 from ..losses.cluster_memory import CameraProxyMemory, ClusterMemory
 from ..models.heads import TestedFeature
 from ..pieces import PieceContext, StepOutputs, TrainingPiece, register_piece

@@ -17,9 +17,10 @@ Each piece is a recipe switch (``model`` options), each checked against the pape
   the paper writes it; the authors' code moves m - 1), shuffles them in ``jpm_shuffle`` groups (the sequence read
   as a k x N/k table and taken column by column), splits them into ``jpm_groups`` = K parts of N // K tokens
   (the remainder left out, as the authors' code slices them) and runs each, after the class token, through the
-  copy of the last layer and norm: its class token is f_l^j.  Each feature has its BNNeck and classifier; the objective weighs the global branch 1/2 and each
-  local one 1/(2K) (the authors' code: half the global loss plus half the locals' mean); the test feature is
-  [f_g, f_l^1 / K, ..., f_l^K / K], each after its BNNeck's BatchNorm.
+  copy of the last layer and norm: its class token is f_l^j.  Each feature has its BNNeck and classifier; the
+  objective weighs the global branch 1/2 and each local one 1/(2K) (the authors' code: half the global loss plus
+  half the locals' mean); the test feature is [f_g, f_l^1 / K, ..., f_l^K / K], each after its BNNeck's
+  BatchNorm.
 """
 from __future__ import annotations
 
