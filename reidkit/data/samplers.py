@@ -201,6 +201,7 @@ class RepeatedBatchSampler:
             raise ValueError("the sampler gives no batch to repeat")
         self.sampler, self.iterations = sampler, int(iterations)
         self.batch_size, self.group_size = sampler.batch_size, sampler.group_size
+        self.pass_index = 0                              # an epoch of it is one pass (its own passes inside)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -208,14 +209,14 @@ class RepeatedBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         given, pass_index = 0, 0
         while given < self.iterations:
-            self.sampler.pass_index = pass_index            # type: ignore[attr-defined]
+            self.sampler.pass_index = pass_index
             for batch in self.sampler:
                 yield batch
                 given += 1
                 if given == self.iterations:
                     break
             pass_index += 1
-        self.sampler.pass_index = 0                         # type: ignore[attr-defined]
+        self.sampler.pass_index = 0
 
     def __len__(self) -> int:
         return self.iterations
@@ -237,11 +238,11 @@ class SubsetBatchSampler:
 
     @property
     def pass_index(self) -> int:
-        return self.sampler.pass_index           # type: ignore[attr-defined]
+        return self.sampler.pass_index
 
     @pass_index.setter
     def pass_index(self, value: int) -> None:
-        self.sampler.pass_index = value          # type: ignore[attr-defined]
+        self.sampler.pass_index = value
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

@@ -116,9 +116,9 @@ def label_free_warnings(stats: dict[str, float], previous: dict[str, float] | No
     """What a user can act on, read from one epoch's clustering statistics (``cluster_statistics`` plus
     ``merged_share``, ``stability``) and the previous epoch's, without labels."""
     out = []
-    merged = bool(typical) and stats.get("merged_share", 0.0) > 0.10
+    merged = typical is not None and typical > 0 and stats.get("merged_share", 0.0) > 0.10
     sparse = stats.get("outliers", 0.0) > 0.5
-    if merged:
+    if merged and typical is not None:
         out.append(f"{stats['merged_share']:.0%} of the clustered crops sit in clusters holding over "
                    f"{4 * typical:g} crops of one camera (4 x the typical {typical:g} per person and camera): "
                    "clusters look merged; " + ("lower cluster_memory.eps" if not sparse else
