@@ -14,7 +14,8 @@ from reidkit.recipe_files import load_recipe
 
 @pytest.mark.slow
 def test_training_lowers_loss_and_checkpoint_round_trips(tiny_data, tmp_path, capsys):
-    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run"))
+    # the BoT objective (with its center loss, which recipes switch on)
+    recipe = load_recipe(None, tiny_overrides(tiny_data, tmp_path / "run") + ["center_loss.weight=0.0005"])
     trainer = Trainer(recipe, progress=False)
     result = trainer.fit()
     losses = trainer.history["loss/total"]
