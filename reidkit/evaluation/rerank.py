@@ -155,15 +155,21 @@ def approximate_neighbours(features: torch.Tensor, k: int, ef_search: int = 128,
     """Each item's ``k`` nearest items (itself first; squared Euclidean distance, ascending, ties by index) found
     by faiss's HNSW graph (``IndexHNSWFlat``, ``links`` per node, ``ef_search`` candidates per search): cost about
     O(N log N d) instead of the exact search's O(N^2 d).  On CUHK03's features 99.97% of the 30 nearest are the
-    exact ones (tests/evaluation/test_clustering.py measures the clusters' agreement).  Built by several threads,
-    the graph (and so a rare neighbour) can differ from run to run."""
+    exact ones (tests/evaluation/test_clustering.py measures the clusters' agreement).  The graph is built by one
+    thread, so that it is the same in every run and every process of a data-parallel run (which cluster the same
+    features apart and must agree); the search uses them all."""
     import faiss  # imported here: only large clusterings need it
     x = np.ascontiguousarray(features.detach().float().cpu().numpy())
     n, d = x.shape
     k = min(k, n)
     index = faiss.IndexHNSWFlat(d, links)
     index.hnsw.efConstruction = 80
-    index.add(x)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)                       # a parallel build inserts in a varying order
+    try:
+        index.add(x)
+    finally:
+        faiss.omp_set_num_threads(threads)
     index.hnsw.efSearch = max(ef_search, k)
     dist, idx = index.search(x, k)
     missing = idx < 0

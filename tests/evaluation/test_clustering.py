@@ -232,3 +232,10 @@ def test_the_approximate_neighbour_search_gives_the_exact_clusters():
     assert (nbrs[:, 0] == np.arange(len(x))).all()                     # itself first
     with pytest.raises(ValueError, match="approximate neighbour search serves"):
         jaccard_graph(x, 20, 6, 0.6, normalised=True, approximate=True)
+
+
+def test_the_approximate_search_is_the_same_every_time():
+    """Data-parallel processes cluster the same features apart: their neighbour lists must agree."""
+    from reidkit.evaluation.rerank import approximate_neighbours
+    x, _ = blobs(40, 10, 32, spread=0.7, seed=2)
+    assert np.array_equal(approximate_neighbours(x, 15), approximate_neighbours(x, 15))
