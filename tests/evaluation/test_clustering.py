@@ -217,7 +217,7 @@ def test_camera_aware_neighbours_join_what_a_camera_gap_splits():
 
 
 def test_the_approximate_neighbour_search_gives_the_exact_clusters():
-    """faiss's HNSW search (what clustering 50,000 crops or more uses) against the exact search: the same
+    """faiss's HNSW search (what clustering 500,000 crops or more uses) against the exact search: the same
     clusters (ARI >= 0.99) on identity-structured features with noise enough to interleave neighbourhoods."""
     from sklearn.metrics import adjusted_rand_score
 
