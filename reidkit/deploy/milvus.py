@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import Deleted, StoreError, finite_or_none
+from .records import Deleted, StoreError, checked_features, finite_or_none
 
 SCHEMES = ("milvus://", "milvus+lite://")
 INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW"}
@@ -249,15 +249,8 @@ class MilvusGallery:
             crop_sha256: Sequence[str | None] | None = None, owned: bool = False, model: str | None = None,
             audit: dict | None = None) -> tuple[list[int], list[bool]]:
         """Insert items in one request: ``(ids, new)`` as :meth:`GalleryStore.add` answers them."""
-        x = np.ascontiguousarray(features, dtype=np.float32)
         n = len(paths)
-        if x.ndim != 2 or x.shape != (n, self.dim):
-            raise StoreError(f"{self.path}: expected {n} x {self.dim} features, got {x.shape}", 422)
-        if not np.isfinite(x).all():
-            raise StoreError(f"{self.path}: features with NaN or infinite values", 422)
-        if model is not None and self.model and model != self.model:
-            raise StoreError(f"{self.path} holds embeddings of the model with SHA-256 {self.model[:12]}...; these "
-                             f"come from {model[:12]}...: another model's embeddings cannot share its index", 409)
+        x = checked_features(self.path, features, n, self.dim, self.model, model)
         paths = [str(p) for p in paths]
         cameras = list(cameras) if cameras is not None else [None] * n
         times = [finite_or_none(t, "a time") for t in times] if times is not None else [None] * n

@@ -50,3 +50,18 @@ def finite_or_none(value: float | None, what: str) -> float | None:
 
 
 __all__ = ["Deleted", "Rows", "StoreError", "finite_or_none"]
+
+
+def checked_features(where: object, features: np.ndarray, n: int, dim: int, held_model: str | None,
+                     model: str | None) -> np.ndarray:
+    """``features`` as float32 rows for ``n`` new items of a gallery at ``where`` holding ``dim``-d embeddings
+    of the model ``held_model``: a wrong shape, a NaN / infinite value or another model's embeddings refused."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim != 2 or x.shape != (n, dim):
+        raise StoreError(f"{where}: expected {n} x {dim} features, got {x.shape}", 422)
+    if not np.isfinite(x).all():
+        raise StoreError(f"{where}: features with NaN or infinite values", 422)
+    if model is not None and held_model and model != held_model:
+        raise StoreError(f"{where} holds embeddings of the model with SHA-256 {held_model[:12]}...; these "
+                         f"come from {model[:12]}...: another model's embeddings cannot share its index", 409)
+    return x

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import Deleted, Rows, StoreError, finite_or_none
+from .records import Deleted, Rows, StoreError, checked_features, finite_or_none
 
 #: the schema this reidkit writes and reads
 STORE_VERSION = 1
@@ -204,15 +204,8 @@ class GalleryStore:
         item (``new`` False; its row unchanged), so adding the same crop twice gives one item.  ``model``: the
         fingerprint of the weights that embedded ``features`` (refused unless it is the store's).  ``audit``: an
         audit line (``user``, ``query_sha256``, ``filters``) committed with the rows."""
-        x = np.ascontiguousarray(features, dtype=np.float32)
         n = len(paths)
-        if x.ndim != 2 or x.shape != (n, self.dim):
-            raise StoreError(f"{self.path}: expected {n} x {self.dim} features, got {x.shape}", 422)
-        if not np.isfinite(x).all():
-            raise StoreError(f"{self.path}: features with NaN or infinite values", 422)
-        if model is not None and self.model and model != self.model:
-            raise StoreError(f"{self.path} holds embeddings of the model with SHA-256 {self.model[:12]}...; these "
-                             f"come from {model[:12]}...: another model's embeddings cannot share its index", 409)
+        x = checked_features(self.path, features, n, self.dim, self.model, model)
         cameras = list(cameras) if cameras is not None else [None] * n
         times = [finite_or_none(t, "a time") for t in times] if times is not None else [None] * n
         tracks = list(tracks) if tracks is not None else [None] * n

@@ -222,7 +222,7 @@ def test_the_approximate_neighbour_search_gives_the_exact_clusters():
     from sklearn.metrics import adjusted_rand_score
 
     from reidkit.evaluation.clustering import dbscan_precomputed
-    from reidkit.evaluation.rerank import approximate_neighbours
+    from reidkit.evaluation.neighbours import approximate_neighbours
     x, _ = blobs(60, 12, 64, spread=0.7, seed=5)
     x = F.normalize(x, dim=1)
     exact = dbscan_precomputed(jaccard_graph(x, 20, 6, 0.6, normalised=False, approximate=False), 0.6, 4)
@@ -236,6 +236,6 @@ def test_the_approximate_neighbour_search_gives_the_exact_clusters():
 
 def test_the_approximate_search_is_the_same_every_time():
     """Data-parallel processes cluster the same features apart: their neighbour lists must agree."""
-    from reidkit.evaluation.rerank import approximate_neighbours
+    from reidkit.evaluation.neighbours import approximate_neighbours
     x, _ = blobs(40, 10, 32, spread=0.7, seed=2)
     assert np.array_equal(approximate_neighbours(x, 15), approximate_neighbours(x, 15))
